@@ -1,0 +1,555 @@
+//! The results model, the targets, and the markdown rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::Summary;
+
+/// One side of a scenario (direct or through the gateway).
+#[derive(Clone, Debug, Serialize)]
+pub struct Side {
+    /// What was measured, e.g. "HTTP → mock" or "gRPC → gateway → mock".
+    pub path: String,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub rps: f64,
+    /// Whole request: send to last byte.
+    pub latency: Summary,
+    /// Streams only: send to the first `data:` event (gRPC: first message).
+    pub ttfc: Option<Summary>,
+    /// CPU time of the serving process (mock for direct, gateway for gateway) per request, µs.
+    pub server_cpu_us_per_req: Option<f64>,
+    /// Fault mix only: upstream calls the mock saw per client request.
+    pub upstream_calls_per_req: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Http,
+    HttpStream,
+    Paced,
+    GrpcUnary,
+    GrpcStream,
+    GrpcPaced,
+    Fault,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    pub id: String,
+    pub group: Group,
+    pub title: String,
+    pub concurrency: usize,
+    pub direct: Option<Side>,
+    pub gateway: Option<Side>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamsHold {
+    pub target: usize,
+    pub opened: usize,
+    pub failed: usize,
+    pub transport: String,
+    pub open_s: f64,
+    pub gateway_rss_kib: Option<u64>,
+    pub gateway_fds: Option<usize>,
+    pub gateway_rss_after_release_kib: Option<u64>,
+    pub mock_rss_kib: Option<u64>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Memory {
+    pub idle_kib: Option<u64>,
+    pub after_load_kib: Option<u64>,
+    pub streams: Vec<StreamsHold>,
+}
+
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Startup {
+    pub runs_ms: Vec<f64>,
+    pub median_ms: Option<f64>,
+    pub min_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_mib: u64,
+    pub kernel: String,
+    pub nofile_limit: u64,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub mode: String,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub max_requests: u64,
+    pub paced_duration_s: f64,
+    pub max_streams: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub goal: String,
+    pub measured: String,
+    /// "PASS", "MISS" or "n/a" (not measured).
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub generated_at: String,
+    pub git_commit: String,
+    pub gateway_bin: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub scenarios: Vec<Scenario>,
+    pub memory: Memory,
+    pub startup: Startup,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+    pub wall_time_s: f64,
+}
+
+impl Report {
+    pub fn find(&self, group: Group, c: usize) -> Option<&Scenario> {
+        self.scenarios
+            .iter()
+            .find(|s| s.group == group && s.concurrency == c)
+    }
+}
+
+fn verdict(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "PASS",
+        Some(false) => "MISS",
+        None => "n/a",
+    }
+    .to_string()
+}
+
+fn both(s: Option<&Scenario>) -> Option<(&Side, &Side)> {
+    let s = s?;
+    Some((s.direct.as_ref()?, s.gateway.as_ref()?))
+}
+
+/// The targets, reported (never asserted).
+pub fn targets(r: &Report) -> Vec<Target> {
+    let mut t = Vec::new();
+    let mut push = |name: &str, goal: &str, m: Option<(String, bool)>| {
+        t.push(Target {
+            name: name.into(),
+            goal: goal.into(),
+            measured: m.as_ref().map_or("not measured".into(), |(s, _)| s.clone()),
+            verdict: verdict(m.map(|(_, ok)| ok)),
+        })
+    };
+    let h1 = both(r.find(Group::Http, 1));
+    push(
+        "HTTP non-stream c=1: added p50",
+        "≤ 0.10 ms",
+        h1.map(|(d, g)| {
+            let a = g.latency.p50_ms - d.latency.p50_ms;
+            (format!("{a:+.3} ms"), a <= 0.10)
+        }),
+    );
+    push(
+        "HTTP non-stream c=1: added p99",
+        "≤ 0.5 ms",
+        h1.map(|(d, g)| {
+            let a = g.latency.p99_ms - d.latency.p99_ms;
+            (format!("{a:+.3} ms"), a <= 0.5)
+        }),
+    );
+    push(
+        "HTTP non-stream c=64: gateway RPS / direct",
+        "≥ 40 %",
+        both(r.find(Group::Http, 64)).map(|(d, g)| {
+            let p = 100.0 * g.rps / d.rps.max(1e-9);
+            (format!("{p:.1} %"), p >= 40.0)
+        }),
+    );
+    let s64 = both(r.find(Group::HttpStream, 64));
+    push(
+        "HTTP stream c=64: gateway RPS / direct",
+        "≥ 35 %",
+        s64.map(|(d, g)| {
+            let p = 100.0 * g.rps / d.rps.max(1e-9);
+            (format!("{p:.1} %"), p >= 35.0)
+        }),
+    );
+    let ttfc_added = |pair: Option<(&Side, &Side)>| {
+        pair.and_then(|(d, g)| {
+            let a = g.ttfc.as_ref()?.p50_ms - d.ttfc.as_ref()?.p50_ms;
+            Some((format!("{a:+.3} ms"), a <= 0.15))
+        })
+    };
+    push(
+        "HTTP stream c=64: added first-chunk p50",
+        "≤ 0.15 ms",
+        ttfc_added(s64),
+    );
+    push(
+        "HTTP stream c=1: added first-chunk p50",
+        "≤ 0.15 ms",
+        ttfc_added(both(r.find(Group::HttpStream, 1))),
+    );
+    push(
+        "Paced streams (64 × 32 chunks × 10 ms): total p50 vs direct",
+        "within 1 %",
+        both(r.find(Group::Paced, 64)).map(|(d, g)| {
+            let p = 100.0 * (g.latency.p50_ms - d.latency.p50_ms) / d.latency.p50_ms.max(1e-9);
+            (format!("{p:+.2} %"), p.abs() <= 1.0)
+        }),
+    );
+    push(
+        "RSS idle after start",
+        "≤ 15 MB",
+        r.memory.idle_kib.map(|k| {
+            let mb = k as f64 / 1024.0;
+            (format!("{mb:.1} MB"), mb <= 15.0)
+        }),
+    );
+    let s10k = r.memory.streams.iter().find(|s| s.target >= 10_000);
+    push(
+        "RSS with 10,000 open streams",
+        "≤ 150 MB",
+        s10k.and_then(|s| {
+            let mb = s.gateway_rss_kib? as f64 / 1024.0;
+            let full = s.opened >= s.target;
+            let text = if full {
+                format!("{mb:.1} MB")
+            } else {
+                format!("{mb:.1} MB (only {} of {} open)", s.opened, s.target)
+            };
+            Some((text, mb <= 150.0 && full))
+        }),
+    );
+    push(
+        "Startup to first 200 on /healthz (median)",
+        "≤ 50 ms",
+        r.startup
+            .median_ms
+            .map(|m| (format!("{m:.1} ms"), m <= 50.0)),
+    );
+    t
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn added(d: f64, g: f64) -> String {
+    format!("{:+.3}", g - d)
+}
+
+fn ratio_pct(d: f64, g: f64) -> String {
+    if d > 0.0 {
+        format!("{:.1} %", 100.0 * g / d)
+    } else {
+        "–".into()
+    }
+}
+
+fn errs(s: &Side) -> String {
+    if s.errors == 0 {
+        "0".into()
+    } else {
+        let kinds: Vec<String> = s
+            .error_kinds
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect();
+        format!("{} ({})", s.errors, kinds.join(", "))
+    }
+}
+
+fn cpu(s: &Side) -> String {
+    s.server_cpu_us_per_req
+        .map_or("–".into(), |v| format!("{v:.0}"))
+}
+
+/// Table of RPS and whole-request latency (non-streaming and fault mix).
+fn table_latency(out: &mut String, rows: &[&Scenario]) {
+    out.push_str("| c | RPS direct | RPS gateway | gateway/direct | p50 direct | p50 gateway | p50 added | p90 direct | p90 gateway | p99 direct | p99 gateway | p99 added | max direct | max gateway | errors d / g | server CPU µs/req d / g |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    for s in rows {
+        let (Some(d), Some(g)) = (&s.direct, &s.gateway) else {
+            if let Some(d) = &s.direct {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} / – | {} / – |",
+                    s.concurrency,
+                    d.rps,
+                    ms(d.latency.p50_ms),
+                    ms(d.latency.p90_ms),
+                    ms(d.latency.p99_ms),
+                    ms(d.latency.max_ms),
+                    errs(d),
+                    cpu(d)
+                );
+            }
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+            s.concurrency,
+            d.rps,
+            g.rps,
+            ratio_pct(d.rps, g.rps),
+            ms(d.latency.p50_ms),
+            ms(g.latency.p50_ms),
+            added(d.latency.p50_ms, g.latency.p50_ms),
+            ms(d.latency.p90_ms),
+            ms(g.latency.p90_ms),
+            ms(d.latency.p99_ms),
+            ms(g.latency.p99_ms),
+            added(d.latency.p99_ms, g.latency.p99_ms),
+            ms(d.latency.max_ms),
+            ms(g.latency.max_ms),
+            errs(d),
+            errs(g),
+            cpu(d),
+            cpu(g)
+        );
+    }
+}
+
+/// Table for streams: RPS, first chunk and whole-stream latency.
+fn table_stream(out: &mut String, rows: &[&Scenario]) {
+    out.push_str("| c | streams/s direct | streams/s gateway | gateway/direct | first chunk p50 direct | first chunk p50 gateway | added | first chunk p99 direct | first chunk p99 gateway | total p50 direct | total p50 gateway | total p50 diff | total p99 direct | total p99 gateway | max direct | max gateway | errors d / g |\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for s in rows {
+        let (Some(d), Some(g)) = (&s.direct, &s.gateway) else {
+            if let Some(d) = &s.direct {
+                let f = d.ttfc.clone().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} | – | {} / – |",
+                    s.concurrency,
+                    d.rps,
+                    ms(f.p50_ms),
+                    ms(f.p99_ms),
+                    ms(d.latency.p50_ms),
+                    ms(d.latency.p99_ms),
+                    ms(d.latency.max_ms),
+                    errs(d)
+                );
+            }
+            continue;
+        };
+        let fd = d.ttfc.clone().unwrap_or_default();
+        let fg = g.ttfc.clone().unwrap_or_default();
+        let pct = 100.0 * (g.latency.p50_ms - d.latency.p50_ms) / d.latency.p50_ms.max(1e-9);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:+.2} % | {} | {} | {} | {} | {} / {} |",
+            s.concurrency,
+            d.rps,
+            g.rps,
+            ratio_pct(d.rps, g.rps),
+            ms(fd.p50_ms),
+            ms(fg.p50_ms),
+            added(fd.p50_ms, fg.p50_ms),
+            ms(fd.p99_ms),
+            ms(fg.p99_ms),
+            ms(d.latency.p50_ms),
+            ms(g.latency.p50_ms),
+            pct,
+            ms(d.latency.p99_ms),
+            ms(g.latency.p99_ms),
+            ms(d.latency.max_ms),
+            ms(g.latency.max_ms),
+            errs(d),
+            errs(g)
+        );
+    }
+}
+
+fn kib_mb(k: Option<u64>) -> String {
+    k.map_or("–".into(), |k| format!("{:.1} MB", k as f64 / 1024.0))
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# megallm-gateway benchmark: gateway vs direct\n");
+    let _ = writeln!(
+        o,
+        "Generated {} ({} mode, {:.0} s wall time). Gateway commit `{}`, binary `{}`.\n",
+        r.generated_at, r.settings.mode, r.wall_time_s, r.git_commit, r.gateway_bin
+    );
+    let m = &r.machine;
+    let _ = writeln!(
+        o,
+        "**Machine:** {} × {} · {} MiB RAM · Linux {} · open-files limit {}.\n",
+        m.nproc, m.cpu_model, m.mem_total_mib, m.kernel, m.nofile_limit
+    );
+    let _ = writeln!(o, "> {}\n", m.note);
+    let s = &r.settings;
+    let _ = writeln!(
+        o,
+        "Every figure is measured twice in the same run: **direct** (load generator → mock upstream) and **gateway** (load generator → gateway → mock upstream). Closed loop, fixed concurrency, one connection per client; each phase has {:.1} s of warm-up, then records for at most {:.1} s or {} requests (paced streams: {:.1} s). Latencies in milliseconds. \"added\" = gateway − direct. Server CPU = CPU time of the process that served the request (mock for direct, gateway alone for gateway) per request.\n",
+        s.warmup_s, s.duration_s, s.max_requests, s.paced_duration_s
+    );
+
+    let _ = writeln!(o, "## Targets (reported, not asserted)\n");
+    o.push_str("| target | goal | measured | verdict |\n|---|---|---|---|\n");
+    for t in &r.targets {
+        let _ = writeln!(o, "| {} | {} | {} | {} |", t.name, t.goal, t.measured, t.verdict);
+    }
+    o.push('\n');
+
+    let rows = |g: Group| -> Vec<&Scenario> { r.scenarios.iter().filter(|s| s.group == g).collect() };
+    let section = |o: &mut String, title: &str, intro: &str, g: Group, stream: bool| {
+        let v = rows(g);
+        if v.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "## {title}\n\n{intro}\n");
+        if stream {
+            table_stream(o, &v);
+        } else {
+            table_latency(o, &v);
+        }
+        for s in &v {
+            if let Some(n) = &s.note {
+                let _ = writeln!(o, "\n- c={}: {}", s.concurrency, n);
+            }
+        }
+        o.push('\n');
+    };
+    section(
+        &mut o,
+        "HTTP non-streaming",
+        "`POST /v1/chat/completions`, small JSON answer.",
+        Group::Http,
+        false,
+    );
+    section(
+        &mut o,
+        "HTTP streaming (8 chunks, no delay)",
+        "`stream: true`; the mock sends 8 SSE events and `[DONE]` at once. First chunk = time to the first `data:` event.",
+        Group::HttpStream,
+        true,
+    );
+    section(
+        &mut o,
+        "Paced streaming (64 clients, 32 chunks × 10 ms)",
+        "The mock sends one event every 10 ms (first at once). The gateway must add no pacing delay: total stream time should match direct.",
+        Group::Paced,
+        true,
+    );
+    section(
+        &mut o,
+        "gRPC unary (gateway) vs HTTP direct",
+        "There is no gRPC mock: `CreateChatCompletion` through the gateway is compared with the same work done as HTTP directly against the mock.",
+        Group::GrpcUnary,
+        false,
+    );
+    section(
+        &mut o,
+        "gRPC server streaming (gateway) vs HTTP SSE direct",
+        "`StreamChatCompletion` through the gateway (first chunk = first message) against SSE directly from the mock.",
+        Group::GrpcStream,
+        true,
+    );
+    section(
+        &mut o,
+        "gRPC paced streaming vs HTTP SSE direct",
+        "64 clients, 32 chunks × 10 ms.",
+        Group::GrpcPaced,
+        true,
+    );
+    section(
+        &mut o,
+        "Fault mix (keys: one 429, one 500, two healthy)",
+        "A second gateway whose pool has one key the mock answers 429 (`Retry-After: 1`), one it answers 500, and two healthy ones. Direct = a healthy key straight to the mock. \"upstream calls/req\" shows how many upstream attempts each client request cost.",
+        Group::Fault,
+        false,
+    );
+    let faults: Vec<&Scenario> = rows(Group::Fault);
+    for s in faults {
+        if let Some(g) = &s.gateway {
+            if let Some(u) = g.upstream_calls_per_req {
+                let _ = writeln!(
+                    o,
+                    "- c={}: {:.3} upstream calls per client request through the gateway; client-visible errors: {}.",
+                    s.concurrency,
+                    u,
+                    errs(g)
+                );
+            }
+        }
+    }
+    o.push('\n');
+
+    let _ = writeln!(o, "## Memory (gateway RSS, VmRSS)\n");
+    let mem = &r.memory;
+    o.push_str("| when | gateway RSS | detail |\n|---|---:|---|\n");
+    let _ = writeln!(o, "| idle, 1 s after start | {} | |", kib_mb(mem.idle_kib));
+    let _ = writeln!(
+        o,
+        "| after the load above | {} | |",
+        kib_mb(mem.after_load_kib)
+    );
+    for h in &mem.streams {
+        let _ = writeln!(
+            o,
+            "| {} open streams (paced, held) | {} | {} of {} open ({} failed) in {:.1} s over {}; gateway fds {}; mock RSS {}; gateway RSS after closing them {}{} |",
+            h.target,
+            kib_mb(h.gateway_rss_kib),
+            h.opened,
+            h.target,
+            h.failed,
+            h.open_s,
+            h.transport,
+            h.gateway_fds.map_or("–".into(), |f| f.to_string()),
+            kib_mb(h.mock_rss_kib),
+            kib_mb(h.gateway_rss_after_release_kib),
+            h.note.as_ref().map_or(String::new(), |n| format!("; {n}"))
+        );
+    }
+    o.push('\n');
+
+    let _ = writeln!(o, "## Startup (spawn → first 200 on /healthz)\n");
+    let st = &r.startup;
+    if let Some(med) = st.median_ms {
+        let runs: Vec<String> = st.runs_ms.iter().map(|v| format!("{v:.1}")).collect();
+        let _ = writeln!(
+            o,
+            "median **{med:.1} ms**, min {:.1} ms, max {:.1} ms over {} starts ({} ms).\n",
+            st.min_ms.unwrap_or(0.0),
+            st.max_ms.unwrap_or(0.0),
+            st.runs_ms.len(),
+            runs.join(", ")
+        );
+    } else {
+        o.push_str("not measured\n\n");
+    }
+
+    if !r.notes.is_empty() {
+        let _ = writeln!(o, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(o, "- {n}");
+        }
+        o.push('\n');
+    }
+    let _ = writeln!(
+        o,
+        "Chart: `latest.png` (latency percentiles, direct vs gateway). Raw numbers: `latest.json`."
+    );
+    o
+}

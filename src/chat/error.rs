@@ -1,0 +1,272 @@
+//! `GatewayError`: the one error of the core. It knows whose fault it is, whether waiting helps
+//! and for how long; `http/` renders it as OpenAI JSON and `grpc/` as a `tonic::Status`, each
+//! from the table in [`GatewayError::kind`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// Which named timeout fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Connect,
+    FirstByte,
+    Idle,
+    Total,
+    /// The client's own deadline (`grpc-timeout`).
+    Deadline,
+}
+
+impl TimeoutKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutKind::Connect => "connect",
+            TimeoutKind::FirstByte => "first_byte",
+            TimeoutKind::Idle => "idle",
+            TimeoutKind::Total => "total",
+            TimeoutKind::Deadline => "deadline",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The client's body or a parameter is wrong; `param` names the field.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+        code: &'static str,
+    },
+    #[error("missing or invalid gateway token: send `Authorization: Bearer <token>`")]
+    Unauthenticated,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("content type `{0}` is not supported: send application/json")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The upstream refused the request itself (400, 404, 409, 413, 415, 422): the client's
+    /// fault, passed through with the upstream's status and (masked) message.
+    #[error("{message}")]
+    UpstreamRejected {
+        status: u16,
+        message: String,
+        error_type: Option<String>,
+        param: Option<String>,
+        code: Option<String>,
+    },
+    /// Every key that could serve is cooling after rate limits.
+    #[error("all upstream keys are rate limited; retry in {}s", secs_ceil(*retry_after))]
+    RateLimited { retry_after: Duration },
+    /// No key can serve (all disabled, benched or at their limits).
+    #[error("no upstream key can serve this request now{}", retry_hint(*retry_after))]
+    NoKeyAvailable { retry_after: Option<Duration> },
+    /// The upstream failed on every attempt (5xx or connection errors).
+    #[error("upstream unavailable: {message}")]
+    UpstreamUnavailable {
+        /// The upstream's last HTTP status, if it answered at all.
+        status: Option<u16>,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{} timeout exceeded{}", kind.name(), detail_suffix(detail))]
+    Timeout {
+        kind: TimeoutKind,
+        detail: String,
+    },
+    /// The upstream stream broke after the first byte went to the client.
+    #[error("upstream stream broke: {0}")]
+    StreamBroken(String),
+    #[error("internal gateway error: {0}")]
+    Internal(String),
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+fn retry_hint(d: Option<Duration>) -> String {
+    d.map(|d| format!("; retry in {}s", secs_ceil(d)))
+        .unwrap_or_default()
+}
+
+fn detail_suffix(d: &str) -> String {
+    if d.is_empty() {
+        String::new()
+    } else {
+        format!(": {d}")
+    }
+}
+
+/// The door-neutral meaning of an error: each door maps this one value to its wire status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    Unauthenticated,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    /// Upstream rejected the request; carries its status.
+    Rejected(u16),
+    ResourceExhausted,
+    Unavailable,
+    /// Upstream 5xx that was not "unavailable" (500, 501, …).
+    UpstreamInternal,
+    DeadlineExceeded,
+    Internal,
+}
+
+impl GatewayError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        GatewayError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+            code: "invalid_value",
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GatewayError::InvalidRequest { .. } => ErrorKind::InvalidArgument,
+            GatewayError::Unauthenticated => ErrorKind::Unauthenticated,
+            GatewayError::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            GatewayError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
+            GatewayError::NotFound(_) => ErrorKind::NotFound,
+            GatewayError::UpstreamRejected { status, .. } => ErrorKind::Rejected(*status),
+            GatewayError::RateLimited { .. } => ErrorKind::ResourceExhausted,
+            GatewayError::NoKeyAvailable { .. } => ErrorKind::Unavailable,
+            GatewayError::UpstreamUnavailable { status, .. } => match status {
+                Some(500) | Some(501) => ErrorKind::UpstreamInternal,
+                _ => ErrorKind::Unavailable,
+            },
+            GatewayError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            GatewayError::StreamBroken(_) => ErrorKind::Unavailable,
+            GatewayError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// HTTP status for this error (OpenAI door).
+    pub fn http_status(&self) -> u16 {
+        match self.kind() {
+            ErrorKind::InvalidArgument => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Rejected(status) => status,
+            ErrorKind::ResourceExhausted => 429,
+            ErrorKind::Unavailable => match self {
+                GatewayError::UpstreamUnavailable {
+                    status: Some(s @ (502 | 503)),
+                    ..
+                } => *s,
+                _ => 503,
+            },
+            ErrorKind::UpstreamInternal => 502,
+            ErrorKind::DeadlineExceeded => 504,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn error_type(&self) -> &str {
+        match self {
+            GatewayError::InvalidRequest { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::UnsupportedMediaType(_)
+            | GatewayError::NotFound(_) => "invalid_request_error",
+            GatewayError::Unauthenticated => "authentication_error",
+            GatewayError::UpstreamRejected { error_type, .. } => {
+                error_type.as_deref().unwrap_or("invalid_request_error")
+            }
+            GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::NoKeyAvailable { .. } | GatewayError::UpstreamUnavailable { .. } => {
+                "service_unavailable_error"
+            }
+            GatewayError::Timeout { .. } => "timeout_error",
+            GatewayError::StreamBroken(_) => "upstream_error",
+            GatewayError::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's error `code`: machine-readable, stable.
+    pub fn code(&self) -> Option<&str> {
+        Some(match self {
+            GatewayError::InvalidRequest { code, .. } => code,
+            GatewayError::Unauthenticated => "invalid_gateway_token",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::UpstreamRejected { code, .. } => return code.as_deref(),
+            GatewayError::RateLimited { .. } => "all_keys_rate_limited",
+            GatewayError::NoKeyAvailable { .. } => "no_key_available",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::Timeout { kind, .. } => match kind {
+                TimeoutKind::Connect => "connect_timeout",
+                TimeoutKind::FirstByte => "first_byte_timeout",
+                TimeoutKind::Idle => "idle_timeout",
+                TimeoutKind::Total => "total_timeout",
+                TimeoutKind::Deadline => "deadline_exceeded",
+            },
+            GatewayError::StreamBroken(_) => "upstream_stream_broken",
+            GatewayError::Internal(_) => "internal_error",
+        })
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidRequest { param, .. } => param.as_deref(),
+            GatewayError::UpstreamRejected { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How long a client should wait before retrying, where the gateway knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after } => Some(*retry_after),
+            GatewayError::NoKeyAvailable { retry_after }
+            | GatewayError::UpstreamUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// `Retry-After` header value: whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(secs_ceil)
+    }
+
+    /// OpenAI's error JSON, `{"error": {"message", "type", "param", "code"}}`.
+    pub fn to_openai_json(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_for_both_doors() {
+        let e = GatewayError::invalid("temperature", "temperature must be between 0 and 2");
+        assert_eq!(e.http_status(), 400);
+        assert_eq!(e.param(), Some("temperature"));
+        let e = GatewayError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        };
+        assert_eq!((e.http_status(), e.retry_after_secs()), (429, Some(2)));
+        let e = GatewayError::NoKeyAvailable { retry_after: None };
+        assert_eq!(e.http_status(), 503);
+        let json: serde_json::Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
+        assert_eq!(json["error"]["code"], "no_key_available");
+    }
+}

@@ -1,0 +1,108 @@
+//! The transport-neutral core types: the validated [`ChatRequest`], the per-request
+//! [`RequestContext`], the answer shapes ([`Completion`], [`ChunkStream`]), the attempt trail and
+//! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
+
+mod error;
+mod request;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::time::Instant;
+
+pub use error::{ErrorKind, GatewayError, TimeoutKind};
+pub use request::ChatRequest;
+
+/// What a door knows about a request besides its body.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// Echoed to the client and put on every log line of the request.
+    pub request_id: String,
+    /// The client's own deadline (gRPC `grpc-timeout`); the gateway's `total` timeout applies too.
+    pub deadline: Option<Instant>,
+}
+
+impl RequestContext {
+    /// A context with the client's request id if it is sane, else a fresh one.
+    pub fn new(request_id: Option<&str>) -> Self {
+        let request_id = match request_id {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                id.to_owned()
+            }
+            _ => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        RequestContext {
+            request_id,
+            deadline: None,
+        }
+    }
+}
+
+/// A whole (non-streaming) upstream answer: the 2xx body exactly as the upstream sent it.
+#[derive(Debug)]
+pub struct Completion {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// The data of each upstream SSE event, in order, as it arrives; `[DONE]` ends the stream
+/// cleanly, and a broken upstream ends it with one `Err` after the chunks already sent.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
+
+/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`).
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub key_id: Arc<str>,
+    pub outcome: Arc<str>,
+}
+
+/// Every try of one request, rendered as `key-2:429,key-3:200` in `x-gateway-attempts`.
+#[derive(Clone, Debug, Default)]
+pub struct Attempts(pub Vec<Attempt>);
+
+impl Attempts {
+    pub fn push(&mut self, key_id: &Arc<str>, outcome: impl Into<Arc<str>>) {
+        self.0.push(Attempt {
+            key_id: key_id.clone(),
+            outcome: outcome.into(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The key of the last try, which served the request if it succeeded.
+    pub fn last_key(&self) -> Option<&str> {
+        self.0.last().map(|a| &*a.key_id)
+    }
+}
+
+impl fmt::Display for Attempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{}", a.key_id, a.outcome)?;
+        }
+        Ok(())
+    }
+}
+
+/// A dispatch result with the trail of attempts that led to it, success or not.
+pub struct Dispatched<T> {
+    pub result: Result<T, GatewayError>,
+    pub attempts: Attempts,
+}

@@ -1,0 +1,311 @@
+//! `ChatRequest`: a chat completion request that has been validated and defaulted. It exists
+//! only through [`ChatRequest::from_json`], so code past the front doors never re-checks ranges.
+//!
+//! The upstream body is the client's own JSON bytes, untouched (field order, unknown fields,
+//! number formatting), with `"model"` spliced in only when the client named none. Only the
+//! fields the gateway must check are parsed; the rest is never rebuilt.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::GatewayError;
+
+/// A validated chat completion request, ready to send upstream.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    model: String,
+    stream: bool,
+    body: Bytes,
+}
+
+/// The fields the gateway checks, borrowed from the body; everything else is ignored here and
+/// forwarded as it came. `null` reads as absent, as OpenAI's API treats it.
+#[derive(Deserialize)]
+struct Checked<'a> {
+    /// Read with `present` so that `"model": null` is seen (and refused) rather than defaulted
+    /// into a body that would then carry two `model` keys.
+    #[serde(borrow, default, deserialize_with = "present")]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow)]
+    top_p: Option<&'a RawValue>,
+    #[serde(borrow)]
+    n: Option<&'a RawValue>,
+    #[serde(borrow)]
+    presence_penalty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    frequency_penalty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Just a message's role; the rest of the message is forwarded unread.
+#[derive(Deserialize)]
+struct MessageHead<'a> {
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+}
+
+impl ChatRequest {
+    /// Validates an OpenAI chat completion body and applies the default model.
+    pub fn from_json(body: Bytes, default_model: &str) -> Result<ChatRequest, GatewayError> {
+        let text = std::str::from_utf8(&body).map_err(|_| GatewayError::InvalidRequest {
+            message: "request body is not valid UTF-8".into(),
+            param: None,
+            code: "invalid_json",
+        })?;
+        let trimmed = text.trim_start();
+        if !trimmed.starts_with('{') {
+            let message = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                "request body must be a JSON object"
+            } else {
+                "request body is not valid JSON"
+            };
+            return Err(GatewayError::InvalidRequest {
+                message: message.into(),
+                param: None,
+                code: "invalid_json",
+            });
+        }
+        let checked: Checked = serde_json::from_str(text).map_err(|e| {
+            GatewayError::InvalidRequest {
+                message: format!("request body is not valid JSON: {e}"),
+                param: None,
+                code: "invalid_json",
+            }
+        })?;
+
+        check_messages(checked.messages)?;
+        range("temperature", checked.temperature, 0.0, 2.0)?;
+        range("top_p", checked.top_p, 0.0, 1.0)?;
+        range("presence_penalty", checked.presence_penalty, -2.0, 2.0)?;
+        range("frequency_penalty", checked.frequency_penalty, -2.0, 2.0)?;
+        integer("n", checked.n, 1, Some(10))?;
+        integer("max_tokens", checked.max_tokens, 1, None)?;
+        integer("max_completion_tokens", checked.max_completion_tokens, 1, None)?;
+        let stream = match checked.stream {
+            None => false,
+            Some(raw) => match raw.get() {
+                "true" => true,
+                "false" => false,
+                _ => return Err(GatewayError::invalid("stream", "stream must be a boolean")),
+            },
+        };
+        let (model, body) = match checked.model {
+            Some(raw) => {
+                let model = match serde_json::from_str::<String>(raw.get()) {
+                    Ok(m) if !m.trim().is_empty() => m,
+                    Ok(_) => {
+                        return Err(GatewayError::invalid("model", "model must not be empty"))
+                    }
+                    Err(_) => {
+                        return Err(GatewayError::invalid("model", "model must be a string"))
+                    }
+                };
+                (model, body)
+            }
+            None => {
+                let start = text.len() - trimmed.len();
+                (default_model.to_owned(), splice_model(&body, start, default_model))
+            }
+        };
+        Ok(ChatRequest {
+            model,
+            stream,
+            body,
+        })
+    }
+
+    /// The model the upstream will be asked for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// The exact JSON bytes to send upstream.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+/// Inserts `"model":"<default>",` right after the opening brace at `brace`.
+fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
+    let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
+    let rest = &body[brace + 1..];
+    let empty_object = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+    let mut out = BytesMut::with_capacity(body.len() + model_json.len() + 10);
+    out.put_slice(&body[..=brace]);
+    out.put_slice(b"\"model\":");
+    out.put_slice(model_json.as_bytes());
+    if !empty_object {
+        out.put_u8(b',');
+    }
+    out.put_slice(rest);
+    out.freeze()
+}
+
+fn check_messages(raw: Option<&RawValue>) -> Result<(), GatewayError> {
+    let raw = raw.ok_or_else(|| GatewayError::InvalidRequest {
+        message: "`messages` is required: a non-empty array of {role, content} objects".into(),
+        param: Some("messages".into()),
+        code: "missing_required_parameter",
+    })?;
+    let messages: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| GatewayError::invalid("messages", "messages must be an array"))?;
+    if messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "messages must contain at least one message",
+        ));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let head: MessageHead = serde_json::from_str(message.get()).map_err(|_| {
+            GatewayError::invalid(
+                format!("messages[{i}]"),
+                format!("messages[{i}] must be an object"),
+            )
+        })?;
+        match head.role {
+            None => {
+                return Err(GatewayError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("messages[{i}].role is required"),
+                ))
+            }
+            Some(role) if !role.get().starts_with('"') || role.get() == "\"\"" => {
+                return Err(GatewayError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("messages[{i}].role must be a non-empty string"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn range(name: &str, raw: Option<&RawValue>, min: f64, max: f64) -> Result<(), GatewayError> {
+    let Some(raw) = raw else { return Ok(()) };
+    match serde_json::from_str::<f64>(raw.get()) {
+        Ok(v) if (min..=max).contains(&v) => Ok(()),
+        Ok(_) => Err(GatewayError::invalid(
+            name,
+            format!("{name} must be between {min} and {max}, got {}", raw.get()),
+        )),
+        Err(_) => Err(GatewayError::invalid(
+            name,
+            format!("{name} must be a number"),
+        )),
+    }
+}
+
+fn integer(name: &str, raw: Option<&RawValue>, min: i64, max: Option<i64>) -> Result<(), GatewayError> {
+    let Some(raw) = raw else { return Ok(()) };
+    let value = serde_json::from_str::<i64>(raw.get()).map_err(|_| {
+        GatewayError::invalid(name, format!("{name} must be an integer, got {}", raw.get()))
+    })?;
+    let ok = value >= min && max.is_none_or(|m| value <= m);
+    if ok {
+        return Ok(());
+    }
+    let bound = match max {
+        Some(m) => format!("between {min} and {m}"),
+        None => format!("at least {min}"),
+    };
+    Err(GatewayError::invalid(
+        name,
+        format!("{name} must be {bound}, got {value}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ChatRequest, GatewayError> {
+        ChatRequest::from_json(Bytes::copy_from_slice(json.as_bytes()), "default-m")
+    }
+
+    fn param_of(json: &str) -> String {
+        parse(json).unwrap_err().param().unwrap_or("").to_owned()
+    }
+
+    #[test]
+    fn minimal_body_gets_default_model_and_keeps_the_rest() {
+        let req = parse(r#" {"messages":[{"role":"user","content":"hi"}],"x":{"a":1.50}}"#).unwrap();
+        assert_eq!(req.model(), "default-m");
+        assert!(!req.stream());
+        let v: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
+        assert_eq!(v["model"], "default-m");
+        assert!(std::str::from_utf8(req.body()).unwrap().contains(r#""x":{"a":1.50}"#));
+    }
+
+    #[test]
+    fn named_model_leaves_body_untouched() {
+        let json = r#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let req = parse(json).unwrap();
+        assert_eq!(req.model(), "gpt-4");
+        assert!(req.stream());
+        assert_eq!(req.body().as_ref(), json.as_bytes());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+        assert_eq!(param_of("{}"), "messages");
+        assert_eq!(param_of(r#"{"messages":[]}"#), "messages");
+        assert_eq!(param_of(r#"{"messages":{}}"#), "messages");
+        assert_eq!(param_of(r#"{"messages":[{"content":"x"}]}"#), "messages[0].role");
+        assert_eq!(param_of(r#"{"messages":[{"role":"user"},{"role":3}]}"#), "messages[1].role");
+        assert_eq!(param_of(r#"{"messages":[1]}"#), "messages[0]");
+        for (field, bad) in [
+            ("temperature", "2.5"),
+            ("temperature", "\"hot\""),
+            ("top_p", "-0.1"),
+            ("n", "0"),
+            ("n", "11"),
+            ("n", "1.5"),
+            ("presence_penalty", "3"),
+            ("frequency_penalty", "-3"),
+            ("max_tokens", "0"),
+            ("stream", "\"yes\""),
+            ("model", "5"),
+            ("model", "\"\""),
+            ("model", "null"),
+        ] {
+            assert_eq!(param_of(&format!("{{{m},\"{field}\":{bad}}}")), field, "{field}={bad}");
+        }
+        for good in ["\"temperature\":2", "\"top_p\":0", "\"n\":10", "\"temperature\":null"] {
+            assert!(parse(&format!("{{{m},{good}}}")).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn not_json_and_not_object() {
+        for body in ["", "nope", "[1,2]", "{\"messages\":", "\"str\""] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.http_status(), 400, "{body}");
+            assert_eq!(err.param(), None);
+        }
+    }
+
+    #[test]
+    fn splice_into_empty_object_is_valid_json() {
+        assert_eq!(splice_model(b"{ }", 0, "m").as_ref(), b"{\"model\":\"m\" }");
+    }
+}

@@ -1,0 +1,222 @@
+//! The running gateway: [`Core`] (what both doors share: settings, key pool, dispatcher, model
+//! list, metrics, client tokens) and [`Gateway`] (start it, find its address, stop it). Key
+//! reloads (file watch, SIGHUP, admin) all funnel into [`Core::reload_keys`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::{ChatRequest, GatewayError};
+use crate::config::{Secret, Settings};
+use crate::keys::{KeyPool, ReloadSummary};
+use crate::metrics::Metrics;
+use crate::upstream::{probe, Dispatcher, Models, UpstreamClient};
+
+/// Shared by both doors; one per gateway.
+pub struct Core {
+    pub settings: Settings,
+    pub pool: Arc<KeyPool>,
+    pub dispatcher: Dispatcher,
+    pub models: Models,
+    pub metrics: Metrics,
+    auth_tokens: Vec<Secret>,
+}
+
+impl Core {
+    /// Validates a chat body (the one validation both doors use).
+    pub fn chat_request(&self, body: Bytes) -> Result<ChatRequest, GatewayError> {
+        ChatRequest::from_json(body, &self.settings.default_model)
+    }
+
+    /// Checks a client's `Authorization` value when gateway tokens are configured.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), GatewayError> {
+        if self.auth_tokens.is_empty() {
+            return Ok(());
+        }
+        let token = authorization.and_then(bearer_token).ok_or(GatewayError::Unauthenticated)?;
+        // Check every token so the time taken does not say which one nearly matched.
+        let ok = self
+            .auth_tokens
+            .iter()
+            .fold(false, |ok, t| t.matches(token) | ok);
+        if ok {
+            Ok(())
+        } else {
+            Err(GatewayError::Unauthenticated)
+        }
+    }
+
+    /// `None` when the admin API is off; else whether `authorization` carries the admin token.
+    pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> Option<bool> {
+        let admin = self.settings.admin_token.as_ref()?;
+        Some(authorization.and_then(bearer_token).is_some_and(|t| admin.matches(t)))
+    }
+
+    /// Re-reads the configured keys (direct ones and the keys file) into the pool.
+    pub fn reload_keys(&self) -> Result<ReloadSummary, String> {
+        if self.settings.demo {
+            return Err("demo mode uses fixed demo keys; there is nothing to reload".into());
+        }
+        let specs = self.settings.read_keys()?;
+        let result = self.pool.reload(&specs);
+        match &result {
+            Ok(s) => tracing::info!(kept = s.kept, added = s.added, removed = s.removed, total = s.total, "keys reloaded"),
+            Err(e) => tracing::warn!(error = %e, "key reload refused"),
+        }
+        result
+    }
+}
+
+/// `Bearer <token>` → token.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let rest = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// A started gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    core: Arc<Core>,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    grace: Duration,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Gateway {
+    /// Validates the settings, builds the core, binds the listener and starts serving. Returns
+    /// once the port accepts connections.
+    pub async fn start(mut settings: Settings) -> Result<Gateway, String> {
+        settings.validate()?;
+        let stop = CancellationToken::new();
+        if settings.demo {
+            let demo = crate::demo::start(stop.clone()).await?;
+            settings.upstream = demo.upstream;
+            settings.keys = demo.keys;
+            settings.keys_file = None;
+        }
+        let specs = settings.read_keys()?;
+        if specs.is_empty() {
+            return Err("the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS".into());
+        }
+        let auth_tokens = settings.read_auth_tokens()?;
+        let pool = KeyPool::new(&specs, settings.scheduler.clone());
+        let client = UpstreamClient::new(&settings)?;
+        let dispatcher = Dispatcher::new(
+            pool.clone(),
+            client.clone(),
+            settings.max_attempts,
+            settings.timeouts.clone(),
+            &settings.scheduler,
+        );
+        let models = Models::new(client.clone(), pool.clone(), settings.models_cache_ttl, settings.timeouts.first_byte);
+        probe::spawn(pool.clone(), client, settings.timeouts.first_byte, stop.clone());
+        let grace = settings.shutdown_grace;
+        let keys_file = settings.keys_file.clone();
+        let core = Arc::new(Core {
+            settings,
+            pool,
+            dispatcher,
+            models,
+            metrics: Metrics::default(),
+            auth_tokens,
+        });
+        let watcher = match keys_file {
+            Some(path) => Some(watch_keys_file(core.clone(), path, stop.clone())?),
+            None => None,
+        };
+        reload_on_sighup(core.clone(), stop.clone());
+        let listener = tokio::net::TcpListener::bind(core.settings.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", core.settings.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let app = crate::server::app(core.clone());
+        let server = tokio::spawn(crate::server::serve(listener, app, stop.clone()));
+        tracing::info!(%addr, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
+        Ok(Gateway {
+            addr,
+            core,
+            stop,
+            server,
+            grace,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, then stops.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period; closing them");
+            server.abort();
+        }
+    }
+
+    /// Resolves when the server task ends on its own (it should not).
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+}
+
+/// Watches the keys file (through its directory, so editors that replace the file are seen)
+/// and reloads shortly after it changes.
+fn watch_keys_file(core: Arc<Core>, path: PathBuf, stop: CancellationToken) -> Result<notify::RecommendedWatcher, String> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let name = path.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| format!("cannot watch the keys file: {e}"))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = rx.recv() => if got.is_none() { return },
+            }
+            // Editors write in steps; let the burst settle before reading.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = core.reload_keys();
+        }
+    });
+    Ok(watcher)
+}
+
+fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading keys");
+            let _ = core.reload_keys();
+        }
+    });
+}

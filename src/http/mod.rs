@@ -1,0 +1,108 @@
+//! The OpenAI-compatible HTTP door: routes, the request-id and access-log layer, and the
+//! rendering of core answers and errors. No key, retry or validation logic lives here.
+
+mod admin;
+mod body;
+mod chat;
+pub mod error;
+mod models;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::chat::{Attempts, GatewayError, RequestContext};
+use crate::gateway::Core;
+use error::HttpError;
+
+/// What a handler tells the access log about a request it served.
+#[derive(Clone, Default)]
+pub struct RequestNote {
+    pub model: Option<String>,
+    pub attempts: Option<Attempts>,
+}
+
+/// The HTTP routes, with their fallbacks in OpenAI's error shape.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/admin/keys", get(admin::keys))
+        .route("/admin/keys/reload", post(admin::reload))
+        .route("/admin/keys/{id}/disable", post(admin::disable))
+        .route("/admin/keys/{id}/enable", post(admin::enable))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(core)
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    let error = GatewayError::InvalidRequest {
+        message: format!("method {method} is not allowed on this path"),
+        param: None,
+        code: "method_not_allowed",
+    };
+    let mut response = HttpError::from(error).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// Unknown paths: JSON 404 for HTTP clients (gRPC clients are answered by the gRPC door).
+pub async fn not_found(request: Request) -> Response {
+    let error = GatewayError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()));
+    HttpError::from(error).into_response()
+}
+
+/// Gives every request a [`RequestContext`] (request id in and out) and writes one log line
+/// and one metrics sample per HTTP request. gRPC calls log in their own door.
+pub async fn access_layer(State(core): State<Arc<Core>>, mut request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let ctx = RequestContext::new(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+    let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(ctx);
+    let mut response = next.run(request).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id.clone());
+    }
+    if grpc {
+        return response;
+    }
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    core.metrics.record("http", status, elapsed);
+    let note = response.extensions().get::<RequestNote>().cloned().unwrap_or_default();
+    let attempts = note.attempts.as_ref();
+    tracing::info!(
+        target: "megallm_gateway::access",
+        request_id = request_id_str(&response),
+        %method,
+        path,
+        model = note.model.as_deref().unwrap_or(""),
+        key = attempts.and_then(|a| a.last_key()).unwrap_or(""),
+        attempts = %attempts.map(|a| a.to_string()).unwrap_or_default(),
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn request_id_str(response: &Response) -> &str {
+    response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("")
+}

@@ -1,0 +1,197 @@
+//! The one place that decides what an upstream answer says about the key that got it.
+//! DESIGN.md's state table, as a pure function of status, headers and body.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// What an upstream answer means for the key (not for the request: see `dispatch`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// 2xx: the key works.
+    Success,
+    /// 400, 404, 409, 413, 415, 422 and other 4xx: the request's fault; the key is untouched.
+    CallerFault,
+    /// 429: cool the key until `reset` if the upstream said when, else back off.
+    RateLimited { reset: Option<Duration> },
+    /// 429/403/402 saying quota or billing is exhausted: a long bench.
+    QuotaExhausted,
+    /// 401, and 403 otherwise: the credential is invalid; disable until a probe succeeds.
+    InvalidCredential,
+    /// 5xx, 408, connect error, timeout before the first byte: counts toward the breaker.
+    Transient,
+}
+
+impl Outcome {
+    /// Whether another key may succeed where this one did not.
+    pub fn retryable(self) -> bool {
+        !matches!(self, Outcome::Success | Outcome::CallerFault)
+    }
+
+    pub fn class(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::CallerFault => "caller",
+            Outcome::RateLimited { .. } => "rate_limited",
+            Outcome::QuotaExhausted => "quota",
+            Outcome::InvalidCredential => "credential",
+            Outcome::Transient => "transient",
+        }
+    }
+}
+
+/// Classifies an upstream HTTP answer. `body` is the (possibly partial) error body.
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
+    match status {
+        200..=299 => Outcome::Success,
+        401 => Outcome::InvalidCredential,
+        402 => Outcome::QuotaExhausted,
+        403 if says_quota(body) => Outcome::QuotaExhausted,
+        403 => Outcome::InvalidCredential,
+        429 if says_quota(body) => Outcome::QuotaExhausted,
+        429 => Outcome::RateLimited {
+            reset: reset_after(headers, SystemTime::now()),
+        },
+        408 | 500..=599 => Outcome::Transient,
+        _ => Outcome::CallerFault,
+    }
+}
+
+/// True when the error's `code` or `type` speaks of quota, billing or credit.
+fn says_quota(body: &[u8]) -> bool {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let error = json.get("error").unwrap_or(&json);
+    ["code", "type"].iter().any(|field| {
+        error.get(field).and_then(|v| v.as_str()).is_some_and(|s| {
+            let s = s.to_ascii_lowercase();
+            ["quota", "billing", "credit", "payment", "insufficient_funds"]
+                .iter()
+                .any(|w| s.contains(w))
+        })
+    })
+}
+
+/// When a rate-limited key may be used again, from `Retry-After` (seconds or HTTP date), else
+/// from OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`), picking the
+/// one whose `remaining` is 0, or the later of the two when that is not said.
+pub fn reset_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(value) = text("retry-after") {
+        if let Ok(secs) = value.parse::<f64>() {
+            if secs.is_finite() && secs >= 0.0 {
+                return Some(Duration::from_secs_f64(secs.min(86_400.0)));
+            }
+        }
+        if let Ok(when) = httpdate::parse_http_date(value) {
+            return Some(when.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+    }
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let requests = text("x-ratelimit-reset-requests").and_then(parse_go_duration);
+    let tokens = text("x-ratelimit-reset-tokens").and_then(parse_go_duration);
+    let exhausted = |name: &str| text(name) == Some("0");
+    match (requests, tokens) {
+        (Some(r), _) if exhausted("x-ratelimit-remaining-requests") => Some(r),
+        (_, Some(t)) if exhausted("x-ratelimit-remaining-tokens") => Some(t),
+        (Some(r), Some(t)) => Some(r.max(t)),
+        (r, t) => r.or(t),
+    }
+}
+
+/// Parses Go-style durations as OpenAI sends them: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_end..];
+    }
+    (total.is_finite() && total < 86_400.0 * 7.0).then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_state_table() {
+        let none = HeaderMap::new();
+        assert_eq!(classify(200, &none, b""), Outcome::Success);
+        for s in [400, 404, 409, 413, 415, 422] {
+            assert_eq!(classify(s, &none, b""), Outcome::CallerFault, "{s}");
+        }
+        assert_eq!(classify(401, &none, b""), Outcome::InvalidCredential);
+        assert_eq!(classify(403, &none, b"{}"), Outcome::InvalidCredential);
+        let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        assert_eq!(classify(429, &none, quota), Outcome::QuotaExhausted);
+        assert_eq!(classify(403, &none, br#"{"error":{"code":"billing_hard_limit_reached"}}"#), Outcome::QuotaExhausted);
+        assert_eq!(classify(429, &none, b""), Outcome::RateLimited { reset: None });
+        for s in [500, 502, 503, 504, 408] {
+            assert_eq!(classify(s, &none, b""), Outcome::Transient, "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(reset_after(&headers(&[("retry-after", "2")]), now), Some(Duration::from_secs(2)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(reset_after(&headers(&[("retry-after", &date)]), now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(reset_after(&headers(&[("retry-after", &past)]), now), Some(Duration::ZERO));
+        let h = headers(&[
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-reset-tokens", "20ms"),
+            ("x-ratelimit-remaining-requests", "5"),
+            ("x-ratelimit-remaining-tokens", "0"),
+        ]);
+        assert_eq!(reset_after(&h, now), Some(Duration::from_millis(20)));
+        let h = headers(&[("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "6m0s")]);
+        assert_eq!(reset_after(&h, now), Some(Duration::from_secs(360)));
+        assert_eq!(reset_after(&headers(&[("retry-after", "soon")]), now), None);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(parse_go_duration("x"), None);
+        assert_eq!(parse_go_duration("5"), None);
+    }
+}

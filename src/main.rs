@@ -1,0 +1,43 @@
+//! The `megallm-gateway` binary: settings, logging, serve until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use megallm_gateway::{telemetry, Gateway, Settings};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("megallm-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let gateway = match Gateway::start(settings).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("megallm-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    gateway.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics: request counts and latencies per door and status, and each key's
+//! counters and state by id and fingerprint (never by secret). Rendered as text on demand.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::keys::KeyPool;
+
+/// Latency bucket bounds in seconds.
+const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    http_latency: Histogram,
+    grpc_latency: Histogram,
+}
+
+impl Metrics {
+    /// Records one finished request (for streams: the time to the response head).
+    pub fn record(&self, door: &'static str, status: u16, elapsed: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((door, status))
+            .or_default() += 1;
+        match door {
+            "grpc" => self.grpc_latency.observe(elapsed),
+            _ => self.http_latency.observe(elapsed),
+        }
+    }
+
+    pub fn render(&self, pool: &KeyPool) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP gateway_requests_total Requests answered, by door and status.\n");
+        out.push_str("# TYPE gateway_requests_total counter\n");
+        for ((door, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "gateway_requests_total{{door=\"{door}\",status=\"{status}\"}} {n}");
+        }
+        out.push_str("# HELP gateway_request_duration_seconds Time to the response head.\n");
+        out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
+        for (door, h) in [("http", &self.http_latency), ("grpc", &self.grpc_latency)] {
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(&h.counts) {
+                cumulative += count.load(Ordering::Relaxed);
+                let _ = writeln!(out, "gateway_request_duration_seconds_bucket{{door=\"{door}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let total = h.total.load(Ordering::Relaxed);
+            let _ = writeln!(out, "gateway_request_duration_seconds_bucket{{door=\"{door}\",le=\"+Inf\"}} {total}");
+            let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "gateway_request_duration_seconds_sum{{door=\"{door}\"}} {sum}");
+            let _ = writeln!(out, "gateway_request_duration_seconds_count{{door=\"{door}\"}} {total}");
+        }
+        let keys = pool.view();
+        let usable = keys.iter().filter(|k| k.state == "ready" || k.state == "half_open").count();
+        out.push_str("# HELP gateway_keys_usable Keys that can take a request now.\n");
+        out.push_str("# TYPE gateway_keys_usable gauge\n");
+        let _ = writeln!(out, "gateway_keys_usable {usable}");
+        let _ = writeln!(out, "# TYPE gateway_keys_total gauge\ngateway_keys_total {}", keys.len());
+        out.push_str("# HELP gateway_key_state 1 for the state each key is in.\n# TYPE gateway_key_state gauge\n");
+        for k in &keys {
+            for state in ["ready", "cooling", "half_open", "disabled"] {
+                let v = u8::from(k.state == state);
+                let _ = writeln!(out, "gateway_key_state{{key=\"{}\",fingerprint=\"{}\",state=\"{state}\"}} {v}", k.id, k.fingerprint);
+            }
+        }
+        out.push_str("# TYPE gateway_key_in_flight gauge\n");
+        for k in &keys {
+            let _ = writeln!(out, "gateway_key_in_flight{{key=\"{}\"}} {}", k.id, k.in_flight);
+        }
+        out.push_str("# HELP gateway_key_upstream_requests_total Upstream tries per key and result class.\n");
+        out.push_str("# TYPE gateway_key_upstream_requests_total counter\n");
+        for k in &keys {
+            let f = &k.failures;
+            for (class, n) in [
+                ("success", k.successes),
+                ("rate_limited", f.rate_limited),
+                ("quota", f.quota),
+                ("credential", f.credential),
+                ("transient", f.transient),
+                ("caller", f.caller),
+                ("stream_broken", f.stream_broken),
+            ] {
+                let _ = writeln!(out, "gateway_key_upstream_requests_total{{key=\"{}\",class=\"{class}\"}} {n}", k.id);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,410 @@
+//! The attempt loop: borrow a key, call the upstream, let [`classify`] judge the answer, and
+//! retry on another key while nothing has reached the client. Streams are held back until
+//! their first event is complete, so a stream that dies before its first byte is retried too;
+//! after that, the stream is the client's and a break ends it with an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::time::{timeout_at, Instant};
+
+use super::client::UpstreamClient;
+use super::sse::SseParser;
+use crate::chat::{
+    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
+    TimeoutKind,
+};
+use crate::config::{SchedulerSettings, Timeouts};
+use crate::keys::{classify, KeyLease, KeyPool, NoKey, Outcome};
+
+/// Upstream error bodies are read up to this size: enough for any error JSON, bounded so a
+/// misbehaving upstream cannot make the gateway buffer without limit.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+pub struct Dispatcher {
+    pool: Arc<KeyPool>,
+    client: UpstreamClient,
+    max_attempts: u32,
+    timeouts: Timeouts,
+    queue_timeout: Duration,
+}
+
+/// What a successful attempt hands back.
+enum Won {
+    Body(Completion),
+    Stream(ChunkStream),
+}
+
+/// Why one attempt failed, and whether the loop should go on.
+enum Failed {
+    /// Try another key; `error` is what the client gets if no try succeeds.
+    Retry(GatewayError),
+    /// Give this to the client now.
+    Final(GatewayError),
+}
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+impl Dispatcher {
+    pub fn new(
+        pool: Arc<KeyPool>,
+        client: UpstreamClient,
+        max_attempts: u32,
+        timeouts: Timeouts,
+        scheduler: &SchedulerSettings,
+    ) -> Self {
+        Dispatcher {
+            pool,
+            client,
+            max_attempts: max_attempts.max(1),
+            timeouts,
+            queue_timeout: scheduler.queue_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<KeyPool> {
+        &self.pool
+    }
+
+    /// A whole (non-streaming) completion.
+    pub async fn complete(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<Completion> {
+        let (result, attempts) = self.run(req, ctx, false).await;
+        Dispatched {
+            result: result.map(|won| match won {
+                Won::Body(body) => body,
+                Won::Stream(_) => unreachable!("non-streaming attempt returned a stream"),
+            }),
+            attempts,
+        }
+    }
+
+    /// A streaming completion: the chunk stream starts with the first upstream event.
+    pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        let (result, attempts) = self.run(req, ctx, true).await;
+        Dispatched {
+            result: result.map(|won| match won {
+                Won::Stream(stream) => stream,
+                Won::Body(_) => unreachable!("streaming attempt returned a body"),
+            }),
+            attempts,
+        }
+    }
+
+    async fn run(&self, req: &ChatRequest, ctx: &RequestContext, stream: bool) -> (Result<Won, GatewayError>, Attempts) {
+        let start = Instant::now();
+        let total = start + self.timeouts.total;
+        let (deadline, deadline_kind) = match ctx.deadline {
+            Some(d) if d < total => (d, TimeoutKind::Deadline),
+            _ => (total, TimeoutKind::Total),
+        };
+        let mut attempts = Attempts::default();
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last_error: Option<GatewayError> = None;
+        for _ in 0..self.max_attempts {
+            let queue_until = (Instant::now() + self.queue_timeout).min(deadline);
+            let lease = match self.pool.acquire_wait(&tried, queue_until).await {
+                Ok(lease) => lease,
+                Err(no_key) => {
+                    // The pool's own state says more than the last failure: when every key
+                    // is cooling, the client learns when to come back.
+                    let error = match no_key {
+                        NoKey::AllRateLimited { retry_after } => GatewayError::RateLimited { retry_after },
+                        NoKey::Unavailable { retry_after } => GatewayError::NoKeyAvailable { retry_after },
+                    };
+                    return (Err(error), attempts);
+                }
+            };
+            if Instant::now() >= deadline {
+                return (Err(timeout(deadline_kind, "waiting for a usable key")), attempts);
+            }
+            tried.push(lease.id().clone());
+            let first_byte_at = (Instant::now() + self.timeouts.first_byte).min(deadline);
+            let result = self
+                .attempt(req, ctx, lease, &mut attempts, stream, first_byte_at, deadline, deadline_kind)
+                .await;
+            match result {
+                Ok(won) => return (Ok(won), attempts),
+                Err(Failed::Final(error)) => return (Err(error), attempts),
+                Err(Failed::Retry(error)) => {
+                    if Instant::now() >= deadline {
+                        return (Err(timeout(deadline_kind, "")), attempts);
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        let error = last_error.unwrap_or_else(|| GatewayError::Internal("no attempt was made".into()));
+        (Err(error), attempts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+        mut lease: KeyLease,
+        attempts: &mut Attempts,
+        stream: bool,
+        first_byte_at: Instant,
+        deadline: Instant,
+        deadline_kind: TimeoutKind,
+    ) -> Result<Won, Failed> {
+        let key_id = lease.id().clone();
+        let sent = timeout_at(first_byte_at, self.client.chat(lease.secret(), req.body().clone(), &ctx.request_id)).await;
+        let response = match sent {
+            Err(_) => return Err(self.timed_out(&mut lease, attempts, first_byte_at, deadline, deadline_kind)),
+            Ok(Err(e)) => {
+                let label = if e.is_connect() { "connect" } else { "error" };
+                attempts.push(&key_id, label);
+                let message = describe(&e);
+                lease.report(Outcome::Transient, None, &message);
+                tracing::debug!(key = %key_id, error = %message, "upstream request failed");
+                return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                    status: None,
+                    message: self.pool.mask(&message),
+                    retry_after: None,
+                }));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let headers = response.headers().clone();
+            let body = read_limited(response, first_byte_at, ERROR_BODY_LIMIT).await;
+            attempts.push(&key_id, status.to_string());
+            let outcome = classify(status, &headers, &body);
+            let detail = UpstreamErrorBody::parse(&body);
+            lease.report(outcome, Some(status), &detail.message);
+            return Err(self.failure(outcome, status, detail, &key_id));
+        }
+        if !stream {
+            return match timeout_at(deadline, response.bytes()).await {
+                Ok(Ok(body)) => {
+                    attempts.push(&key_id, status.to_string());
+                    lease.report(Outcome::Success, Some(status), "");
+                    Ok(Won::Body(Completion { status, body }))
+                }
+                Ok(Err(e)) => {
+                    attempts.push(&key_id, "error");
+                    let message = describe(&e);
+                    lease.report(Outcome::Transient, Some(status), &message);
+                    Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                        status: None,
+                        message: format!("reading the upstream answer failed: {}", self.pool.mask(&message)),
+                        retry_after: None,
+                    }))
+                }
+                Err(_) => Err(Failed::Final(timeout(deadline_kind, "reading the upstream answer"))),
+            };
+        }
+        // Streaming: hold the answer back until its first event is complete.
+        let mut body: ByteStream = Box::pin(response.bytes_stream());
+        let mut parser = SseParser::new();
+        let first = loop {
+            if let Some(event) = parser.next_event() {
+                break event;
+            }
+            match timeout_at(first_byte_at, body.next()).await {
+                Ok(Some(Ok(bytes))) => parser.push(&bytes),
+                Ok(Some(Err(e))) => {
+                    attempts.push(&key_id, "broken");
+                    let message = describe(&e);
+                    lease.report(Outcome::Transient, Some(status), &message);
+                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                        status: None,
+                        message: format!("the upstream stream broke before its first event: {}", self.pool.mask(&message)),
+                        retry_after: None,
+                    }));
+                }
+                Ok(None) => {
+                    attempts.push(&key_id, "broken");
+                    lease.report(Outcome::Transient, Some(status), "stream ended before its first event");
+                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                        status: None,
+                        message: "the upstream stream ended before its first event".into(),
+                        retry_after: None,
+                    }));
+                }
+                Err(_) => return Err(self.timed_out(&mut lease, attempts, first_byte_at, deadline, deadline_kind)),
+            }
+        };
+        attempts.push(&key_id, status.to_string());
+        lease.report(Outcome::Success, Some(status), "");
+        let done = &first[..] == b"[DONE]";
+        let state = StreamState {
+            body,
+            parser,
+            first: (!done).then_some(first),
+            done,
+            lease: Some(lease),
+            idle: self.timeouts.idle,
+            deadline,
+            deadline_kind,
+            pool: self.pool.clone(),
+        };
+        Ok(Won::Stream(Box::pin(futures_util::stream::unfold(state, StreamState::next))))
+    }
+
+    fn timed_out(&self, lease: &mut KeyLease, attempts: &mut Attempts, first_byte_at: Instant, deadline: Instant, deadline_kind: TimeoutKind) -> Failed {
+        attempts.push(lease.id(), "timeout");
+        if first_byte_at >= deadline {
+            // The request's own time is up: no key is to blame, and no retry can help.
+            return Failed::Final(timeout(deadline_kind, "waiting for the upstream"));
+        }
+        lease.report(Outcome::Transient, None, "no response before the first_byte timeout");
+        Failed::Retry(timeout(TimeoutKind::FirstByte, "the upstream did not answer in time"))
+    }
+
+    fn failure(&self, outcome: Outcome, status: u16, detail: UpstreamErrorBody, key_id: &str) -> Failed {
+        let message = self.pool.mask(&detail.message);
+        match outcome {
+            Outcome::CallerFault | Outcome::Success => Failed::Final(GatewayError::UpstreamRejected {
+                status,
+                message,
+                error_type: detail.error_type,
+                param: detail.param,
+                code: detail.code,
+            }),
+            Outcome::RateLimited { reset } => Failed::Retry(GatewayError::RateLimited {
+                retry_after: reset.unwrap_or(Duration::from_secs(1)),
+            }),
+            Outcome::QuotaExhausted | Outcome::InvalidCredential => Failed::Retry(GatewayError::UpstreamUnavailable {
+                status: None,
+                message: format!("the upstream refused the gateway's key {key_id} ({status})"),
+                retry_after: None,
+            }),
+            Outcome::Transient => Failed::Retry(GatewayError::UpstreamUnavailable {
+                status: Some(status),
+                message: format!("{status} from the upstream: {message}"),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
+    GatewayError::Timeout {
+        kind,
+        detail: detail.to_owned(),
+    }
+}
+
+/// A reqwest error's chain as one line (reqwest's top-level message alone says little).
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+async fn read_limited(response: reqwest::Response, until: Instant, limit: usize) -> Bytes {
+    let mut body = response.bytes_stream();
+    let mut out = Vec::new();
+    let _ = timeout_at(until, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    })
+    .await;
+    Bytes::from(out)
+}
+
+/// The parts of an upstream error body worth passing on.
+struct UpstreamErrorBody {
+    message: String,
+    error_type: Option<String>,
+    param: Option<String>,
+    code: Option<String>,
+}
+
+impl UpstreamErrorBody {
+    fn parse(body: &[u8]) -> Self {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let error = json.as_ref().map(|j| j.get("error").unwrap_or(j));
+        let text = |field: &str| {
+            error
+                .and_then(|e| e.get(field))
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+        };
+        let message = text("message").unwrap_or_else(|| {
+            let raw = String::from_utf8_lossy(body);
+            let raw = raw.trim();
+            if raw.is_empty() {
+                "the upstream gave no error message".into()
+            } else {
+                raw.chars().take(1000).collect()
+            }
+        });
+        UpstreamErrorBody {
+            message,
+            error_type: text("type"),
+            param: text("param"),
+            code: text("code"),
+        }
+    }
+}
+
+/// The live half of a stream: upstream bytes in, one event's data out per poll.
+struct StreamState {
+    body: ByteStream,
+    parser: SseParser,
+    first: Option<Bytes>,
+    done: bool,
+    /// Held for the stream's life so the key's in-flight count covers it.
+    lease: Option<KeyLease>,
+    idle: Duration,
+    deadline: Instant,
+    deadline_kind: TimeoutKind,
+    pool: Arc<KeyPool>,
+}
+
+impl StreamState {
+    async fn next(mut self) -> Option<(Result<Bytes, GatewayError>, StreamState)> {
+        if self.done {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            return Some((Ok(first), self));
+        }
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                if &event[..] == b"[DONE]" {
+                    self.done = true;
+                    return None;
+                }
+                return Some((Ok(event), self));
+            }
+            let idle_at = (Instant::now() + self.idle).min(self.deadline);
+            let error = match timeout_at(idle_at, self.body.next()).await {
+                Ok(Some(Ok(bytes))) => {
+                    self.parser.push(&bytes);
+                    continue;
+                }
+                Ok(Some(Err(e))) => GatewayError::StreamBroken(self.pool.mask(&describe(&e))),
+                Ok(None) => GatewayError::StreamBroken("the upstream closed the stream before [DONE]".into()),
+                Err(_) if idle_at >= self.deadline => timeout(self.deadline_kind, "the stream ran past the request's time"),
+                Err(_) => timeout(TimeoutKind::Idle, "no upstream event within the idle timeout"),
+            };
+            self.done = true;
+            if let Some(lease) = &self.lease {
+                lease.stream_broken(&error.to_string());
+            }
+            return Some((Err(error), self));
+        }
+    }
+}

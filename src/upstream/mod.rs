@@ -1,0 +1,12 @@
+//! Everything that talks to the upstream: the one HTTP client, the SSE parser, the attempt
+//! loop that pairs requests with keys ([`Dispatcher`]), the model list and the key probe.
+
+mod client;
+mod dispatch;
+pub mod models;
+pub mod probe;
+pub mod sse;
+
+pub use client::UpstreamClient;
+pub use dispatch::Dispatcher;
+pub use models::{ModelInfo, Models};

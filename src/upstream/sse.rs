@@ -1,0 +1,152 @@
+//! Incremental Server-Sent Events parser: bytes in as they arrive from the network (events may
+//! split anywhere, lines end in `\n`, `\r\n` or `\r`), complete events' `data` out. Comments
+//! and fields other than `data` are skipped. A single-line `data` is returned as a slice of the
+//! read buffer, without copying.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+#[derive(Default)]
+pub struct SseParser {
+    buf: BytesMut,
+    /// How far `buf` was already searched for a line end.
+    scanned: usize,
+    /// Data lines of the event being assembled.
+    data: Option<Bytes>,
+    joined: Option<BytesMut>,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        SseParser::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet part of a complete event (to tell a clean end from a cut).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty() || self.data.is_some()
+    }
+
+    /// The next complete event's data, if one is complete.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        while let Some(line) = self.next_line() {
+            if line.is_empty() {
+                if let Some(joined) = self.joined.take() {
+                    self.data = None;
+                    return Some(joined.freeze());
+                }
+                if let Some(data) = self.data.take() {
+                    return Some(data);
+                }
+                continue; // blank line with no data: nothing to dispatch
+            }
+            if line[0] == b':' {
+                continue; // comment / keep-alive
+            }
+            let (field, value) = match line.iter().position(|&b| b == b':') {
+                Some(colon) => {
+                    let skip = if line.get(colon + 1) == Some(&b' ') { 2 } else { 1 };
+                    (&line[..colon], line.slice(colon + skip..))
+                }
+                None => (&line[..], Bytes::new()),
+            };
+            if field != b"data" {
+                continue;
+            }
+            match (&mut self.joined, self.data.take()) {
+                (Some(joined), _) => {
+                    joined.extend_from_slice(b"\n");
+                    joined.extend_from_slice(&value);
+                }
+                (None, None) => self.data = Some(value),
+                (None, Some(first)) => {
+                    let mut joined = BytesMut::with_capacity(first.len() + value.len() + 1);
+                    joined.extend_from_slice(&first);
+                    joined.extend_from_slice(b"\n");
+                    joined.extend_from_slice(&value);
+                    self.joined = Some(joined);
+                }
+            }
+        }
+        None
+    }
+
+    fn next_line(&mut self) -> Option<Bytes> {
+        let found = self.buf[self.scanned..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r');
+        let Some(offset) = found else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let pos = self.scanned + offset;
+        let terminator = if self.buf[pos] == b'\r' {
+            match self.buf.get(pos + 1) {
+                Some(b'\n') => 2,
+                Some(_) => 1,
+                None => {
+                    // A `\r` at the end of what arrived may be half of `\r\n`: wait.
+                    self.scanned = pos;
+                    return None;
+                }
+            }
+        } else {
+            1
+        };
+        let line = self.buf.split_to(pos).freeze();
+        self.buf.advance(terminator);
+        self.scanned = 0;
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(parser: &mut SseParser) -> Vec<String> {
+        std::iter::from_fn(|| parser.next_event())
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn events_split_at_every_byte() {
+        let input = b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\r\n\r\nevent: x\ndata: [DONE]\n\n";
+        for split in 0..input.len() {
+            let mut p = SseParser::new();
+            let mut got = Vec::new();
+            p.push(&input[..split]);
+            got.extend(all(&mut p));
+            p.push(&input[split..]);
+            got.extend(all(&mut p));
+            assert_eq!(got, ["{\"a\":1}", "{\"b\":2}", "[DONE]"], "split at {split}");
+            assert!(!p.has_partial());
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_with_multiline_data_and_cr_endings() {
+        let input = b"data: line1\rdata: line2\r\rdata:no-space\n\nid: 7\nretry: 10\n\n";
+        let mut p = SseParser::new();
+        let mut got = Vec::new();
+        for b in input {
+            p.push(&[*b]);
+            got.extend(all(&mut p));
+        }
+        assert_eq!(got, ["line1\nline2", "no-space"]);
+    }
+
+    #[test]
+    fn incomplete_event_is_partial() {
+        let mut p = SseParser::new();
+        p.push(b"data: {\"a\"");
+        assert!(p.next_event().is_none());
+        assert!(p.has_partial());
+        p.push(b":1}\n");
+        assert!(p.next_event().is_none());
+        assert!(p.has_partial());
+    }
+}
