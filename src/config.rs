@@ -328,7 +328,11 @@ impl Settings {
                 d.models_cache_ttl,
             ),
             timeouts: Timeouts {
-                connect: dur(cli.connect_timeout, file.connect_timeout, d.timeouts.connect),
+                connect: dur(
+                    cli.connect_timeout,
+                    file.connect_timeout,
+                    d.timeouts.connect,
+                ),
                 first_byte: dur(
                     cli.first_byte_timeout,
                     file.first_byte_timeout,
@@ -376,10 +380,12 @@ impl Settings {
     /// Checks the settings once, at start, failing with a sentence a user can act on.
     pub fn validate(&self) -> Result<(), String> {
         if !self.demo && self.keys.is_empty() && self.keys_file.is_none() {
-            return Err("no upstream API key is configured. Give keys with MEGALLM_API_KEYS=key1,key2 \
+            return Err(
+                "no upstream API key is configured. Give keys with MEGALLM_API_KEYS=key1,key2 \
                  or --keys-file FILE (one key a line), or run with --demo to try the gateway \
                  against its built-in simulated upstream"
-                .into());
+                    .into(),
+            );
         }
         if !(self.upstream.starts_with("http://") || self.upstream.starts_with("https://")) {
             return Err(format!(
@@ -472,7 +478,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s.is_finite() && s >= 0.0 => Ok(HumanDuration(Duration::from_secs_f64(s))),
+            Raw::Secs(s) if s.is_finite() && s >= 0.0 => {
+                Ok(HumanDuration(Duration::from_secs_f64(s)))
+            }
             Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }

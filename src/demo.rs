@@ -70,7 +70,10 @@ fn reply_text(body: &Value) -> String {
 async fn chat(Json(body): Json<Value>) -> Response {
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     let text = reply_text(&body);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let id = format!("chatcmpl-demo{created}");
     let prompt_tokens = body.to_string().len() as u64 / 4;
     let completion_tokens = text.split_whitespace().count() as u64;
@@ -90,7 +93,10 @@ async fn chat(Json(body): Json<Value>) -> Response {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     let words: Vec<&str> = text.split_inclusive(' ').collect();
     for piece in words.chunks(2) {
         events.push(chunk(json!({"content": piece.concat()}), Value::Null));
@@ -102,16 +108,24 @@ async fn chat(Json(body): Json<Value>) -> Response {
         last["usage"] = usage;
         events.push(last);
     }
-    let stream = futures_util::stream::unfold(events.into_iter().map(Some).chain([None]), |mut it| async move {
-        let next = it.next()?;
-        let frame = match next {
-            Some(event) => {
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                format!("data: {event}\n\n")
-            }
-            None => "data: [DONE]\n\n".to_owned(),
-        };
-        Some((Ok::<_, std::convert::Infallible>(frame), it))
-    });
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(stream)).into_response()
+    let stream = futures_util::stream::unfold(
+        events.into_iter().map(Some).chain([None]),
+        |mut it| async move {
+            let next = it.next()?;
+            let frame = match next {
+                Some(event) => {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    format!("data: {event}\n\n")
+                }
+                None => "data: [DONE]\n\n".to_owned(),
+            };
+            Some((Ok::<_, std::convert::Infallible>(frame), it))
+        },
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }

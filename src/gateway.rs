@@ -37,7 +37,9 @@ impl Core {
         if self.auth_tokens.is_empty() {
             return Ok(());
         }
-        let token = authorization.and_then(bearer_token).ok_or(GatewayError::Unauthenticated)?;
+        let token = authorization
+            .and_then(bearer_token)
+            .ok_or(GatewayError::Unauthenticated)?;
         // Check every token so the time taken does not say which one nearly matched.
         let ok = self
             .auth_tokens
@@ -53,7 +55,11 @@ impl Core {
     /// `None` when the admin API is off; else whether `authorization` carries the admin token.
     pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> Option<bool> {
         let admin = self.settings.admin_token.as_ref()?;
-        Some(authorization.and_then(bearer_token).is_some_and(|t| admin.matches(t)))
+        Some(
+            authorization
+                .and_then(bearer_token)
+                .is_some_and(|t| admin.matches(t)),
+        )
     }
 
     /// Re-reads the configured keys (direct ones and the keys file) into the pool.
@@ -64,7 +70,13 @@ impl Core {
         let specs = self.settings.read_keys()?;
         let result = self.pool.reload(&specs);
         match &result {
-            Ok(s) => tracing::info!(kept = s.kept, added = s.added, removed = s.removed, total = s.total, "keys reloaded"),
+            Ok(s) => tracing::info!(
+                kept = s.kept,
+                added = s.added,
+                removed = s.removed,
+                total = s.total,
+                "keys reloaded"
+            ),
             Err(e) => tracing::warn!(error = %e, "key reload refused"),
         }
         result
@@ -73,7 +85,9 @@ impl Core {
 
 /// `Bearer <token>` → token.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let rest = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
+    let rest = value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))?;
     let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
 }
@@ -102,7 +116,9 @@ impl Gateway {
         }
         let specs = settings.read_keys()?;
         if specs.is_empty() {
-            return Err("the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS".into());
+            return Err(
+                "the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS".into(),
+            );
         }
         let auth_tokens = settings.read_auth_tokens()?;
         let pool = KeyPool::new(&specs, settings.scheduler.clone());
@@ -114,8 +130,18 @@ impl Gateway {
             settings.timeouts.clone(),
             &settings.scheduler,
         );
-        let models = Models::new(client.clone(), pool.clone(), settings.models_cache_ttl, settings.timeouts.first_byte);
-        probe::spawn(pool.clone(), client, settings.timeouts.first_byte, stop.clone());
+        let models = Models::new(
+            client.clone(),
+            pool.clone(),
+            settings.models_cache_ttl,
+            settings.timeouts.first_byte,
+        );
+        probe::spawn(
+            pool.clone(),
+            client,
+            settings.timeouts.first_byte,
+            stop.clone(),
+        );
         let grace = settings.shutdown_grace;
         let keys_file = settings.keys_file.clone();
         let core = Arc::new(Core {
@@ -174,7 +200,11 @@ impl Gateway {
 
 /// Watches the keys file (through its directory, so editors that replace the file are seen)
 /// and reloads shortly after it changes.
-fn watch_keys_file(core: Arc<Core>, path: PathBuf, stop: CancellationToken) -> Result<notify::RecommendedWatcher, String> {
+fn watch_keys_file(
+    core: Arc<Core>,
+    path: PathBuf,
+    stop: CancellationToken,
+) -> Result<notify::RecommendedWatcher, String> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let name = path.file_name().map(|n| n.to_owned());
@@ -186,7 +216,10 @@ fn watch_keys_file(core: Arc<Core>, path: PathBuf, stop: CancellationToken) -> R
         }
     })
     .map_err(|e| format!("cannot watch the keys file: {e}"))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
@@ -209,7 +242,9 @@ fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

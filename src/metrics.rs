@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::keys::KeyPool;
 
 /// Latency bucket bounds in seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -25,7 +27,8 @@ impl Histogram {
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -56,8 +59,16 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP gateway_requests_total Requests answered, by door and status.\n");
         out.push_str("# TYPE gateway_requests_total counter\n");
-        for ((door, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "gateway_requests_total{{door=\"{door}\",status=\"{status}\"}} {n}");
+        for ((door, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "gateway_requests_total{{door=\"{door}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP gateway_request_duration_seconds Time to the response head.\n");
         out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
@@ -68,29 +79,55 @@ impl Metrics {
                 let _ = writeln!(out, "gateway_request_duration_seconds_bucket{{door=\"{door}\",le=\"{bound}\"}} {cumulative}");
             }
             let total = h.total.load(Ordering::Relaxed);
-            let _ = writeln!(out, "gateway_request_duration_seconds_bucket{{door=\"{door}\",le=\"+Inf\"}} {total}");
+            let _ = writeln!(
+                out,
+                "gateway_request_duration_seconds_bucket{{door=\"{door}\",le=\"+Inf\"}} {total}"
+            );
             let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "gateway_request_duration_seconds_sum{{door=\"{door}\"}} {sum}");
-            let _ = writeln!(out, "gateway_request_duration_seconds_count{{door=\"{door}\"}} {total}");
+            let _ = writeln!(
+                out,
+                "gateway_request_duration_seconds_sum{{door=\"{door}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "gateway_request_duration_seconds_count{{door=\"{door}\"}} {total}"
+            );
         }
         let keys = pool.view();
-        let usable = keys.iter().filter(|k| k.state == "ready" || k.state == "half_open").count();
+        let usable = keys
+            .iter()
+            .filter(|k| k.state == "ready" || k.state == "half_open")
+            .count();
         out.push_str("# HELP gateway_keys_usable Keys that can take a request now.\n");
         out.push_str("# TYPE gateway_keys_usable gauge\n");
         let _ = writeln!(out, "gateway_keys_usable {usable}");
-        let _ = writeln!(out, "# TYPE gateway_keys_total gauge\ngateway_keys_total {}", keys.len());
+        let _ = writeln!(
+            out,
+            "# TYPE gateway_keys_total gauge\ngateway_keys_total {}",
+            keys.len()
+        );
         out.push_str("# HELP gateway_key_state 1 for the state each key is in.\n# TYPE gateway_key_state gauge\n");
         for k in &keys {
             for state in ["ready", "cooling", "half_open", "disabled"] {
                 let v = u8::from(k.state == state);
-                let _ = writeln!(out, "gateway_key_state{{key=\"{}\",fingerprint=\"{}\",state=\"{state}\"}} {v}", k.id, k.fingerprint);
+                let _ = writeln!(
+                    out,
+                    "gateway_key_state{{key=\"{}\",fingerprint=\"{}\",state=\"{state}\"}} {v}",
+                    k.id, k.fingerprint
+                );
             }
         }
         out.push_str("# TYPE gateway_key_in_flight gauge\n");
         for k in &keys {
-            let _ = writeln!(out, "gateway_key_in_flight{{key=\"{}\"}} {}", k.id, k.in_flight);
+            let _ = writeln!(
+                out,
+                "gateway_key_in_flight{{key=\"{}\"}} {}",
+                k.id, k.in_flight
+            );
         }
-        out.push_str("# HELP gateway_key_upstream_requests_total Upstream tries per key and result class.\n");
+        out.push_str(
+            "# HELP gateway_key_upstream_requests_total Upstream tries per key and result class.\n",
+        );
         out.push_str("# TYPE gateway_key_upstream_requests_total counter\n");
         for k in &keys {
             let f = &k.failures;
@@ -103,7 +140,11 @@ impl Metrics {
                 ("caller", f.caller),
                 ("stream_broken", f.stream_broken),
             ] {
-                let _ = writeln!(out, "gateway_key_upstream_requests_total{{key=\"{}\",class=\"{class}\"}} {n}", k.id);
+                let _ = writeln!(
+                    out,
+                    "gateway_key_upstream_requests_total{{key=\"{}\",class=\"{class}\"}} {n}",
+                    k.id
+                );
             }
         }
         out

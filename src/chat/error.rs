@@ -71,10 +71,7 @@ pub enum GatewayError {
         retry_after: Option<Duration>,
     },
     #[error("{} timeout exceeded{}", kind.name(), detail_suffix(detail))]
-    Timeout {
-        kind: TimeoutKind,
-        detail: String,
-    },
+    Timeout { kind: TimeoutKind, detail: String },
     /// The upstream stream broke after the first byte went to the client.
     #[error("upstream stream broke: {0}")]
     StreamBroken(String),

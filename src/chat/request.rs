@@ -79,13 +79,12 @@ impl ChatRequest {
                 code: "invalid_json",
             });
         }
-        let checked: Checked = serde_json::from_str(text).map_err(|e| {
-            GatewayError::InvalidRequest {
+        let checked: Checked =
+            serde_json::from_str(text).map_err(|e| GatewayError::InvalidRequest {
                 message: format!("request body is not valid JSON: {e}"),
                 param: None,
                 code: "invalid_json",
-            }
-        })?;
+            })?;
 
         check_messages(checked.messages)?;
         range("temperature", checked.temperature, 0.0, 2.0)?;
@@ -94,7 +93,12 @@ impl ChatRequest {
         range("frequency_penalty", checked.frequency_penalty, -2.0, 2.0)?;
         integer("n", checked.n, 1, Some(10))?;
         integer("max_tokens", checked.max_tokens, 1, None)?;
-        integer("max_completion_tokens", checked.max_completion_tokens, 1, None)?;
+        integer(
+            "max_completion_tokens",
+            checked.max_completion_tokens,
+            1,
+            None,
+        )?;
         let stream = match checked.stream {
             None => false,
             Some(raw) => match raw.get() {
@@ -107,18 +111,17 @@ impl ChatRequest {
             Some(raw) => {
                 let model = match serde_json::from_str::<String>(raw.get()) {
                     Ok(m) if !m.trim().is_empty() => m,
-                    Ok(_) => {
-                        return Err(GatewayError::invalid("model", "model must not be empty"))
-                    }
-                    Err(_) => {
-                        return Err(GatewayError::invalid("model", "model must be a string"))
-                    }
+                    Ok(_) => return Err(GatewayError::invalid("model", "model must not be empty")),
+                    Err(_) => return Err(GatewayError::invalid("model", "model must be a string")),
                 };
                 (model, body)
             }
             None => {
                 let start = text.len() - trimmed.len();
-                (default_model.to_owned(), splice_model(&body, start, default_model))
+                (
+                    default_model.to_owned(),
+                    splice_model(&body, start, default_model),
+                )
             }
         };
         Ok(ChatRequest {
@@ -214,10 +217,18 @@ fn range(name: &str, raw: Option<&RawValue>, min: f64, max: f64) -> Result<(), G
     }
 }
 
-fn integer(name: &str, raw: Option<&RawValue>, min: i64, max: Option<i64>) -> Result<(), GatewayError> {
+fn integer(
+    name: &str,
+    raw: Option<&RawValue>,
+    min: i64,
+    max: Option<i64>,
+) -> Result<(), GatewayError> {
     let Some(raw) = raw else { return Ok(()) };
     let value = serde_json::from_str::<i64>(raw.get()).map_err(|_| {
-        GatewayError::invalid(name, format!("{name} must be an integer, got {}", raw.get()))
+        GatewayError::invalid(
+            name,
+            format!("{name} must be an integer, got {}", raw.get()),
+        )
     })?;
     let ok = value >= min && max.is_none_or(|m| value <= m);
     if ok {
@@ -247,12 +258,15 @@ mod tests {
 
     #[test]
     fn minimal_body_gets_default_model_and_keeps_the_rest() {
-        let req = parse(r#" {"messages":[{"role":"user","content":"hi"}],"x":{"a":1.50}}"#).unwrap();
+        let req =
+            parse(r#" {"messages":[{"role":"user","content":"hi"}],"x":{"a":1.50}}"#).unwrap();
         assert_eq!(req.model(), "default-m");
         assert!(!req.stream());
         let v: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(v["model"], "default-m");
-        assert!(std::str::from_utf8(req.body()).unwrap().contains(r#""x":{"a":1.50}"#));
+        assert!(std::str::from_utf8(req.body())
+            .unwrap()
+            .contains(r#""x":{"a":1.50}"#));
     }
 
     #[test]
@@ -270,8 +284,14 @@ mod tests {
         assert_eq!(param_of("{}"), "messages");
         assert_eq!(param_of(r#"{"messages":[]}"#), "messages");
         assert_eq!(param_of(r#"{"messages":{}}"#), "messages");
-        assert_eq!(param_of(r#"{"messages":[{"content":"x"}]}"#), "messages[0].role");
-        assert_eq!(param_of(r#"{"messages":[{"role":"user"},{"role":3}]}"#), "messages[1].role");
+        assert_eq!(
+            param_of(r#"{"messages":[{"content":"x"}]}"#),
+            "messages[0].role"
+        );
+        assert_eq!(
+            param_of(r#"{"messages":[{"role":"user"},{"role":3}]}"#),
+            "messages[1].role"
+        );
         assert_eq!(param_of(r#"{"messages":[1]}"#), "messages[0]");
         for (field, bad) in [
             ("temperature", "2.5"),
@@ -288,9 +308,18 @@ mod tests {
             ("model", "\"\""),
             ("model", "null"),
         ] {
-            assert_eq!(param_of(&format!("{{{m},\"{field}\":{bad}}}")), field, "{field}={bad}");
+            assert_eq!(
+                param_of(&format!("{{{m},\"{field}\":{bad}}}")),
+                field,
+                "{field}={bad}"
+            );
         }
-        for good in ["\"temperature\":2", "\"top_p\":0", "\"n\":10", "\"temperature\":null"] {
+        for good in [
+            "\"temperature\":2",
+            "\"top_p\":0",
+            "\"n\":10",
+            "\"temperature\":null",
+        ] {
             assert!(parse(&format!("{{{m},{good}}}")).is_ok(), "{good}");
         }
     }

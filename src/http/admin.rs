@@ -41,11 +41,19 @@ pub async fn reload(State(core): State<Arc<Core>>, headers: HeaderMap) -> Respon
     }
 }
 
-pub async fn disable(State(core): State<Arc<Core>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub async fn disable(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     set_state(&core, &headers, &id, false)
 }
 
-pub async fn enable(State(core): State<Arc<Core>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub async fn enable(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     set_state(&core, &headers, &id, true)
 }
 
@@ -53,9 +61,14 @@ fn set_state(core: &Core, headers: &HeaderMap, id: &str, enable: bool) -> Respon
     if let Err(r) = check(core, headers) {
         return r;
     }
-    let found = if enable { core.pool.enable(id) } else { core.pool.disable(id) };
+    let found = if enable {
+        core.pool.enable(id)
+    } else {
+        core.pool.disable(id)
+    };
     if !found {
-        return HttpError::from(GatewayError::NotFound(format!("no key with id `{id}`"))).into_response();
+        return HttpError::from(GatewayError::NotFound(format!("no key with id `{id}`")))
+            .into_response();
     }
     tracing::info!(key = id, enable, "admin changed a key");
     let view = core.pool.view().into_iter().find(|k| k.id == id);

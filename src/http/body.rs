@@ -8,13 +8,25 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::chat::GatewayError;
 
-pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
-        let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+        let mime = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let json = mime == "application/json"
+            || (mime.starts_with("application/") && mime.ends_with("+json"));
         if !json {
-            return Err(GatewayError::UnsupportedMediaType(text.chars().take(100).collect()));
+            return Err(GatewayError::UnsupportedMediaType(
+                text.chars().take(100).collect(),
+            ));
         }
     }
     let declared = headers
@@ -26,7 +38,9 @@ pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::PayloadTooLarge { limit })
+        }
         Err(e) => Err(GatewayError::InvalidRequest {
             message: format!("could not read the request body: {e}"),
             param: None,

@@ -31,7 +31,13 @@ pub async fn completions(
     response
 }
 
-async fn handle(core: &Core, ctx: &RequestContext, headers: &HeaderMap, body: Body, note: &mut RequestNote) -> Result<Response, HttpError> {
+async fn handle(
+    core: &Core,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: Body,
+    note: &mut RequestNote,
+) -> Result<Response, HttpError> {
     core.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
     let bytes = body::read_json(headers, body, core.settings.max_body_bytes).await?;
     let request = core.chat_request(bytes)?;
@@ -45,7 +51,10 @@ async fn handle(core: &Core, ctx: &RequestContext, headers: &HeaderMap, body: Bo
         })?;
         let mut response = Response::new(Body::from_stream(sse_body(chunks)));
         let h = response.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         // Tell buffering reverse proxies (nginx) to pass each event on at once.
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -60,9 +69,10 @@ async fn handle(core: &Core, ctx: &RequestContext, headers: &HeaderMap, body: Bo
         })?;
         let status = StatusCode::from_u16(completion.status).unwrap_or(StatusCode::OK);
         let mut response = (status, completion.body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         set_attempts(&mut response, &dispatched.attempts);
         Ok(response)
     }
@@ -70,7 +80,9 @@ async fn handle(core: &Core, ctx: &RequestContext, headers: &HeaderMap, body: Bo
 
 /// Each chunk as `data: {json}\n\n` the moment it arrives; `data: [DONE]\n\n` after a clean
 /// end; after a break, one `data: {"error": …}` event and no `[DONE]`.
-fn sse_body(chunks: ChunkStream) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+fn sse_body(
+    chunks: ChunkStream,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
     futures_util::stream::unfold(Some(chunks), |state| async move {
         let mut chunks = state?;
         match chunks.next().await {

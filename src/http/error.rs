@@ -16,16 +16,23 @@ pub struct HttpError {
 
 impl From<GatewayError> for HttpError {
     fn from(error: GatewayError) -> Self {
-        HttpError { error, attempts: None }
+        HttpError {
+            error,
+            attempts: None,
+        }
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.error.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status =
+            StatusCode::from_u16(self.error.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut response = (status, self.error.to_openai_json()).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(secs) = self.error.retry_after_secs() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -59,15 +59,28 @@ async fn method_not_allowed(method: Method) -> Response {
 
 /// Unknown paths: JSON 404 for HTTP clients (gRPC clients are answered by the gRPC door).
 pub async fn not_found(request: Request) -> Response {
-    let error = GatewayError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()));
+    let error = GatewayError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ));
     HttpError::from(error).into_response()
 }
 
 /// Gives every request a [`RequestContext`] (request id in and out) and writes one log line
 /// and one metrics sample per HTTP request. gRPC calls log in their own door.
-pub async fn access_layer(State(core): State<Arc<Core>>, mut request: Request, next: Next) -> Response {
+pub async fn access_layer(
+    State(core): State<Arc<Core>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
-    let ctx = RequestContext::new(request.headers().get("x-request-id").and_then(|v| v.to_str().ok()));
+    let ctx = RequestContext::new(
+        request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+    );
     let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
     let grpc = request
         .headers()
@@ -86,7 +99,11 @@ pub async fn access_layer(State(core): State<Arc<Core>>, mut request: Request, n
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     core.metrics.record("http", status, elapsed);
-    let note = response.extensions().get::<RequestNote>().cloned().unwrap_or_default();
+    let note = response
+        .extensions()
+        .get::<RequestNote>()
+        .cloned()
+        .unwrap_or_default();
     let attempts = note.attempts.as_ref();
     tracing::info!(
         target: "megallm_gateway::access",
@@ -104,5 +121,9 @@ pub async fn access_layer(State(core): State<Arc<Core>>, mut request: Request, n
 }
 
 fn request_id_str(response: &Response) -> &str {
-    response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("")
+    response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }

@@ -21,15 +21,23 @@ pub async fn list(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response
         return HttpError::from(e).into_response();
     }
     let models = core.models.list().await;
-    Json(json!({"object": "list", "data": models.iter().map(object).collect::<Vec<_>>()})).into_response()
+    Json(json!({"object": "list", "data": models.iter().map(object).collect::<Vec<_>>()}))
+        .into_response()
 }
 
-pub async fn get(State(core): State<Arc<Core>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub async fn get(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(e) = core.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         return HttpError::from(e).into_response();
     }
     match core.models.get(&id).await {
         Some(model) => Json(object(&model)).into_response(),
-        None => HttpError::from(GatewayError::NotFound(format!("The model `{id}` does not exist"))).into_response(),
+        None => HttpError::from(GatewayError::NotFound(format!(
+            "The model `{id}` does not exist"
+        )))
+        .into_response(),
     }
 }

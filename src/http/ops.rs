@@ -17,13 +17,20 @@ pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
     if core.pool.can_serve_now() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "no key can serve now"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no key can serve now"})),
+        )
+            .into_response()
     }
 }
 
 pub async fn metrics(State(core): State<Arc<Core>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         core.metrics.render(&core.pool),
     )
         .into_response()

@@ -66,9 +66,15 @@ fn says_quota(body: &[u8]) -> bool {
     ["code", "type"].iter().any(|field| {
         error.get(field).and_then(|v| v.as_str()).is_some_and(|s| {
             let s = s.to_ascii_lowercase();
-            ["quota", "billing", "credit", "payment", "insufficient_funds"]
-                .iter()
-                .any(|w| s.contains(w))
+            [
+                "quota",
+                "billing",
+                "credit",
+                "payment",
+                "insufficient_funds",
+            ]
+            .iter()
+            .any(|w| s.contains(w))
         })
     })
 }
@@ -77,7 +83,12 @@ fn says_quota(body: &[u8]) -> bool {
 /// from OpenAI's `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`), picking the
 /// one whose `remaining` is 0, or the later of the two when that is not said.
 pub fn reset_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(value) = text("retry-after") {
         if let Ok(secs) = value.parse::<f64>() {
             if secs.is_finite() && secs >= 0.0 {
@@ -158,8 +169,18 @@ mod tests {
         assert_eq!(classify(403, &none, b"{}"), Outcome::InvalidCredential);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
         assert_eq!(classify(429, &none, quota), Outcome::QuotaExhausted);
-        assert_eq!(classify(403, &none, br#"{"error":{"code":"billing_hard_limit_reached"}}"#), Outcome::QuotaExhausted);
-        assert_eq!(classify(429, &none, b""), Outcome::RateLimited { reset: None });
+        assert_eq!(
+            classify(
+                403,
+                &none,
+                br#"{"error":{"code":"billing_hard_limit_reached"}}"#
+            ),
+            Outcome::QuotaExhausted
+        );
+        assert_eq!(
+            classify(429, &none, b""),
+            Outcome::RateLimited { reset: None }
+        );
         for s in [500, 502, 503, 504, 408] {
             assert_eq!(classify(s, &none, b""), Outcome::Transient, "{s}");
         }
@@ -168,11 +189,20 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(reset_after(&headers(&[("retry-after", "2")]), now), Some(Duration::from_secs(2)));
+        assert_eq!(
+            reset_after(&headers(&[("retry-after", "2")]), now),
+            Some(Duration::from_secs(2))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(reset_after(&headers(&[("retry-after", &date)]), now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            reset_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(reset_after(&headers(&[("retry-after", &past)]), now), Some(Duration::ZERO));
+        assert_eq!(
+            reset_after(&headers(&[("retry-after", &past)]), now),
+            Some(Duration::ZERO)
+        );
         let h = headers(&[
             ("x-ratelimit-reset-requests", "6m0s"),
             ("x-ratelimit-reset-tokens", "20ms"),
@@ -180,7 +210,10 @@ mod tests {
             ("x-ratelimit-remaining-tokens", "0"),
         ]);
         assert_eq!(reset_after(&h, now), Some(Duration::from_millis(20)));
-        let h = headers(&[("x-ratelimit-reset-requests", "1s"), ("x-ratelimit-reset-tokens", "6m0s")]);
+        let h = headers(&[
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
         assert_eq!(reset_after(&h, now), Some(Duration::from_secs(360)));
         assert_eq!(reset_after(&headers(&[("retry-after", "soon")]), now), None);
     }
@@ -190,7 +223,10 @@ mod tests {
         assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
         assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(
+            parse_go_duration("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
         assert_eq!(parse_go_duration("x"), None);
         assert_eq!(parse_go_duration("5"), None);
     }

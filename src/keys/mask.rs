@@ -67,6 +67,9 @@ mod tests {
         assert_eq!(out, "key [redacted key] rejected");
         let out = mask("token \"sk-proj-abcdefgh\" invalid", std::iter::empty());
         assert_eq!(out, "token \"[redacted key]\" invalid");
-        assert_eq!(mask("nothing to hide here", keys.iter().copied()), "nothing to hide here");
+        assert_eq!(
+            mask("nothing to hide here", keys.iter().copied()),
+            "nothing to hide here"
+        );
     }
 }

@@ -169,7 +169,9 @@ impl KeyLease {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        self.key.lock().record(now, outcome, self.ticket, &self.pool.cfg, rand::random());
+        self.key
+            .lock()
+            .record(now, outcome, self.ticket, &self.pool.cfg, rand::random());
         if outcome != Outcome::Success {
             let error = LastError {
                 class: outcome.class(),
@@ -177,15 +179,26 @@ impl KeyLease {
                 message: self.pool.mask(message),
                 at_unix_ms: unix_ms(SystemTime::now()),
             };
-            *self.key.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            *self
+                .key
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(error);
         }
     }
 
     /// A stream that broke after its first byte: counted, but the key's state is not changed
     /// (the verdict on the key was already given when the stream started).
     pub fn stream_broken(&self, message: &str) {
-        self.key.counters.stream_broken.fetch_add(1, Ordering::Relaxed);
-        *self.key.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastError {
+        self.key
+            .counters
+            .stream_broken
+            .fetch_add(1, Ordering::Relaxed);
+        *self
+            .key
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(LastError {
             class: "stream_broken",
             status: None,
             message: self.pool.mask(message),
@@ -321,7 +334,11 @@ impl KeyPool {
     }
 
     /// Waits up to `until` for a key, when the pool is configured to queue.
-    pub async fn acquire_wait(self: &Arc<Self>, tried: &[Arc<str>], until: Instant) -> Result<KeyLease, NoKey> {
+    pub async fn acquire_wait(
+        self: &Arc<Self>,
+        tried: &[Arc<str>],
+        until: Instant,
+    ) -> Result<KeyLease, NoKey> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -353,7 +370,10 @@ impl KeyPool {
         match self.cfg.strategy {
             Strategy::RoundRobin => (0..n).map(|i| (tick + i) % n).collect(),
             Strategy::Weighted => {
-                let total: u64 = keys.iter().map(|k| u64::from(k.weight.load(Ordering::Relaxed))).sum();
+                let total: u64 = keys
+                    .iter()
+                    .map(|k| u64::from(k.weight.load(Ordering::Relaxed)))
+                    .sum();
                 let mut point = (tick as u64) % total.max(1);
                 let mut start = 0;
                 for (i, k) in keys.iter().enumerate() {
@@ -386,8 +406,12 @@ impl KeyPool {
             };
             let (until, rate) = match blocked {
                 Ok(()) => (Some(now), true), // freed since: say "retry now"
-                Err(Blocked::Cooling { until, cause }) => (Some(until), cause == CoolCause::RateLimited),
-                Err(Blocked::AtLimit { until }) => (Some(until.unwrap_or(now + Duration::from_secs(1))), true),
+                Err(Blocked::Cooling { until, cause }) => {
+                    (Some(until), cause == CoolCause::RateLimited)
+                }
+                Err(Blocked::AtLimit { until }) => {
+                    (Some(until.unwrap_or(now + Duration::from_secs(1))), true)
+                }
                 Err(Blocked::TrialBusy) => (Some(now + Duration::from_secs(1)), false),
                 Err(Blocked::Disabled) => continue,
             };
@@ -533,7 +557,11 @@ impl KeyPool {
                         caller: get(&c.caller),
                         stream_broken: get(&c.stream_broken),
                     },
-                    last_error: k.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    last_error: k
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
                 }
             })
             .collect()
@@ -570,7 +598,9 @@ pub struct Failures {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -588,7 +618,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn round_robin_in_turn_and_retries_prefer_untried() {
         let p = pool(&["a", "b", "c"], Strategy::RoundRobin);
-        let ids: Vec<String> = (0..6).map(|_| p.acquire(&[]).unwrap().id().to_string()).collect();
+        let ids: Vec<String> = (0..6)
+            .map(|_| p.acquire(&[]).unwrap().id().to_string())
+            .collect();
         assert_eq!(ids, ["key-1", "key-2", "key-3", "key-1", "key-2", "key-3"]);
         let tried: Vec<Arc<str>> = vec!["key-1".into(), "key-2".into()];
         for _ in 0..3 {
@@ -613,9 +645,17 @@ mod tests {
         let first = p.acquire(&[]).unwrap();
         let second = p.acquire(&[]).unwrap();
         assert_ne!(first.id(), second.id());
-        let held_a = if &**first.id() == "key-1" { first } else { second };
+        let held_a = if &**first.id() == "key-1" {
+            first
+        } else {
+            second
+        };
         for _ in 0..5 {
-            assert_eq!(&**p.acquire(&[]).unwrap().id(), "key-2", "key-1 is at its limit");
+            assert_eq!(
+                &**p.acquire(&[]).unwrap().id(),
+                "key-2",
+                "key-1 is at its limit"
+            );
         }
         drop(held_a);
     }
@@ -625,9 +665,20 @@ mod tests {
         let p = pool(&["a", "b"], Strategy::RoundRobin);
         for secs in [5, 2] {
             let mut lease = p.acquire(&[]).unwrap();
-            lease.report(Outcome::RateLimited { reset: Some(Duration::from_secs(secs)) }, Some(429), "slow down");
+            lease.report(
+                Outcome::RateLimited {
+                    reset: Some(Duration::from_secs(secs)),
+                },
+                Some(429),
+                "slow down",
+            );
         }
-        assert_eq!(p.acquire(&[]).err(), Some(NoKey::AllRateLimited { retry_after: Duration::from_secs(2) }));
+        assert_eq!(
+            p.acquire(&[]).err(),
+            Some(NoKey::AllRateLimited {
+                retry_after: Duration::from_secs(2)
+            })
+        );
         assert!(!p.can_serve_now());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(&**p.acquire(&[]).unwrap().id(), "key-2");
@@ -640,11 +691,17 @@ mod tests {
             let mut lease = p.acquire(&[]).unwrap();
             lease.report(Outcome::InvalidCredential, Some(401), "bad key a");
         }
-        assert_eq!(p.acquire(&[]).err(), Some(NoKey::Unavailable { retry_after: None }));
+        assert_eq!(
+            p.acquire(&[]).err(),
+            Some(NoKey::Unavailable { retry_after: None })
+        );
         let view = p.view();
         assert_eq!(view[0].state, "disabled");
         assert_eq!(view[0].failures.credential, 1);
-        assert!(!format!("{view:?}").contains("bad key a "), "message masked: {view:?}");
+        assert!(
+            !format!("{view:?}").contains("bad key a "),
+            "message masked: {view:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -652,11 +709,25 @@ mod tests {
         let p = pool(&["a", "b"], Strategy::RoundRobin);
         let mut lease = p.acquire(&[]).unwrap();
         assert_eq!(&**lease.id(), "key-1");
-        lease.report(Outcome::RateLimited { reset: Some(Duration::from_secs(60)) }, Some(429), "");
+        lease.report(
+            Outcome::RateLimited {
+                reset: Some(Duration::from_secs(60)),
+            },
+            Some(429),
+            "",
+        );
         drop(lease);
         let specs = vec![KeySpec::new("a"), KeySpec::new("c")];
         let summary = p.reload(&specs).unwrap();
-        assert_eq!(summary, ReloadSummary { kept: 1, added: 1, removed: 1, total: 2 });
+        assert_eq!(
+            summary,
+            ReloadSummary {
+                kept: 1,
+                added: 1,
+                removed: 1,
+                total: 2
+            }
+        );
         let view = p.view();
         assert_eq!((view[0].id.as_str(), view[0].state), ("key-1", "cooling"));
         assert_eq!((view[1].id.as_str(), view[1].state), ("key-3", "ready"));
@@ -680,13 +751,25 @@ mod tests {
         cfg.queue_timeout = Duration::from_secs(5);
         let p = KeyPool::new(&[KeySpec::new("a")], cfg);
         let mut lease = p.acquire(&[]).unwrap();
-        lease.report(Outcome::RateLimited { reset: Some(Duration::from_secs(2)) }, Some(429), "");
+        lease.report(
+            Outcome::RateLimited {
+                reset: Some(Duration::from_secs(2)),
+            },
+            Some(429),
+            "",
+        );
         drop(lease);
         let start = Instant::now();
-        let lease = p.acquire_wait(&[], start + Duration::from_secs(5)).await.unwrap();
+        let lease = p
+            .acquire_wait(&[], start + Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
         drop(lease);
         p.disable("key-1");
-        assert!(p.acquire_wait(&[], Instant::now() + Duration::from_secs(1)).await.is_err());
+        assert!(p
+            .acquire_wait(&[], Instant::now() + Duration::from_secs(1))
+            .await
+            .is_err());
     }
 }

@@ -27,19 +27,31 @@ pub enum DisableCause {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     Ready,
-    Cooling { until: Instant, cause: CoolCause },
+    Cooling {
+        until: Instant,
+        cause: CoolCause,
+    },
     /// The breaker's cooldown is over: one trial request decides between ready and cooling.
-    HalfOpen { trial_in_flight: bool },
-    Disabled { cause: DisableCause },
+    HalfOpen {
+        trial_in_flight: bool,
+    },
+    Disabled {
+        cause: DisableCause,
+    },
 }
 
 /// Why a key cannot take a request right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blocked {
-    Cooling { until: Instant, cause: CoolCause },
+    Cooling {
+        until: Instant,
+        cause: CoolCause,
+    },
     Disabled,
     /// At its concurrency limit, or its per-minute budget is spent until `until`.
-    AtLimit { until: Option<Instant> },
+    AtLimit {
+        until: Option<Instant>,
+    },
     /// A half-open trial is already in flight.
     TrialBusy,
 }
@@ -128,7 +140,12 @@ impl KeyState {
     }
 
     /// Whether the key could take a request now, without taking it.
-    pub fn check(&mut self, now: Instant, in_flight: u32, max_concurrent: Option<u32>) -> Result<(), Blocked> {
+    pub fn check(
+        &mut self,
+        now: Instant,
+        in_flight: u32,
+        max_concurrent: Option<u32>,
+    ) -> Result<(), Blocked> {
         self.tick(now);
         match self.health {
             Health::Cooling { until, cause } => return Err(Blocked::Cooling { until, cause }),
@@ -153,7 +170,12 @@ impl KeyState {
     }
 
     /// Takes the key for one request if it can serve now.
-    pub fn take(&mut self, now: Instant, in_flight: u32, max_concurrent: Option<u32>) -> Result<Ticket, Blocked> {
+    pub fn take(
+        &mut self,
+        now: Instant,
+        in_flight: u32,
+        max_concurrent: Option<u32>,
+    ) -> Result<Ticket, Blocked> {
         self.check(now, in_flight, max_concurrent)?;
         if let Some(bucket) = &mut self.bucket {
             bucket.tokens -= 1.0;
@@ -180,7 +202,14 @@ impl KeyState {
     }
 
     /// Applies an upstream outcome. `jitter` in [0, 1) spreads backoffs (tests pass a constant).
-    pub fn record(&mut self, now: Instant, outcome: Outcome, ticket: Ticket, cfg: &SchedulerSettings, jitter: f64) {
+    pub fn record(
+        &mut self,
+        now: Instant,
+        outcome: Outcome,
+        ticket: Ticket,
+        cfg: &SchedulerSettings,
+        jitter: f64,
+    ) {
         let admin_disabled = self.health
             == Health::Disabled {
                 cause: DisableCause::Admin,
@@ -292,10 +321,27 @@ mod tests {
         let cfg = cfg();
         let mut s = KeyState::new(None, Instant::now());
         let t = s.take(Instant::now(), 0, None).unwrap();
-        s.record(Instant::now(), Outcome::RateLimited { reset: Some(Duration::from_secs(2)) }, t, &cfg, 0.0);
-        assert!(matches!(s.check(Instant::now(), 0, None), Err(Blocked::Cooling { cause: CoolCause::RateLimited, .. })));
+        s.record(
+            Instant::now(),
+            Outcome::RateLimited {
+                reset: Some(Duration::from_secs(2)),
+            },
+            t,
+            &cfg,
+            0.0,
+        );
+        assert!(matches!(
+            s.check(Instant::now(), 0, None),
+            Err(Blocked::Cooling {
+                cause: CoolCause::RateLimited,
+                ..
+            })
+        ));
         tokio::time::advance(Duration::from_millis(1999)).await;
-        assert!(s.check(Instant::now(), 0, None).is_err(), "no request inside the Retry-After window");
+        assert!(
+            s.check(Instant::now(), 0, None).is_err(),
+            "no request inside the Retry-After window"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(s.take(Instant::now(), 0, None), Ok(PLAIN));
     }
@@ -310,9 +356,23 @@ mod tests {
         assert_eq!(backoff(&cfg, 3, 0.0), Duration::from_secs(2));
         assert_eq!(backoff(&cfg, 9, 1.0), Duration::from_secs(4));
         let mut s = KeyState::new(None, Instant::now());
-        s.record(Instant::now(), Outcome::RateLimited { reset: None }, PLAIN, &cfg, 1.0);
-        s.record(Instant::now(), Outcome::RateLimited { reset: None }, PLAIN, &cfg, 1.0);
-        let Health::Cooling { until, .. } = s.health else { panic!("cooling") };
+        s.record(
+            Instant::now(),
+            Outcome::RateLimited { reset: None },
+            PLAIN,
+            &cfg,
+            1.0,
+        );
+        s.record(
+            Instant::now(),
+            Outcome::RateLimited { reset: None },
+            PLAIN,
+            &cfg,
+            1.0,
+        );
+        let Health::Cooling { until, .. } = s.health else {
+            panic!("cooling")
+        };
         assert_eq!(until - Instant::now(), Duration::from_secs(2));
         s.record(Instant::now(), Outcome::Success, PLAIN, &cfg, 1.0);
         assert_eq!(s.rate_limit_streak, 0);
@@ -335,13 +395,32 @@ mod tests {
             assert_eq!(s.health, Health::Ready);
         }
         s.record(Instant::now(), Outcome::Transient, PLAIN, &cfg, 0.5);
-        assert!(matches!(s.health, Health::Cooling { cause: CoolCause::Breaker, .. }));
+        assert!(matches!(
+            s.health,
+            Health::Cooling {
+                cause: CoolCause::Breaker,
+                ..
+            }
+        ));
         tokio::time::advance(cfg.breaker_cooldown).await;
         let trial = s.take(Instant::now(), 0, None).unwrap();
         assert!(trial.trial);
-        assert_eq!(s.take(Instant::now(), 1, None), Err(Blocked::TrialBusy), "one trial at a time");
+        assert_eq!(
+            s.take(Instant::now(), 1, None),
+            Err(Blocked::TrialBusy),
+            "one trial at a time"
+        );
         s.record(Instant::now(), Outcome::Transient, trial, &cfg, 0.5);
-        assert!(matches!(s.health, Health::Cooling { cause: CoolCause::Breaker, .. }), "failed trial re-opens");
+        assert!(
+            matches!(
+                s.health,
+                Health::Cooling {
+                    cause: CoolCause::Breaker,
+                    ..
+                }
+            ),
+            "failed trial re-opens"
+        );
         tokio::time::advance(cfg.breaker_cooldown).await;
         let trial = s.take(Instant::now(), 0, None).unwrap();
         s.record(Instant::now(), Outcome::Success, trial, &cfg, 0.5);
@@ -353,7 +432,9 @@ mod tests {
     async fn abandoned_trial_frees_the_slot() {
         let cfg = cfg();
         let mut s = KeyState::new(None, Instant::now());
-        s.health = Health::HalfOpen { trial_in_flight: false };
+        s.health = Health::HalfOpen {
+            trial_in_flight: false,
+        };
         let t = s.take(Instant::now(), 0, None).unwrap();
         assert!(t.trial);
         s.release_trial();
@@ -384,10 +465,17 @@ mod tests {
     async fn admin_disable_is_sticky() {
         let cfg = cfg();
         let mut s = KeyState::new(None, Instant::now());
-        s.health = Health::Disabled { cause: DisableCause::Admin };
+        s.health = Health::Disabled {
+            cause: DisableCause::Admin,
+        };
         s.record(Instant::now(), Outcome::Success, PLAIN, &cfg, 0.5);
         s.probe_result(true, Instant::now());
-        assert_eq!(s.health, Health::Disabled { cause: DisableCause::Admin });
+        assert_eq!(
+            s.health,
+            Health::Disabled {
+                cause: DisableCause::Admin
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -404,7 +492,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn limits_skip_the_key() {
         let mut s = KeyState::new(Some(60), Instant::now());
-        assert_eq!(s.check(Instant::now(), 2, Some(2)), Err(Blocked::AtLimit { until: None }));
+        assert_eq!(
+            s.check(Instant::now(), 2, Some(2)),
+            Err(Blocked::AtLimit { until: None })
+        );
         for _ in 0..60 {
             s.take(Instant::now(), 0, None).unwrap();
         }

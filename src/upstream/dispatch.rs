@@ -69,7 +69,11 @@ impl Dispatcher {
     }
 
     /// A whole (non-streaming) completion.
-    pub async fn complete(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<Completion> {
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+    ) -> Dispatched<Completion> {
         let (result, attempts) = self.run(req, ctx, false).await;
         Dispatched {
             result: result.map(|won| match won {
@@ -92,7 +96,12 @@ impl Dispatcher {
         }
     }
 
-    async fn run(&self, req: &ChatRequest, ctx: &RequestContext, stream: bool) -> (Result<Won, GatewayError>, Attempts) {
+    async fn run(
+        &self,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+        stream: bool,
+    ) -> (Result<Won, GatewayError>, Attempts) {
         let start = Instant::now();
         let total = start + self.timeouts.total;
         let (deadline, deadline_kind) = match ctx.deadline {
@@ -110,19 +119,35 @@ impl Dispatcher {
                     // The pool's own state says more than the last failure: when every key
                     // is cooling, the client learns when to come back.
                     let error = match no_key {
-                        NoKey::AllRateLimited { retry_after } => GatewayError::RateLimited { retry_after },
-                        NoKey::Unavailable { retry_after } => GatewayError::NoKeyAvailable { retry_after },
+                        NoKey::AllRateLimited { retry_after } => {
+                            GatewayError::RateLimited { retry_after }
+                        }
+                        NoKey::Unavailable { retry_after } => {
+                            GatewayError::NoKeyAvailable { retry_after }
+                        }
                     };
                     return (Err(error), attempts);
                 }
             };
             if Instant::now() >= deadline {
-                return (Err(timeout(deadline_kind, "waiting for a usable key")), attempts);
+                return (
+                    Err(timeout(deadline_kind, "waiting for a usable key")),
+                    attempts,
+                );
             }
             tried.push(lease.id().clone());
             let first_byte_at = (Instant::now() + self.timeouts.first_byte).min(deadline);
             let result = self
-                .attempt(req, ctx, lease, &mut attempts, stream, first_byte_at, deadline, deadline_kind)
+                .attempt(
+                    req,
+                    ctx,
+                    lease,
+                    &mut attempts,
+                    stream,
+                    first_byte_at,
+                    deadline,
+                    deadline_kind,
+                )
                 .await;
             match result {
                 Ok(won) => return (Ok(won), attempts),
@@ -135,7 +160,8 @@ impl Dispatcher {
                 }
             }
         }
-        let error = last_error.unwrap_or_else(|| GatewayError::Internal("no attempt was made".into()));
+        let error =
+            last_error.unwrap_or_else(|| GatewayError::Internal("no attempt was made".into()));
         (Err(error), attempts)
     }
 
@@ -152,9 +178,22 @@ impl Dispatcher {
         deadline_kind: TimeoutKind,
     ) -> Result<Won, Failed> {
         let key_id = lease.id().clone();
-        let sent = timeout_at(first_byte_at, self.client.chat(lease.secret(), req.body().clone(), &ctx.request_id)).await;
+        let sent = timeout_at(
+            first_byte_at,
+            self.client
+                .chat(lease.secret(), req.body().clone(), &ctx.request_id),
+        )
+        .await;
         let response = match sent {
-            Err(_) => return Err(self.timed_out(&mut lease, attempts, first_byte_at, deadline, deadline_kind)),
+            Err(_) => {
+                return Err(self.timed_out(
+                    &mut lease,
+                    attempts,
+                    first_byte_at,
+                    deadline,
+                    deadline_kind,
+                ))
+            }
             Ok(Err(e)) => {
                 let label = if e.is_connect() { "connect" } else { "error" };
                 attempts.push(&key_id, label);
@@ -192,11 +231,17 @@ impl Dispatcher {
                     lease.report(Outcome::Transient, Some(status), &message);
                     Err(Failed::Retry(GatewayError::UpstreamUnavailable {
                         status: None,
-                        message: format!("reading the upstream answer failed: {}", self.pool.mask(&message)),
+                        message: format!(
+                            "reading the upstream answer failed: {}",
+                            self.pool.mask(&message)
+                        ),
                         retry_after: None,
                     }))
                 }
-                Err(_) => Err(Failed::Final(timeout(deadline_kind, "reading the upstream answer"))),
+                Err(_) => Err(Failed::Final(timeout(
+                    deadline_kind,
+                    "reading the upstream answer",
+                ))),
             };
         }
         // Streaming: hold the answer back until its first event is complete.
@@ -214,20 +259,35 @@ impl Dispatcher {
                     lease.report(Outcome::Transient, Some(status), &message);
                     return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
                         status: None,
-                        message: format!("the upstream stream broke before its first event: {}", self.pool.mask(&message)),
+                        message: format!(
+                            "the upstream stream broke before its first event: {}",
+                            self.pool.mask(&message)
+                        ),
                         retry_after: None,
                     }));
                 }
                 Ok(None) => {
                     attempts.push(&key_id, "broken");
-                    lease.report(Outcome::Transient, Some(status), "stream ended before its first event");
+                    lease.report(
+                        Outcome::Transient,
+                        Some(status),
+                        "stream ended before its first event",
+                    );
                     return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
                         status: None,
                         message: "the upstream stream ended before its first event".into(),
                         retry_after: None,
                     }));
                 }
-                Err(_) => return Err(self.timed_out(&mut lease, attempts, first_byte_at, deadline, deadline_kind)),
+                Err(_) => {
+                    return Err(self.timed_out(
+                        &mut lease,
+                        attempts,
+                        first_byte_at,
+                        deadline,
+                        deadline_kind,
+                    ))
+                }
             }
         };
         attempts.push(&key_id, status.to_string());
@@ -244,37 +304,64 @@ impl Dispatcher {
             deadline_kind,
             pool: self.pool.clone(),
         };
-        Ok(Won::Stream(Box::pin(futures_util::stream::unfold(state, StreamState::next))))
+        Ok(Won::Stream(Box::pin(futures_util::stream::unfold(
+            state,
+            StreamState::next,
+        ))))
     }
 
-    fn timed_out(&self, lease: &mut KeyLease, attempts: &mut Attempts, first_byte_at: Instant, deadline: Instant, deadline_kind: TimeoutKind) -> Failed {
+    fn timed_out(
+        &self,
+        lease: &mut KeyLease,
+        attempts: &mut Attempts,
+        first_byte_at: Instant,
+        deadline: Instant,
+        deadline_kind: TimeoutKind,
+    ) -> Failed {
         attempts.push(lease.id(), "timeout");
         if first_byte_at >= deadline {
             // The request's own time is up: no key is to blame, and no retry can help.
             return Failed::Final(timeout(deadline_kind, "waiting for the upstream"));
         }
-        lease.report(Outcome::Transient, None, "no response before the first_byte timeout");
-        Failed::Retry(timeout(TimeoutKind::FirstByte, "the upstream did not answer in time"))
+        lease.report(
+            Outcome::Transient,
+            None,
+            "no response before the first_byte timeout",
+        );
+        Failed::Retry(timeout(
+            TimeoutKind::FirstByte,
+            "the upstream did not answer in time",
+        ))
     }
 
-    fn failure(&self, outcome: Outcome, status: u16, detail: UpstreamErrorBody, key_id: &str) -> Failed {
+    fn failure(
+        &self,
+        outcome: Outcome,
+        status: u16,
+        detail: UpstreamErrorBody,
+        key_id: &str,
+    ) -> Failed {
         let message = self.pool.mask(&detail.message);
         match outcome {
-            Outcome::CallerFault | Outcome::Success => Failed::Final(GatewayError::UpstreamRejected {
-                status,
-                message,
-                error_type: detail.error_type,
-                param: detail.param,
-                code: detail.code,
-            }),
+            Outcome::CallerFault | Outcome::Success => {
+                Failed::Final(GatewayError::UpstreamRejected {
+                    status,
+                    message,
+                    error_type: detail.error_type,
+                    param: detail.param,
+                    code: detail.code,
+                })
+            }
             Outcome::RateLimited { reset } => Failed::Retry(GatewayError::RateLimited {
                 retry_after: reset.unwrap_or(Duration::from_secs(1)),
             }),
-            Outcome::QuotaExhausted | Outcome::InvalidCredential => Failed::Retry(GatewayError::UpstreamUnavailable {
-                status: None,
-                message: format!("the upstream refused the gateway's key {key_id} ({status})"),
-                retry_after: None,
-            }),
+            Outcome::QuotaExhausted | Outcome::InvalidCredential => {
+                Failed::Retry(GatewayError::UpstreamUnavailable {
+                    status: None,
+                    message: format!("the upstream refused the gateway's key {key_id} ({status})"),
+                    retry_after: None,
+                })
+            }
             Outcome::Transient => Failed::Retry(GatewayError::UpstreamUnavailable {
                 status: Some(status),
                 message: format!("{status} from the upstream: {message}"),
@@ -333,13 +420,11 @@ impl UpstreamErrorBody {
         let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let error = json.as_ref().map(|j| j.get("error").unwrap_or(j));
         let text = |field: &str| {
-            error
-                .and_then(|e| e.get(field))
-                .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
+            error.and_then(|e| e.get(field)).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
         };
         let message = text("message").unwrap_or_else(|| {
             let raw = String::from_utf8_lossy(body);
@@ -396,9 +481,16 @@ impl StreamState {
                     continue;
                 }
                 Ok(Some(Err(e))) => GatewayError::StreamBroken(self.pool.mask(&describe(&e))),
-                Ok(None) => GatewayError::StreamBroken("the upstream closed the stream before [DONE]".into()),
-                Err(_) if idle_at >= self.deadline => timeout(self.deadline_kind, "the stream ran past the request's time"),
-                Err(_) => timeout(TimeoutKind::Idle, "no upstream event within the idle timeout"),
+                Ok(None) => GatewayError::StreamBroken(
+                    "the upstream closed the stream before [DONE]".into(),
+                ),
+                Err(_) if idle_at >= self.deadline => {
+                    timeout(self.deadline_kind, "the stream ran past the request's time")
+                }
+                Err(_) => timeout(
+                    TimeoutKind::Idle,
+                    "no upstream event within the idle timeout",
+                ),
             };
             self.done = true;
             if let Some(lease) = &self.lease {

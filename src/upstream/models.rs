@@ -63,7 +63,12 @@ pub fn builtin() -> Vec<ModelInfo> {
 }
 
 impl Models {
-    pub fn new(client: UpstreamClient, pool: Arc<KeyPool>, ttl: Duration, request_timeout: Duration) -> Self {
+    pub fn new(
+        client: UpstreamClient,
+        pool: Arc<KeyPool>,
+        ttl: Duration,
+        request_timeout: Duration,
+    ) -> Self {
         Models {
             client,
             pool,
@@ -95,7 +100,8 @@ impl Models {
             None => (builtin(), FAILURE_TTL.min(self.ttl)),
         };
         let list = Arc::new(list);
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now() + ttl, list.clone()));
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now() + ttl, list.clone()));
         list
     }
 
@@ -109,13 +115,17 @@ impl Models {
             data: Vec<ModelInfo>,
         }
         let mut lease = self.pool.acquire(&[]).ok()?;
-        let response = match timeout(self.request_timeout, self.client.models(lease.secret())).await {
+        let response = match timeout(self.request_timeout, self.client.models(lease.secret())).await
+        {
             Ok(Ok(r)) => r,
             _ => return None,
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = timeout(self.request_timeout, response.bytes()).await.ok()?.ok()?;
+        let body = timeout(self.request_timeout, response.bytes())
+            .await
+            .ok()?
+            .ok()?;
         let outcome = classify(status, &headers, &body);
         lease.report(outcome, Some(status), "GET /models failed");
         if !(200..300).contains(&status) {

@@ -9,8 +9,16 @@ use tokio_util::sync::CancellationToken;
 use super::client::UpstreamClient;
 use crate::keys::KeyPool;
 
-pub fn spawn(pool: Arc<KeyPool>, client: UpstreamClient, timeout: Duration, stop: CancellationToken) {
-    let tick = pool.settings().probe_interval.clamp(Duration::from_millis(50), Duration::from_secs(1));
+pub fn spawn(
+    pool: Arc<KeyPool>,
+    client: UpstreamClient,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let tick = pool
+        .settings()
+        .probe_interval
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -47,7 +47,11 @@ impl SseParser {
             }
             let (field, value) = match line.iter().position(|&b| b == b':') {
                 Some(colon) => {
-                    let skip = if line.get(colon + 1) == Some(&b' ') { 2 } else { 1 };
+                    let skip = if line.get(colon + 1) == Some(&b' ') {
+                        2
+                    } else {
+                        1
+                    };
                     (&line[..colon], line.slice(colon + skip..))
                 }
                 None => (&line[..], Bytes::new()),
@@ -114,7 +118,8 @@ mod tests {
 
     #[test]
     fn events_split_at_every_byte() {
-        let input = b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\r\n\r\nevent: x\ndata: [DONE]\n\n";
+        let input =
+            b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\r\n\r\nevent: x\ndata: [DONE]\n\n";
         for split in 0..input.len() {
             let mut p = SseParser::new();
             let mut got = Vec::new();
@@ -122,7 +127,11 @@ mod tests {
             got.extend(all(&mut p));
             p.push(&input[split..]);
             got.extend(all(&mut p));
-            assert_eq!(got, ["{\"a\":1}", "{\"b\":2}", "[DONE]"], "split at {split}");
+            assert_eq!(
+                got,
+                ["{\"a\":1}", "{\"b\":2}", "[DONE]"],
+                "split at {split}"
+            );
             assert!(!p.has_partial());
         }
     }
