@@ -82,6 +82,9 @@ impl KeySpec {
         if key.contains('=') && key.len() < 24 && key.split('=').next().is_some_and(is_attr) {
             return Err("the line starts with an attribute; the key must come first".into());
         }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a key may hold only visible ASCII characters".into());
+        }
         let mut spec = KeySpec::new(key);
         for attr in parts {
             let (name, value) = attr
