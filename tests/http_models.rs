@@ -12,7 +12,10 @@ fn ids(list: &Value) -> Vec<String> {
         .iter()
         .map(|m| {
             assert_eq!(m["object"], "model", "not a model object: {m}");
-            m["id"].as_str().unwrap_or_else(|| panic!("model without id: {m}")).to_string()
+            m["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("model without id: {m}"))
+                .to_string()
         })
         .collect()
 }
@@ -30,9 +33,19 @@ async fn models_lists_the_upstream_models_when_it_is_up() {
         assert!(got.iter().any(|g| g == want), "{want} missing from {got:?}");
     }
     // It asked the upstream with a pool key.
-    let asked = mock.requests().into_iter().filter(|r| r.is_models()).collect::<Vec<_>>();
-    assert!(!asked.is_empty(), "the upstream was never asked for its models");
-    assert!(asked.iter().all(|r| r.key.as_deref() == Some("key-a")), "models asked without the pool key");
+    let asked = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_models())
+        .collect::<Vec<_>>();
+    assert!(
+        !asked.is_empty(),
+        "the upstream was never asked for its models"
+    );
+    assert!(
+        asked.iter().all(|r| r.key.as_deref() == Some("key-a")),
+        "models asked without the pool key"
+    );
 
     let one = gw.http.get("/v1/models/up-model-2").await;
     assert_eq!(one.status, 200, "{}", one.text());
@@ -40,7 +53,10 @@ async fn models_lists_the_upstream_models_when_it_is_up() {
     assert_eq!(m["id"], "up-model-2");
     assert_eq!(m["object"], "model");
 
-    gw.http.get("/v1/models/no-such-model-xyz").await.assert_openai_error(404, None);
+    gw.http
+        .get("/v1/models/no-such-model-xyz")
+        .await
+        .assert_openai_error(404, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,13 +68,22 @@ async fn models_falls_back_to_a_built_in_list_when_the_upstream_is_down() {
     let resp = gw.http.get("/v1/models").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let got = ids(&resp.json());
-    assert!(got.iter().any(|g| g == "openai-gpt-oss-120b"), "built-in list lacks the default model: {got:?}");
-    assert!(!got.iter().any(|g| g == "mock-model-a"), "list came from a down upstream?: {got:?}");
+    assert!(
+        got.iter().any(|g| g == "openai-gpt-oss-120b"),
+        "built-in list lacks the default model: {got:?}"
+    );
+    assert!(
+        !got.iter().any(|g| g == "mock-model-a"),
+        "list came from a down upstream?: {got:?}"
+    );
 
     let one = gw.http.get("/v1/models/openai-gpt-oss-120b").await;
     assert_eq!(one.status, 200, "{}", one.text());
     assert_eq!(one.json()["id"], "openai-gpt-oss-120b");
-    gw.http.get("/v1/models/no-such-model-xyz").await.assert_openai_error(404, None);
+    gw.http
+        .get("/v1/models/no-such-model-xyz")
+        .await
+        .assert_openai_error(404, None);
 
     // A 500 on /models says nothing about a key: chat still works.
     let chat = gw.http.chat(&chat_body()).await;
@@ -87,7 +112,10 @@ async fn metrics_are_prometheus_text_without_key_material() {
     let ct = m.header("content-type").unwrap_or_default();
     assert!(ct.starts_with("text/plain"), "metrics content-type {ct:?}");
     let text = m.text();
-    assert!(text.lines().any(|l| l.starts_with("# TYPE ")), "no # TYPE line in metrics:\n{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("# TYPE ")),
+        "no # TYPE line in metrics:\n{text}"
+    );
     assert!(!text.contains(secret), "a key appears in /metrics");
 }
 
@@ -100,5 +128,8 @@ async fn shutdown_is_graceful() {
     gw.shutdown().await;
     // After shutdown the port no longer serves.
     let gone = tokio::net::TcpStream::connect(addr).await;
-    assert!(gone.is_err(), "the gateway still accepts connections after shutdown");
+    assert!(
+        gone.is_err(),
+        "the gateway still accepts connections after shutdown"
+    );
 }

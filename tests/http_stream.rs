@@ -27,7 +27,11 @@ async fn chunks_arrive_in_order_and_identical_then_done() {
 
     let up = mock.chat_requests();
     assert_eq!(up.len(), 1);
-    assert_eq!(up[0].json.clone().unwrap(), body, "upstream body differs from the client's");
+    assert_eq!(
+        up[0].json.clone().unwrap(),
+        body,
+        "upstream body differs from the client's"
+    );
     let sent = mock.sent_chunks(up[0].seq);
     assert_eq!(sent.len(), 6);
 
@@ -50,7 +54,10 @@ async fn first_chunk_reaches_the_client_while_the_upstream_holds_the_second() {
     let mut sse = gw.http.chat_stream(&stream_body()).await;
     assert_eq!(sse.status, 200, "{:?}", sse.body);
     // The mock will not send chunk 2 until the gate opens: a buffering gateway never gets here.
-    let first = sse.next_event(PATIENCE).await.expect("first chunk before the end of stream");
+    let first = sse
+        .next_event(PATIENCE)
+        .await
+        .expect("first chunk before the end of stream");
     let seq = mock.chat_requests()[0].seq;
     let sent = mock.sent_chunks(seq);
     assert_eq!(sent.len(), 1, "the mock is still holding chunk 2");
@@ -70,7 +77,12 @@ async fn first_chunk_reaches_the_client_while_the_upstream_holds_the_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_chunk_arrives_before_the_upstream_sends_the_next() {
     let mock = MockUpstream::start().await;
-    mock.set_chat("key-a", Reply::ok().chunks(2).pause_after(1, Duration::from_millis(1500)));
+    mock.set_chat(
+        "key-a",
+        Reply::ok()
+            .chunks(2)
+            .pause_after(1, Duration::from_millis(1500)),
+    );
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
 
     let t = gw.http.chat_stream(&stream_body()).await.collect().await;
@@ -102,7 +114,10 @@ async fn upstream_break_mid_stream_gives_an_error_event_and_no_done() {
     assert_eq!(sse.status, 200, "{:?}", sse.body);
     let t = sse.collect().await;
     let data = t.data();
-    assert!(!t.has_done(), "[DONE] after a broken upstream stream: {data:?}");
+    assert!(
+        !t.has_done(),
+        "[DONE] after a broken upstream stream: {data:?}"
+    );
     assert_eq!(data.len(), 3, "want 2 chunks + 1 error event; got {data:?}");
     let up = mock.chat_requests();
     assert_eq!(up.len(), 1, "no retry once bytes went to the client");
@@ -110,15 +125,28 @@ async fn upstream_break_mid_stream_gives_an_error_event_and_no_done() {
     assert_eq!(as_json(&data[0]), as_json(&sent[0]));
     assert_eq!(as_json(&data[1]), as_json(&sent[1]));
     let err = as_json(&data[2]);
-    assert!(err["error"].is_object(), "last event is not an error event: {err}");
-    assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+    assert!(
+        err["error"].is_object(),
+        "last event is not an error event: {err}"
+    );
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_drops_the_upstream_stream() {
     let mock = MockUpstream::start().await;
     // 200 chunks, 25 ms apart: 5 s if nobody hangs up.
-    mock.set_chat("key-a", Reply::ok().chunks(200).chunk_pause(Duration::from_millis(25)));
+    mock.set_chat(
+        "key-a",
+        Reply::ok()
+            .chunks(200)
+            .chunk_pause(Duration::from_millis(25)),
+    );
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
 
     let mut sse = gw.http.chat_stream(&stream_body()).await;
@@ -127,10 +155,19 @@ async fn client_disconnect_drops_the_upstream_stream() {
     sse.next_event(PATIENCE).await.expect("chunk 2");
     drop(sse);
 
-    assert!(mock.wait_disconnected(PATIENCE).await, "the upstream stream was not dropped after the client left");
+    assert!(
+        mock.wait_disconnected(PATIENCE).await,
+        "the upstream stream was not dropped after the client left"
+    );
     let ev = mock.stream_events();
-    assert!(!ev.iter().any(|e| e.kind == StreamEventKind::Done), "the upstream stream ran to its end");
-    let sent = ev.iter().filter(|e| matches!(e.kind, StreamEventKind::Chunk { .. })).count();
+    assert!(
+        !ev.iter().any(|e| e.kind == StreamEventKind::Done),
+        "the upstream stream ran to its end"
+    );
+    let sent = ev
+        .iter()
+        .filter(|e| matches!(e.kind, StreamEventKind::Chunk { .. }))
+        .count();
     assert!(sent < 200, "all chunks were produced");
 }
 
@@ -145,12 +182,18 @@ async fn a_failure_before_the_first_byte_is_retried_on_another_key() {
     // Whichever key goes first, the request ends on key-b's one good stream.
     let sse = gw.http.chat_stream(&stream_body()).await;
     assert_eq!(sse.status, 200, "{:?}", sse.body);
-    let attempts = sse.header("x-gateway-attempts").expect("x-gateway-attempts on a stream");
+    let attempts = sse
+        .header("x-gateway-attempts")
+        .expect("x-gateway-attempts on a stream");
     let t = sse.collect().await;
     assert_eq!(t.data().len(), 4, "{:?}", t.data());
     assert!(t.has_done());
     let parsed = parse_attempts(&attempts);
-    assert_eq!(parsed.last().unwrap(), &("key-2".to_string(), "200".to_string()), "{attempts}");
+    assert_eq!(
+        parsed.last().unwrap(),
+        &("key-2".to_string(), "200".to_string()),
+        "{attempts}"
+    );
     assert!(parsed.len() <= 2, "{attempts}");
 }
 
@@ -159,9 +202,117 @@ async fn a_bad_streaming_request_is_a_plain_json_400() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
 
-    let body = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true, "temperature": 5});
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "stream": true, "temperature": 5});
     let sse = gw.http.chat_stream(&body).await;
-    let resp = HttpResponse { status: sse.status, headers: sse.headers.clone(), body: sse.body.clone().unwrap_or_default() };
+    let resp = HttpResponse {
+        status: sse.status,
+        headers: sse.headers.clone(),
+        body: sse.body.clone().unwrap_or_default(),
+    };
     resp.assert_openai_error(400, Some("temperature"));
     assert_eq!(mock.chat_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_dies_before_its_first_chunk_is_retried() {
+    let mock = MockUpstream::start().await;
+    // Headers 200, then the connection drops before any event.
+    mock.set_chat("key-a", Reply::ok().break_after(0));
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |_| {}).await;
+
+    let mut last = None;
+    while mock.chat_count_for("key-a") == 0 {
+        assert!(mock.chat_count() < 10, "key-a never chosen");
+        let sse = gw.http.chat_stream(&stream_body()).await;
+        assert_eq!(sse.status, 200, "{:?}", sse.body);
+        let attempts = sse.header("x-gateway-attempts").unwrap_or_default();
+        let t = sse.collect().await;
+        assert!(t.has_done(), "{attempts}: {:?}", t.data());
+        assert!(!t.events.iter().any(SseEvent::is_error), "{:?}", t.data());
+        last = Some(attempts);
+    }
+    let attempts = parse_attempts(&last.unwrap());
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].0, "key-1");
+    assert_eq!(attempts[1], ("key-2".to_string(), "200".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_first_chunk_within_first_byte_timeout_is_retried() {
+    let mock = MockUpstream::start().await;
+    let never = Gate::new();
+    // Headers at once, but the first chunk never comes.
+    mock.set_chat("key-a", Reply::ok().hold_after(0, &never));
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| {
+        s.timeouts.first_byte = Duration::from_millis(300)
+    })
+    .await;
+
+    let mut last = None;
+    while mock.chat_count_for("key-a") == 0 {
+        assert!(mock.chat_count() < 10, "key-a never chosen");
+        let sse = gw.http.chat_stream(&stream_body()).await;
+        assert_eq!(sse.status, 200, "{:?}", sse.body);
+        let attempts = sse.header("x-gateway-attempts").unwrap_or_default();
+        let t = sse.collect().await;
+        assert!(t.has_done(), "{attempts}: {:?}", t.data());
+        last = Some(attempts);
+    }
+    assert_eq!(last.as_deref(), Some("key-1:timeout,key-2:200"));
+    assert!(
+        mock.wait_disconnected(PATIENCE).await,
+        "the timed-out upstream stream was not dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_mid_stream_ends_with_an_error_event() {
+    let mock = MockUpstream::start().await;
+    let never = Gate::new();
+    mock.set_chat("key-a", Reply::ok().chunks(3).hold_after(1, &never));
+    let gw = spawn_gateway(&mock, &["key-a"], |s| {
+        s.timeouts.idle = Duration::from_millis(300)
+    })
+    .await;
+
+    let t = gw.http.chat_stream(&stream_body()).await.collect().await;
+    let data = t.data();
+    assert_eq!(t.status, 200);
+    assert!(!t.has_done(), "{data:?}");
+    assert_eq!(data.len(), 2, "want chunk 1 + an error event: {data:?}");
+    assert!(t.events[1].is_error(), "{data:?}");
+    assert!(
+        mock.wait_disconnected(PATIENCE).await,
+        "the idle upstream stream was not dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_split_across_reads_with_crlf_and_comments_are_put_together() {
+    let mock = MockUpstream::start().await;
+    mock.set_chat(
+        "key-lf",
+        Reply::ok().chunks(4).split_events().with_comments(),
+    );
+    mock.set_chat(
+        "key-crlf",
+        Reply::ok().chunks(4).split_events().with_comments().crlf(),
+    );
+    let gw = spawn_gateway(&mock, &["key-lf", "key-crlf"], |_| {}).await;
+
+    for _ in 0..2 {
+        let t = gw.http.chat_stream(&stream_body()).await.collect().await;
+        let up = mock.chat_requests().last().unwrap().clone();
+        let sent = mock.sent_chunks(up.seq);
+        let data = t.data();
+        assert_eq!(data.len(), 5, "{:?}: {data:?}", up.key);
+        for (i, (got, want)) in data.iter().zip(&sent).enumerate() {
+            assert_eq!(as_json(got), as_json(want), "{:?} chunk {i}", up.key);
+        }
+        assert_eq!(data[4], "[DONE]");
+        assert_eq!(t.end, StreamEnd::Clean);
+    }
+    assert_eq!(mock.chat_count_for("key-lf"), 1);
+    assert_eq!(mock.chat_count_for("key-crlf"), 1);
 }

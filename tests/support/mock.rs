@@ -48,7 +48,9 @@ impl Default for Gate {
 
 impl Gate {
     pub fn new() -> Self {
-        Gate { tx: Arc::new(watch::channel(false).0) }
+        Gate {
+            tx: Arc::new(watch::channel(false).0),
+        }
     }
     /// Opens the gate for every present and future waiter.
     pub fn open(&self) {
@@ -85,6 +87,14 @@ pub struct Reply {
     pub break_after: Option<usize>,
     /// Send `data: [DONE]` after the last chunk (default true).
     pub done: bool,
+    /// SSE lines end in `\r\n` instead of `\n`.
+    pub crlf: bool,
+    /// A `: keep-alive` comment event before every event, and a comment line inside it.
+    pub comments: bool,
+    /// Every event goes out in three writes, 10 ms apart, cut inside a multi-byte UTF-8
+    /// character and inside the blank line that ends the event: the gateway's SSE parser must
+    /// put events together across reads.
+    pub split: bool,
 }
 
 impl Reply {
@@ -101,11 +111,17 @@ impl Reply {
             hold_after: None,
             break_after: None,
             done: true,
+            crlf: false,
+            comments: false,
+            split: false,
         }
     }
     /// `status` with an OpenAI error body (`"mock error <status>"`) unless [`Reply::body`] is set.
     pub fn status(status: u16) -> Self {
-        Reply { status, ..Reply::ok() }
+        Reply {
+            status,
+            ..Reply::ok()
+        }
     }
     /// `status` with an OpenAI error body carrying `message`.
     pub fn error(status: u16, message: &str) -> Self {
@@ -151,6 +167,18 @@ impl Reply {
         self.done = false;
         self
     }
+    pub fn crlf(mut self) -> Self {
+        self.crlf = true;
+        self
+    }
+    pub fn with_comments(mut self) -> Self {
+        self.comments = true;
+        self
+    }
+    pub fn split_events(mut self) -> Self {
+        self.split = true;
+        self
+    }
 }
 
 /// OpenAI's error body shape.
@@ -194,7 +222,11 @@ impl Recorded {
     }
     /// Was this a streaming chat request (`"stream": true`)?
     pub fn is_stream(&self) -> bool {
-        self.json.as_ref().and_then(|j| j.get("stream")).and_then(Value::as_bool) == Some(true)
+        self.json
+            .as_ref()
+            .and_then(|j| j.get("stream"))
+            .and_then(Value::as_bool)
+            == Some(true)
     }
     /// All values of header `name`, as strings.
     pub fn header_values(&self, name: &str) -> Vec<String> {
@@ -206,7 +238,7 @@ impl Recorded {
     }
 }
 
-/// What happened to one streamed answer, in order.
+/// What happened to one answer after the mock took it up, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamEventKind {
     /// Chunk `index` (0-based) was handed to hyper; `data` is its JSON text.
@@ -215,7 +247,8 @@ pub enum StreamEventKind {
     Done,
     /// The mock aborted the body on purpose ([`Reply::break_after`]).
     Broken,
-    /// The body stream was dropped before its end: the client (the gateway) went away.
+    /// The client (the gateway) went away before the answer was complete: the body stream,
+    /// or the handler still hanging before its headers ([`Reply::delay`]), was dropped.
     Disconnected,
 }
 
@@ -254,7 +287,12 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn record_stream(&self, seq: usize, key: &Option<String>, kind: StreamEventKind) {
-        self.lock().stream_events.push(StreamEvent { seq, key: key.clone(), kind, at: Instant::now() });
+        self.lock().stream_events.push(StreamEvent {
+            seq,
+            key: key.clone(),
+            kind,
+            at: Instant::now(),
+        });
         self.changed.notify_waiters();
     }
 }
@@ -282,9 +320,13 @@ impl MockUpstream {
             }),
             changed: Notify::new(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("mock binds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("mock binds");
         let addr = listener.local_addr().expect("mock addr");
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -309,11 +351,19 @@ impl MockUpstream {
     /// The next chat request with bearer `key` gets `reply`; later ones fall back to the rule.
     /// Several pushes queue up in order.
     pub fn push_chat_once(&self, key: &str, reply: Reply) {
-        self.shared.lock().chat_once.entry(key.to_string()).or_default().push_back(reply);
+        self.shared
+            .lock()
+            .chat_once
+            .entry(key.to_string())
+            .or_default()
+            .push_back(reply);
     }
     /// Every `GET /models…` with bearer `key` gets `reply` (until changed).
     pub fn set_models(&self, key: &str, reply: Reply) {
-        self.shared.lock().models_rules.insert(key.to_string(), reply);
+        self.shared
+            .lock()
+            .models_rules
+            .insert(key.to_string(), reply);
     }
     /// Both chat and models requests of `key` get `reply` (e.g. a revoked key: 401 everywhere).
     pub fn set(&self, key: &str, reply: Reply) {
@@ -348,7 +398,13 @@ impl MockUpstream {
     }
     /// Every `POST /v1/chat/completions` received so far.
     pub fn chat_requests(&self) -> Vec<Recorded> {
-        self.shared.lock().requests.iter().filter(|r| r.is_chat()).cloned().collect()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.is_chat())
+            .cloned()
+            .collect()
     }
     /// Chat requests that carried bearer `key`.
     pub fn chat_requests_for(&self, key: &str) -> Vec<Recorded> {
@@ -361,10 +417,20 @@ impl MockUpstream {
             .collect()
     }
     pub fn chat_count(&self) -> usize {
-        self.shared.lock().requests.iter().filter(|r| r.is_chat()).count()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.is_chat())
+            .count()
     }
     pub fn chat_count_for(&self, key: &str) -> usize {
-        self.shared.lock().requests.iter().filter(|r| r.is_chat() && r.key.as_deref() == Some(key)).count()
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.is_chat() && r.key.as_deref() == Some(key))
+            .count()
     }
     /// Arrival times of the chat requests of `key`.
     pub fn chat_times(&self, key: &str) -> Vec<Instant> {
@@ -408,13 +474,22 @@ impl MockUpstream {
     }
     /// How many streamed answers were dropped by the client before their end.
     pub fn disconnects(&self) -> usize {
-        self.shared.lock().stream_events.iter().filter(|e| e.kind == StreamEventKind::Disconnected).count()
+        self.shared
+            .lock()
+            .stream_events
+            .iter()
+            .filter(|e| e.kind == StreamEventKind::Disconnected)
+            .count()
     }
 
     // ---- waiting on events (no sleep polling) ----
 
     /// Waits until `cond` holds over the record, or `timeout` passes. Returns whether it held.
-    pub async fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&[Recorded], &[StreamEvent]) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut cond: impl FnMut(&[Recorded], &[StreamEvent]) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.changed.notified();
@@ -435,14 +510,24 @@ impl MockUpstream {
     }
     /// Waits until at least one streamed answer was dropped by its client before its end.
     pub async fn wait_disconnected(&self, timeout: Duration) -> bool {
-        self.wait_until(timeout, |_, ev| ev.iter().any(|e| e.kind == StreamEventKind::Disconnected)).await
+        self.wait_until(timeout, |_, ev| {
+            ev.iter().any(|e| e.kind == StreamEventKind::Disconnected)
+        })
+        .await
     }
     /// Waits until the mock has received at least `n` chat requests in all.
     pub async fn wait_chat_count(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |reqs, _| reqs.iter().filter(|r| r.is_chat()).count() >= n).await
+        self.wait_until(timeout, |reqs, _| {
+            reqs.iter().filter(|r| r.is_chat()).count() >= n
+        })
+        .await
     }
     /// Waits until a request matching `pred` arrives (or already arrived).
-    pub async fn wait_request(&self, timeout: Duration, mut pred: impl FnMut(&Recorded) -> bool) -> Option<Recorded> {
+    pub async fn wait_request(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Recorded) -> bool,
+    ) -> Option<Recorded> {
         let mut found = None;
         self.wait_until(timeout, |reqs, _| {
             found = reqs.iter().find(|r| pred(r)).cloned();
@@ -466,7 +551,10 @@ impl InFlight {
         let n = *n;
         let hw = inner.high_water.entry(key.to_string()).or_insert(0);
         *hw = (*hw).max(n);
-        InFlight { shared: shared.clone(), key: key.to_string() }
+        InFlight {
+            shared: shared.clone(),
+            key: key.to_string(),
+        }
     }
 }
 
@@ -480,13 +568,47 @@ impl Drop for InFlight {
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let rest = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    let rest = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
     Some(rest.trim().to_string())
 }
 
+/// Records `Disconnected` if the handler is dropped before it answered (hyper drops it when
+/// the client closes the connection while the mock still hangs before its headers).
+struct CallGuard {
+    shared: Arc<Shared>,
+    seq: Option<usize>,
+    key: Option<String>,
+    finished: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let (false, Some(seq)) = (self.finished, self.seq) {
+            self.shared
+                .record_stream(seq, &self.key, StreamEventKind::Disconnected);
+        }
+    }
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let mut guard = CallGuard {
+        shared: shared.clone(),
+        seq: None,
+        key: None,
+        finished: false,
+    };
+    let response = answer(shared, req, &mut guard).await;
+    guard.finished = true;
+    response
+}
+
+async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
     let key = bearer(&parts.headers);
     let json: Option<Value> = serde_json::from_slice(&body).ok();
     let path = parts.uri.path().to_string();
@@ -520,7 +642,11 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             if inner.models_down {
                 Reply::error(500, "models are down (mock)")
             } else {
-                inner.models_rules.get(&key_s).cloned().unwrap_or_else(Reply::ok)
+                inner
+                    .models_rules
+                    .get(&key_s)
+                    .cloned()
+                    .unwrap_or_else(Reply::ok)
             }
         } else {
             Reply::error(404, "no such route on the mock")
@@ -529,6 +655,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         (seq, reply, in_flight, inner.model_ids.clone())
     };
     shared.changed.notify_waiters();
+    guard.seq = Some(seq);
+    guard.key = key.clone();
 
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
@@ -545,10 +673,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
 
     if !(200..300).contains(&reply.status) {
-        let body = reply.body.clone().unwrap_or_else(|| error_body(reply.status, &format!("mock error {}", reply.status)).to_string());
+        let body = reply.body.clone().unwrap_or_else(|| {
+            error_body(reply.status, &format!("mock error {}", reply.status)).to_string()
+        });
         let body = Bytes::from(body);
         set_status(reply.status, Some(body.clone()));
-        return build(reply.status, &reply.headers, "application/json", Body::from(body));
+        return build(
+            reply.status,
+            &reply.headers,
+            "application/json",
+            Body::from(body),
+        );
     }
 
     if is_models {
@@ -560,16 +695,27 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             if model_ids.iter().any(|m| m == id) {
                 (200, model_object(id))
             } else {
-                (404, error_body(404, &format!("The model `{id}` does not exist")))
+                (
+                    404,
+                    error_body(404, &format!("The model `{id}` does not exist")),
+                )
             }
         };
-        let body = reply.body.clone().map(Bytes::from).unwrap_or_else(|| Bytes::from(body.to_string()));
+        let body = reply
+            .body
+            .clone()
+            .map(Bytes::from)
+            .unwrap_or_else(|| Bytes::from(body.to_string()));
         set_status(status, Some(body.clone()));
         return build(status, &reply.headers, "application/json", Body::from(body));
     }
 
     // Chat, 2xx.
-    let model = json.as_ref().and_then(|j| j.get("model")).cloned().unwrap_or(Value::Null);
+    let model = json
+        .as_ref()
+        .and_then(|j| j.get("model"))
+        .cloned()
+        .unwrap_or(Value::Null);
     if !stream {
         let body = reply.body.clone().map(Bytes::from).unwrap_or_else(|| {
             Bytes::from(
@@ -590,7 +736,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         });
         set_status(reply.status, Some(body.clone()));
         drop(in_flight);
-        return build(reply.status, &reply.headers, "application/json", Body::from(body));
+        return build(
+            reply.status,
+            &reply.headers,
+            "application/json",
+            Body::from(body),
+        );
     }
 
     set_status(reply.status, None);
@@ -600,11 +751,23 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         model,
         seq,
         key: key.clone(),
-        guard: StreamGuard { shared: shared.clone(), seq, key: key.clone(), finished: false, _in_flight: in_flight },
+        guard: StreamGuard {
+            shared: shared.clone(),
+            seq,
+            key: key.clone(),
+            finished: false,
+            _in_flight: in_flight,
+        },
         ended: false,
+        pending: VecDeque::new(),
     };
     let s = futures_util::stream::unfold(state, next_chunk);
-    build(reply.status, &reply.headers, "text/event-stream", Body::from_stream(s))
+    build(
+        reply.status,
+        &reply.headers,
+        "text/event-stream",
+        Body::from_stream(s),
+    )
 }
 
 fn model_object(id: &str) -> Value {
@@ -636,7 +799,8 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.shared.record_stream(self.seq, &self.key, StreamEventKind::Disconnected);
+            self.shared
+                .record_stream(self.seq, &self.key, StreamEventKind::Disconnected);
         }
     }
 }
@@ -649,15 +813,22 @@ struct StreamState {
     key: Option<String>,
     guard: StreamGuard,
     ended: bool,
+    /// Pieces of the current event still to write (see [`Reply::split`]).
+    pending: VecDeque<Bytes>,
 }
 
 /// The SSE chunk JSON the mock sends as chunk `index` of `total` for request `seq`.
 pub fn chunk_json(seq: usize, model: &Value, index: usize, total: usize) -> String {
-    let mut delta = json!({"content": format!("s{seq}c{index} ")});
+    // The `✓` (3 bytes in UTF-8) lets a split write cut a character in two.
+    let mut delta = json!({"content": format!("s{seq}c{index}✓ ")});
     if index == 0 {
         delta["role"] = json!("assistant");
     }
-    let finish = if index + 1 == total { json!("stop") } else { Value::Null };
+    let finish = if index + 1 == total {
+        json!("stop")
+    } else {
+        Value::Null
+    };
     json!({
         "id": format!("chatcmpl-mock-{seq}"),
         "object": "chat.completion.chunk",
@@ -668,7 +839,43 @@ pub fn chunk_json(seq: usize, model: &Value, index: usize, total: usize) -> Stri
     .to_string()
 }
 
+/// The bytes of one SSE event carrying `data`, as [`Reply`]'s wire options say, in the
+/// pieces to write.
+fn event_pieces(reply: &Reply, data: &str) -> VecDeque<Bytes> {
+    let nl = if reply.crlf { "\r\n" } else { "\n" };
+    let mut text = String::new();
+    if reply.comments {
+        text.push_str(&format!(": keep-alive{nl}{nl}: a comment line{nl}"));
+    }
+    text.push_str(&format!("data: {data}{nl}{nl}"));
+    let bytes = Bytes::from(text.clone());
+    if !reply.split {
+        return VecDeque::from([bytes]);
+    }
+    // Cut 1: inside the first multi-byte character (else in the middle of the data).
+    let cut1 = text
+        .char_indices()
+        .find(|(_, c)| c.len_utf8() > 1)
+        .map(|(i, _)| i + 1)
+        .unwrap_or(text.len() / 2);
+    // Cut 2: inside the blank line that ends the event (between `\n` and `\n`, or inside the
+    // first `\r\n` pair).
+    let cut2 = text.len() - if reply.crlf { 3 } else { 1 };
+    if cut1 >= cut2 {
+        return VecDeque::from([bytes.slice(..cut2), bytes.slice(cut2..)]);
+    }
+    VecDeque::from([
+        bytes.slice(..cut1),
+        bytes.slice(cut1..cut2),
+        bytes.slice(cut2..),
+    ])
+}
+
 async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+    if let Some(piece) = st.pending.pop_front() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return Some((Ok(piece), st));
+    }
     if st.ended {
         return None;
     }
@@ -689,6 +896,9 @@ async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, std::io::Error
             }
         }
         if st.reply.break_after == Some(i) {
+            // Let hyper flush what it has (headers, earlier chunks) first: a body error while
+            // they still sit in its write buffer would abort the connection with nothing sent.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             st.guard.finished = true;
             st.ended = true;
             shared.record_stream(st.seq, &st.key, StreamEventKind::Broken);
@@ -696,9 +906,18 @@ async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, std::io::Error
         }
         if i < st.reply.chunks {
             let data = chunk_json(st.seq, &st.model, i, st.reply.chunks);
-            shared.record_stream(st.seq, &st.key, StreamEventKind::Chunk { index: i, data: data.clone() });
+            shared.record_stream(
+                st.seq,
+                &st.key,
+                StreamEventKind::Chunk {
+                    index: i,
+                    data: data.clone(),
+                },
+            );
             st.next += 1;
-            return Some((Ok(Bytes::from(format!("data: {data}\n\n"))), st));
+            st.pending = event_pieces(&st.reply, &data);
+            let first = st.pending.pop_front().unwrap_or_default();
+            return Some((Ok(first), st));
         }
     }
     // All chunks sent.
@@ -706,7 +925,9 @@ async fn next_chunk(mut st: StreamState) -> Option<(Result<Bytes, std::io::Error
     st.guard.finished = true;
     if st.reply.done {
         shared.record_stream(st.seq, &st.key, StreamEventKind::Done);
-        Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), st))
+        st.pending = event_pieces(&st.reply, "[DONE]");
+        let first = st.pending.pop_front().unwrap_or_default();
+        Some((Ok(first), st))
     } else {
         shared.record_stream(st.seq, &st.key, StreamEventKind::Done);
         None

@@ -1,17 +1,36 @@
 //! Integration-test harness: a real gateway on `127.0.0.1:0` in front of a mock upstream on
 //! `127.0.0.1:0`, both in the test's own tokio runtime, talking over real sockets.
 //!
-//! * [`mock::MockUpstream`] — the mock OpenAI-format upstream: per-key faults ([`Reply`]), a
-//!   record of every request ([`Recorded`]) and of every streamed chunk, awaitable events
-//!   (`wait_until`, `wait_disconnected`, `wait_request`).
-//! * [`spawn_gateway`] — starts the real `megallm_gateway::Gateway` against the mock and returns
-//!   a [`TestGateway`] (its address, an [`HttpClient`] for the HTTP door, admin helpers).
-//! * [`HttpClient`] — the HTTP door as a client sees it: [`HttpResponse`] (status, headers,
-//!   body) or [`SseResponse`] (the SSE events as they arrive, each with its arrival time).
+//! * [`mock::MockUpstream`] — the mock OpenAI-format upstream (`POST /v1/chat/completions`,
+//!   JSON or SSE; `GET /v1/models`, `/v1/models/{id}`):
+//!   - behaviour per bearer key, settable at run time: [`MockUpstream::set_chat`],
+//!     [`MockUpstream::push_chat_once`] (next request only), [`MockUpstream::set_models`],
+//!     [`MockUpstream::set`] (both), [`MockUpstream::clear`], [`MockUpstream::set_default_chat`],
+//!     [`MockUpstream::set_models_down`]; a [`Reply`] says status, headers, body, a hang before
+//!     the headers, how many SSE chunks, pauses, a [`Gate`] to hold a stream, a break;
+//!   - a record of every request ([`Recorded`]: method, path, headers, raw body, JSON, bearer
+//!     key, arrival `Instant`, status and body answered) and of every answer's life
+//!     ([`StreamEvent`]: each chunk sent with its JSON text, `[DONE]`, a deliberate break, and
+//!     `Disconnected` when the gateway dropped the answer before its end);
+//!   - per-key counts, arrival times and the concurrency high-water mark;
+//!   - awaitable events, no sleep polling: [`MockUpstream::wait_until`],
+//!     [`MockUpstream::wait_request`], [`MockUpstream::wait_chat_count`],
+//!     [`MockUpstream::wait_disconnected`].
+//! * [`spawn_gateway`] (or [`start_gateway`] with ready-made [`Settings`]) — starts the real
+//!   `megallm_gateway::Gateway` and returns a [`TestGateway`]: its address, an [`HttpClient`],
+//!   admin helpers ([`TestGateway::admin_keys`], [`TestGateway::admin_key`],
+//!   [`TestGateway::admin_post`]) and [`TestGateway::shutdown`].
+//! * [`HttpClient`] — the HTTP door as a client sees it (HTTP/1.1; [`HttpClient::new_h2c`] for
+//!   HTTP/2 prior knowledge): [`HttpResponse`] (status, headers, body;
+//!   [`HttpResponse::assert_openai_error`] checks OpenAI's error shape and `param`) or
+//!   [`SseResponse`] (SSE events read in the background as they arrive, each with its arrival
+//!   `Instant`; dropping it hangs up). [`parse_attempts`] splits `x-gateway-attempts`.
 //! * [`KeysFile`] — a temporary keys file a test can rewrite atomically (hot-reload tests).
+//! * [`eventually`] — bounded polling, only for gateway state that has no event to await.
 //!
-//! Another door's helper (gRPC) should take the gateway from [`spawn_gateway`] and its address
-//! from [`TestGateway::addr`], like [`HttpClient`] does.
+//! Another door's helper (gRPC) should start the gateway with [`spawn_gateway`] and dial
+//! [`TestGateway::addr`] (one port serves HTTP/1.1, h2c and gRPC), as [`HttpClient`] does, and
+//! assert on the same mock.
 //!
 //! ```ignore
 //! mod support;
@@ -24,12 +43,12 @@
 //!     let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| s.max_attempts = 2).await;
 //!     let resp = gw.http.chat(&chat_body()).await;
 //!     assert_eq!(resp.status, 200);
-//!     assert_eq!(mock.chat_count_for("key-a"), 1);
+//!     assert!(mock.chat_count_for("key-a") <= 1);
 //! }
 //! ```
 //!
-//! Every helper has a generous built-in timeout and panics with a clear message when it runs
-//! out, so a broken gateway fails a test instead of hanging it.
+//! Every helper has a generous built-in timeout ([`PATIENCE`]) and panics with a clear message
+//! when it runs out, so a broken gateway fails a test instead of hanging it.
 #![allow(dead_code, unused_imports)]
 
 pub mod mock;
@@ -46,7 +65,9 @@ use tokio::sync::mpsc;
 
 pub use megallm_gateway::config::{KeySpec, Secret, Strategy};
 pub use megallm_gateway::{Gateway, Settings};
-pub use mock::{chunk_json, error_body, Gate, MockUpstream, Recorded, Reply, StreamEvent, StreamEventKind};
+pub use mock::{
+    chunk_json, error_body, Gate, MockUpstream, Recorded, Reply, StreamEvent, StreamEventKind,
+};
 
 /// How long a helper waits for anything (a response, an SSE event, a mock event) before it
 /// declares the gateway stuck. Generous: the suite runs on a noisy 2-core machine.
@@ -74,7 +95,11 @@ pub struct TestGateway {
 
 /// Starts the real gateway against `mock` with pool keys `keys` (they become `key-1`, `key-2`,
 /// … in this order). `tweak` adjusts the settings before start (attempts, timeouts, tokens…).
-pub async fn spawn_gateway(mock: &MockUpstream, keys: &[&str], tweak: impl FnOnce(&mut Settings)) -> TestGateway {
+pub async fn spawn_gateway(
+    mock: &MockUpstream,
+    keys: &[&str],
+    tweak: impl FnOnce(&mut Settings),
+) -> TestGateway {
     let mut settings = Settings::for_upstream(&mock.url(), keys);
     tweak(&mut settings);
     start_gateway(settings).await
@@ -87,20 +112,37 @@ pub async fn start_gateway(settings: Settings) -> TestGateway {
         .expect("Gateway::start did not return in time")
         .expect("Gateway::start failed");
     let addr = gateway.local_addr();
-    TestGateway { gateway: Some(gateway), addr, http: HttpClient::new(addr) }
+    TestGateway {
+        gateway: Some(gateway),
+        addr,
+        http: HttpClient::new(addr),
+    }
 }
 
 impl TestGateway {
+    /// The gateway itself (e.g. for `core()`), until [`TestGateway::shutdown`].
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway already shut down")
+    }
+
     /// Graceful shutdown.
     pub async fn shutdown(mut self) {
         if let Some(gw) = self.gateway.take() {
-            tokio::time::timeout(PATIENCE, gw.shutdown()).await.expect("Gateway::shutdown did not finish in time");
+            tokio::time::timeout(PATIENCE, gw.shutdown())
+                .await
+                .expect("Gateway::shutdown did not finish in time");
         }
     }
 
     /// `GET /admin/keys` with `token`; asserts 200 and returns the JSON.
     pub async fn admin_keys(&self, token: &str) -> Value {
-        let resp = self.http.get_with("/admin/keys", &[("authorization", &format!("Bearer {token}"))]).await;
+        let resp = self
+            .http
+            .get_with(
+                "/admin/keys",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await;
         assert_eq!(resp.status, 200, "GET /admin/keys: {}", resp.text());
         resp.json()
     }
@@ -117,7 +159,12 @@ impl TestGateway {
     /// `POST /admin/...` with `token`; returns the response.
     pub async fn admin_post(&self, token: &str, path: &str) -> HttpResponse {
         self.http
-            .send(Method::POST, path, &[("authorization", &format!("Bearer {token}"))], None)
+            .send(
+                Method::POST,
+                path,
+                &[("authorization", &format!("Bearer {token}"))],
+                None,
+            )
             .await
     }
 }
@@ -137,15 +184,22 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// The body as JSON; panics (showing the body) if it is not JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): status {} body {:?}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.text()
+            )
+        })
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// Header `name` as a string.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
     /// The `x-gateway-attempts` header.
     pub fn attempts(&self) -> Option<String> {
@@ -154,7 +208,8 @@ impl HttpResponse {
     /// Asserts an OpenAI error body `{"error":{"message","type","param","code"}}` with
     /// `status`, and (when `param` is `Some`) that `error.param` is it. Returns `error`.
     pub fn assert_openai_error(&self, status: u16, param: Option<&str>) -> Value {
-        self.check_openai_error(status, param).unwrap_or_else(|e| panic!("{e}"))
+        self.check_openai_error(status, param)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`HttpResponse::assert_openai_error`] without the panic: `Err` says what is wrong.
@@ -167,8 +222,12 @@ impl HttpResponse {
         if !ct.starts_with("application/json") {
             return Err(format!("error content-type is {ct:?}; {}", ctx()));
         }
-        let body: Value = serde_json::from_slice(&self.body).map_err(|e| format!("error body is not JSON ({e}); {}", ctx()))?;
-        let err = body.get("error").filter(|e| e.is_object()).ok_or_else(|| format!("no `error` object; {}", ctx()))?;
+        let body: Value = serde_json::from_slice(&self.body)
+            .map_err(|e| format!("error body is not JSON ({e}); {}", ctx()))?;
+        let err = body
+            .get("error")
+            .filter(|e| e.is_object())
+            .ok_or_else(|| format!("no `error` object; {}", ctx()))?;
         match err.get("message").and_then(Value::as_str) {
             Some(m) if !m.is_empty() => {}
             _ => return Err(format!("error.message missing or empty; {}", ctx())),
@@ -177,10 +236,16 @@ impl HttpResponse {
             return Err(format!("error.type missing or not a string; {}", ctx()));
         }
         if err.get("param").is_none() {
-            return Err(format!("error.param missing (must be present, may be null); {}", ctx()));
+            return Err(format!(
+                "error.param missing (must be present, may be null); {}",
+                ctx()
+            ));
         }
         if err.get("code").is_none() {
-            return Err(format!("error.code missing (must be present, may be null); {}", ctx()));
+            return Err(format!(
+                "error.code missing (must be present, may be null); {}",
+                ctx()
+            ));
         }
         if let Some(p) = param {
             if err["param"] != json!(p) {
@@ -196,7 +261,10 @@ pub fn parse_attempts(header: &str) -> Vec<(String, String)> {
     header
         .split(',')
         .map(|part| {
-            let (id, outcome) = part.trim().split_once(':').unwrap_or_else(|| panic!("bad attempt {part:?} in {header:?}"));
+            let (id, outcome) = part
+                .trim()
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad attempt {part:?} in {header:?}"));
             (id.to_string(), outcome.to_string())
         })
         .collect()
@@ -217,7 +285,25 @@ impl HttpClient {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("reqwest client");
-        HttpClient { client, base: format!("http://{addr}") }
+        HttpClient {
+            client,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// The same door over h2c (HTTP/2 without TLS, prior knowledge), as gRPC-adjacent
+    /// clients and proxies speak it on the one port.
+    pub fn new_h2c(addr: SocketAddr) -> HttpClient {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("reqwest client");
+        HttpClient {
+            client,
+            base: format!("http://{addr}"),
+        }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -234,12 +320,24 @@ impl HttpClient {
     pub async fn chat_with(&self, body: &Value, headers: &[(&str, &str)]) -> HttpResponse {
         let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         h.extend_from_slice(headers);
-        self.send(Method::POST, "/v1/chat/completions", &h, Some(body.to_string().into_bytes())).await
+        self.send(
+            Method::POST,
+            "/v1/chat/completions",
+            &h,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     /// `POST path` with raw bytes and exactly the given headers.
-    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> HttpResponse {
-        self.send(Method::POST, path, headers, Some(body.into())).await
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> HttpResponse {
+        self.send(Method::POST, path, headers, Some(body.into()))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> HttpResponse {
@@ -251,22 +349,43 @@ impl HttpClient {
     }
 
     /// Any request; returns the whole response.
-    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> HttpResponse {
-        let resp = tokio::time::timeout(PATIENCE, self.request(method.clone(), path, headers, body).send())
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path}: no response headers within {PATIENCE:?}"))
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> HttpResponse {
+        let resp = tokio::time::timeout(
+            PATIENCE,
+            self.request(method.clone(), path, headers, body).send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no response headers within {PATIENCE:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = tokio::time::timeout(PATIENCE, resp.bytes())
             .await
             .unwrap_or_else(|_| panic!("{method} {path}: body not complete within {PATIENCE:?}"))
             .unwrap_or_else(|e| panic!("{method} {path}: reading body: {e}"));
-        HttpResponse { status, headers, body }
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
-    fn request(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> reqwest::RequestBuilder {
-        let mut rb = self.client.request(method, format!("{}{}", self.base, path));
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
@@ -283,9 +402,17 @@ impl HttpClient {
     }
 
     pub async fn chat_stream_with(&self, body: &Value, headers: &[(&str, &str)]) -> SseResponse {
-        let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("accept", "text/event-stream")];
+        let mut h: Vec<(&str, &str)> = vec![
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream"),
+        ];
         h.extend_from_slice(headers);
-        let rb = self.request(Method::POST, "/v1/chat/completions", &h, Some(body.to_string().into_bytes()));
+        let rb = self.request(
+            Method::POST,
+            "/v1/chat/completions",
+            &h,
+            Some(body.to_string().into_bytes()),
+        );
         let resp = tokio::time::timeout(PATIENCE, rb.send())
             .await
             .expect("stream: no response headers in time")
@@ -308,11 +435,16 @@ impl SseEvent {
         self.data == "[DONE]"
     }
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {:?}", self.data))
     }
     /// Is this an error event (`{"error":{...}}`)?
     pub fn is_error(&self) -> bool {
-        !self.is_done() && serde_json::from_str::<Value>(&self.data).ok().and_then(|v| v.get("error").cloned()).is_some()
+        !self.is_done()
+            && serde_json::from_str::<Value>(&self.data)
+                .ok()
+                .and_then(|v| v.get("error").cloned())
+                .is_some()
     }
 }
 
@@ -378,9 +510,20 @@ impl SseResponse {
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         let (tx, rx) = mpsc::unbounded_channel();
         if !is_sse {
-            let body = tokio::time::timeout(PATIENCE, resp.bytes()).await.ok().and_then(Result::ok).unwrap_or_default();
+            let body = tokio::time::timeout(PATIENCE, resp.bytes())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
             let _ = tx.send(SseItem::End(StreamEnd::Clean));
-            return SseResponse { status, headers, body: Some(body), rx, end: None, task: None };
+            return SseResponse {
+                status,
+                headers,
+                body: Some(body),
+                rx,
+                end: None,
+                task: None,
+            };
         }
         let task = tokio::spawn(async move {
             let mut buf = BytesMut::new();
@@ -390,7 +533,10 @@ impl SseResponse {
                         buf.extend_from_slice(&bytes);
                         while let Some(ev) = take_event(&mut buf) {
                             if let Some(data) = ev {
-                                let _ = tx.send(SseItem::Event(SseEvent { data, at: Instant::now() }));
+                                let _ = tx.send(SseItem::Event(SseEvent {
+                                    data,
+                                    at: Instant::now(),
+                                }));
                             }
                         }
                     }
@@ -405,11 +551,20 @@ impl SseResponse {
                 }
             }
         });
-        SseResponse { status, headers, body: None, rx, end: None, task: Some(task) }
+        SseResponse {
+            status,
+            headers,
+            body: None,
+            rx,
+            end: None,
+            task: Some(task),
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
     /// The next event, or `None` once the body ended (see [`SseResponse::end`]). Panics if
@@ -455,7 +610,10 @@ impl SseResponse {
 /// Takes one complete SSE event off the front of `buf`: `Some(Some(data))` for an event with
 /// data, `Some(None)` for one without (a comment / keep-alive), `None` if no event is complete.
 fn take_event(buf: &mut BytesMut) -> Option<Option<String>> {
-    let text = std::str::from_utf8(buf).ok().map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(buf).into_owned());
+    let text = std::str::from_utf8(buf)
+        .ok()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(buf).into_owned());
     let (end, sep) = [("\r\n\r\n", 4), ("\n\n", 2), ("\r\r", 2)]
         .iter()
         .filter_map(|(pat, len)| text.find(pat).map(|i| (i, *len)))
@@ -468,7 +626,11 @@ fn take_event(buf: &mut BytesMut) -> Option<Option<String>> {
             data.push(rest.strip_prefix(' ').unwrap_or(rest));
         }
     }
-    Some(if data.is_empty() { None } else { Some(data.join("\n")) })
+    Some(if data.is_empty() {
+        None
+    } else {
+        Some(data.join("\n"))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -485,7 +647,10 @@ impl KeysFile {
     /// Writes one key spec a line (e.g. `"key-a weight=3"`).
     pub fn new(lines: &[&str]) -> KeysFile {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
             "megallm-test-{}-{}-{}",
             std::process::id(),
@@ -507,7 +672,9 @@ impl KeysFile {
     /// never reads a half-written file.
     pub fn rewrite(&self, lines: &[&str]) {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let tmp = self.dir.join(format!("keys.txt.tmp{}", N.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self
+            .dir
+            .join(format!("keys.txt.tmp{}", N.fetch_add(1, Ordering::Relaxed)));
         let mut text = String::from("# test keys\n");
         for l in lines {
             text.push_str(l);
