@@ -15,7 +15,10 @@ pub fn app(core: Arc<Core>) -> Router {
     crate::http::router(core.clone())
         .merge(crate::grpc::router(core.clone()))
         .fallback(crate::grpc::fallback)
-        .layer(axum::middleware::from_fn_with_state(core, crate::http::access_layer))
+        .layer(axum::middleware::from_fn_with_state(
+            core,
+            crate::http::access_layer,
+        ))
 }
 
 /// Serves until `stop` is cancelled, then stops accepting and waits for open requests.

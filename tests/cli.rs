@@ -28,7 +28,10 @@ fn no_keys_exits_at_once_saying_how_to_give_them() {
     let out = clean_command().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("MEGALLM_API_KEYS") && stderr.contains("--keys-file"), "{stderr}");
+    assert!(
+        stderr.contains("MEGALLM_API_KEYS") && stderr.contains("--keys-file"),
+        "{stderr}"
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
@@ -46,7 +49,11 @@ fn bad_settings_are_refused_with_a_sentence() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("bad.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:0\"\nnot_a_setting = 1\n").unwrap();
-    let out = clean_command().arg("--config").arg(&config).output().unwrap();
+    let out = clean_command()
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_a_setting"));
 }
@@ -105,7 +112,11 @@ fn file_settings_apply_and_flags_win_then_sigterm_stops() {
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["model"], "from-file", "{json}");
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().unwrap() {

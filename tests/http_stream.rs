@@ -316,3 +316,69 @@ async fn events_split_across_reads_with_crlf_and_comments_are_put_together() {
     assert_eq!(mock.chat_count_for("key-lf"), 1);
     assert_eq!(mock.chat_count_for("key-crlf"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_each_get_their_own_chunks() {
+    let mock = MockUpstream::start().await;
+    mock.set_default_chat(Reply::ok().chunks(8).chunk_pause(Duration::from_millis(5)));
+    let gw = spawn_gateway(&mock, &["key-a", "key-b", "key-c"], |_| {}).await;
+
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let http = gw.http.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"model": format!("model-{i}"), "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]});
+            (i, http.chat_stream(&body).await.collect().await)
+        }));
+    }
+    let mut by_model = std::collections::HashMap::new();
+    for t in tasks {
+        let (i, t) = t.await.expect("stream task");
+        assert_eq!(t.status, 200);
+        assert!(t.has_done(), "stream {i}: {:?}", t.data());
+        by_model.insert(format!("model-{i}"), t);
+    }
+    for r in mock.chat_requests() {
+        let model = r.json.as_ref().unwrap()["model"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let t = &by_model[&model];
+        let sent = mock.sent_chunks(r.seq);
+        let data = t.data();
+        assert_eq!(data.len(), sent.len() + 1, "{model}");
+        for (got, want) in data.iter().zip(&sent) {
+            assert_eq!(
+                as_json(got),
+                as_json(want),
+                "{model}: chunks crossed between streams"
+            );
+        }
+    }
+    assert_eq!(mock.chat_count(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_client_that_resets_its_stream_drops_the_upstream_stream() {
+    let mock = MockUpstream::start().await;
+    mock.set_chat(
+        "key-a",
+        Reply::ok()
+            .chunks(200)
+            .chunk_pause(Duration::from_millis(25)),
+    );
+    let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
+    let h2 = HttpClient::new_h2c(gw.addr);
+
+    let mut sse = h2.chat_stream(&stream_body()).await;
+    assert_eq!(sse.status, 200);
+    sse.next_event(PATIENCE).await.expect("chunk 1");
+    drop(sse);
+    assert!(
+        mock.wait_disconnected(PATIENCE).await,
+        "the upstream stream outlived the h2 stream reset"
+    );
+    // The connection itself lives on and serves the next request.
+    assert_eq!(h2.chat(&chat_body()).await.status, 200);
+}

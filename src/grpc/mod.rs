@@ -1,4 +1,26 @@
-//! The gRPC door (placeholder until the gRPC issue lands): routes merged into the one server.
+//! The gRPC door: `megallm.v1.ChatService` (proto in `proto/megallm/v1/chat.proto`), server
+//! reflection (v1 and v1alpha), `grpc.health.v1.Health`, and gRPC-Web, all as routes merged
+//! into the one axum server.
+//!
+//! - [`service`]: the `ChatService` handlers. Each chat call builds the same OpenAI JSON body
+//!   the HTTP door would receive and goes through the same [`Core::chat_request`] and
+//!   dispatcher; nothing about keys, retries or validation lives here.
+//! - [`request`]: proto request → OpenAI JSON bytes.
+//! - [`response`]: upstream JSON (whole body, or one SSE chunk) → proto messages.
+//! - [`status`]: the one table from [`crate::chat::GatewayError`] to a `tonic::Status` with
+//!   `tonic-types` details (BadRequest, RetryInfo, ErrorInfo, RequestInfo).
+//! - [`call`]: what a call knows besides its message (request id, `grpc-timeout` deadline,
+//!   gateway token) and its one access-log line and metrics sample.
+//! - [`trailers`]: the attempt trail in the trailers of successful calls too.
+//! - [`health`]: keeps the health service's status in step with the key pool.
+
+mod call;
+mod health;
+mod request;
+mod response;
+mod service;
+mod status;
+mod trailers;
 
 use std::sync::Arc;
 
@@ -9,23 +31,72 @@ use axum::Router;
 
 use crate::gateway::Core;
 
-pub fn router(_core: Arc<Core>) -> Router {
-    Router::new()
+/// The types and client/server stubs generated from `proto/megallm/v1/chat.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/megallm.v1.rs"));
+}
+
+/// The encoded descriptor set of `chat.proto` and its imports, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/megallm_descriptor.bin"));
+
+/// The fully qualified name of the chat service, as health checks and reflection know it.
+pub const SERVICE_NAME: &str = "megallm.v1.ChatService";
+
+/// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
+/// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched.
+pub fn router(core: Arc<Core>) -> Router {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::spawn(Arc::downgrade(&core), reporter);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc error details, so reflection clients (grpcurl) can print the
+            // BadRequest / RetryInfo / ErrorInfo / RequestInfo an error carries.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both builds only fail on a malformed descriptor set, which is compiled in: a bug, not
+    // a runtime condition.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the compiled-in descriptor sets are valid");
+    // The same size limit as the HTTP door's body limit.
+    let max_message = core.settings.max_body_bytes;
+    let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
+        .max_decoding_message_size(max_message);
+    tonic::service::Routes::new(chat)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(trailers::attempts_in_trailers))
+        .layer(tonic_web::GrpcWebLayer::new())
 }
 
 /// Unknown paths: UNIMPLEMENTED to gRPC clients, JSON 404 to everyone else.
 pub async fn fallback(request: Request) -> Response {
-    let grpc = request
+    let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
+        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .cloned();
+    let Some(content_type) = content_type else {
         return crate::http::not_found(request).await;
-    }
+    };
+    // A trailers-only answer: the status rides in the headers, which gRPC and gRPC-Web
+    // clients both read; the content type echoes theirs (`application/grpc-web+proto`, …).
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(header::CONTENT_TYPE, content_type);
     h.insert("grpc-status", HeaderValue::from_static("12"));
-    h.insert("grpc-message", HeaderValue::from_static("unknown%20service%20or%20method"));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("unknown%20service%20or%20method"),
+    );
     response
 }

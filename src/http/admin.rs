@@ -12,23 +12,24 @@ use super::error::HttpError;
 use crate::chat::GatewayError;
 use crate::gateway::Core;
 
-fn check(core: &Core, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal, if the caller may not use the admin API.
+fn deny(core: &Core, headers: &HeaderMap) -> Option<Response> {
     match core.admin_authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        None => Err(HttpError::from(GatewayError::NotFound("not found".into())).into_response()),
-        Some(false) => Err(HttpError::from(GatewayError::Unauthenticated).into_response()),
-        Some(true) => Ok(()),
+        None => Some(HttpError::from(GatewayError::NotFound("not found".into())).into_response()),
+        Some(false) => Some(HttpError::from(GatewayError::Unauthenticated).into_response()),
+        Some(true) => None,
     }
 }
 
 pub async fn keys(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check(&core, &headers) {
+    if let Some(r) = deny(&core, &headers) {
         return r;
     }
     Json(json!({"keys": core.pool.view()})).into_response()
 }
 
 pub async fn reload(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check(&core, &headers) {
+    if let Some(r) = deny(&core, &headers) {
         return r;
     }
     match core.reload_keys() {
@@ -58,7 +59,7 @@ pub async fn enable(
 }
 
 fn set_state(core: &Core, headers: &HeaderMap, id: &str, enable: bool) -> Response {
-    if let Err(r) = check(core, headers) {
+    if let Some(r) = deny(core, headers) {
         return r;
     }
     let found = if enable {

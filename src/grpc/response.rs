@@ -1,0 +1,241 @@
+//! Upstream JSON → proto: a whole completion body, or the data of one SSE chunk. Fields the
+//! proto does not know are skipped, and `null` reads as unset, so a richer upstream is never
+//! an error. A top-level `"error"` object is one, though: the upstream said it failed.
+
+use serde_json::Value;
+
+use super::pb;
+use crate::chat::GatewayError;
+use crate::keys::KeyPool;
+
+/// A whole completion body.
+pub fn completion(body: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletion, GatewayError> {
+    let v = parse(body, pool, |message| GatewayError::UpstreamUnavailable {
+        status: None,
+        message: format!("the upstream answered with an error: {message}"),
+        retry_after: None,
+    })?;
+    Ok(pb::ChatCompletion {
+        id: string(&v, "id").unwrap_or_default(),
+        object: string(&v, "object").unwrap_or_default(),
+        created: int(&v, "created"),
+        model: string(&v, "model").unwrap_or_default(),
+        choices: list(&v, "choices")
+            .map(|c| pb::Choice {
+                index: uint(c, "index"),
+                message: c
+                    .get("message")
+                    .filter(|m| m.is_object())
+                    .map(assistant_message),
+                finish_reason: finish_reason(c) as i32,
+            })
+            .collect(),
+        usage: usage(&v),
+        system_fingerprint: string(&v, "system_fingerprint"),
+    })
+}
+
+/// The data of one SSE event.
+pub fn chunk(data: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletionChunk, GatewayError> {
+    let v = parse(data, pool, |message| {
+        GatewayError::StreamBroken(format!("the upstream sent an error event: {message}"))
+    })?;
+    Ok(pb::ChatCompletionChunk {
+        id: string(&v, "id").unwrap_or_default(),
+        object: string(&v, "object").unwrap_or_default(),
+        created: int(&v, "created"),
+        model: string(&v, "model").unwrap_or_default(),
+        choices: list(&v, "choices")
+            .map(|c| pb::ChunkChoice {
+                index: uint(c, "index"),
+                delta: c.get("delta").filter(|d| d.is_object()).map(delta),
+                finish_reason: finish_reason(c) as i32,
+            })
+            .collect(),
+        usage: usage(&v),
+        system_fingerprint: string(&v, "system_fingerprint"),
+    })
+}
+
+/// The JSON object in `bytes`, or the error it reports (its message masked: an upstream may
+/// quote the key it was given).
+fn parse(
+    bytes: &[u8],
+    pool: &KeyPool,
+    upstream_error: impl FnOnce(String) -> GatewayError,
+) -> Result<Value, GatewayError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into();
+        GatewayError::Internal(format!(
+            "the upstream's answer is not JSON ({e}): {}",
+            pool.mask(&start)
+        ))
+    })?;
+    if !v.is_object() {
+        return Err(GatewayError::Internal(
+            "the upstream's answer is not a JSON object".into(),
+        ));
+    }
+    if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| error.to_string());
+        return Err(upstream_error(pool.mask(&message)));
+    }
+    Ok(v)
+}
+
+fn assistant_message(m: &Value) -> pb::AssistantMessage {
+    pb::AssistantMessage {
+        role: string(m, "role").unwrap_or_else(|| "assistant".into()),
+        content: string(m, "content"),
+        tool_calls: list(m, "tool_calls")
+            .map(|t| {
+                let f = t.get("function");
+                pb::ToolCall {
+                    id: string(t, "id").unwrap_or_default(),
+                    r#type: string(t, "type").unwrap_or_else(|| "function".into()),
+                    function: f.map(|f| pb::FunctionCall {
+                        name: string(f, "name").unwrap_or_default(),
+                        arguments: string(f, "arguments").unwrap_or_default(),
+                    }),
+                }
+            })
+            .collect(),
+        refusal: string(m, "refusal"),
+        reasoning_content: reasoning(m),
+    }
+}
+
+fn delta(d: &Value) -> pb::Delta {
+    pb::Delta {
+        role: string(d, "role"),
+        content: string(d, "content"),
+        tool_calls: list(d, "tool_calls")
+            .map(|t| pb::ToolCallDelta {
+                index: uint(t, "index"),
+                id: string(t, "id"),
+                r#type: string(t, "type"),
+                function: t.get("function").filter(|f| f.is_object()).map(|f| {
+                    pb::FunctionCallDelta {
+                        name: string(f, "name"),
+                        arguments: string(f, "arguments"),
+                    }
+                }),
+            })
+            .collect(),
+        refusal: string(d, "refusal"),
+        reasoning_content: reasoning(d),
+    }
+}
+
+/// `reasoning_content`, or `reasoning` as some upstreams (vLLM, OpenRouter) name it.
+fn reasoning(v: &Value) -> Option<String> {
+    string(v, "reasoning_content").or_else(|| string(v, "reasoning"))
+}
+
+fn finish_reason(choice: &Value) -> pb::FinishReason {
+    use pb::FinishReason as F;
+    match choice.get("finish_reason") {
+        None | Some(Value::Null) => F::Unspecified,
+        Some(Value::String(s)) => match s.as_str() {
+            "stop" => F::Stop,
+            "length" => F::Length,
+            "tool_calls" => F::ToolCalls,
+            "content_filter" => F::ContentFilter,
+            "function_call" => F::FunctionCall,
+            _ => F::Other,
+        },
+        Some(_) => F::Other,
+    }
+}
+
+fn usage(v: &Value) -> Option<pb::Usage> {
+    let u = v.get("usage").filter(|u| u.is_object())?;
+    Some(pb::Usage {
+        prompt_tokens: uint(u, "prompt_tokens"),
+        completion_tokens: uint(u, "completion_tokens"),
+        total_tokens: uint(u, "total_tokens"),
+    })
+}
+
+fn string(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// An integer field; a float (some upstreams send `1.7e9`) is truncated, anything else is 0.
+fn int(v: &Value, key: &str) -> i64 {
+    v.get(key)
+        .and_then(|n| n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)))
+        .unwrap_or_default()
+}
+
+fn uint(v: &Value, key: &str) -> u32 {
+    u32::try_from(int(v, key).max(0)).unwrap_or(u32::MAX)
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> std::sync::Arc<KeyPool> {
+        let settings = crate::Settings::for_upstream("http://127.0.0.1:1", &["k"]);
+        KeyPool::new(&settings.read_keys().unwrap(), settings.scheduler.clone())
+    }
+
+    #[test]
+    fn chunk_with_unknown_fields_and_nulls() {
+        let data = br#"{"id":"c1","object":"chat.completion.chunk","created":1700000000,"model":"m","new_field":{"x":1},
+            "choices":[{"index":0,"delta":{"role":"assistant","content":"Hel","tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":"{"}}]},"finish_reason":null,"logprobs":null}],"usage":null}"#;
+        let c = chunk(data, &pool()).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.created, c.model.as_str()),
+            ("c1", 1_700_000_000, "m")
+        );
+        let choice = &c.choices[0];
+        assert_eq!(choice.finish_reason, pb::FinishReason::Unspecified as i32);
+        let d = choice.delta.as_ref().unwrap();
+        assert_eq!(
+            (d.role.as_deref(), d.content.as_deref()),
+            (Some("assistant"), Some("Hel"))
+        );
+        assert_eq!(
+            d.tool_calls[0]
+                .function
+                .as_ref()
+                .unwrap()
+                .arguments
+                .as_deref(),
+            Some("{")
+        );
+        assert!(c.usage.is_none());
+    }
+
+    #[test]
+    fn error_chunk_is_an_error() {
+        let err = chunk(
+            br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+            &pool(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("overloaded"), "{err}");
+    }
+
+    #[test]
+    fn completion_with_usage_and_finish_reason() {
+        let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{}}}"#;
+        let c = completion(body, &pool()).unwrap();
+        assert_eq!(c.choices[0].finish_reason, pb::FinishReason::Stop as i32);
+        assert_eq!(
+            c.choices[0].message.as_ref().unwrap().content.as_deref(),
+            Some("hi")
+        );
+        assert_eq!(c.usage.unwrap().total_tokens, 5);
+    }
+}

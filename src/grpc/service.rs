@@ -1,0 +1,215 @@
+//! `megallm.v1.ChatService`: each call authorizes, turns its message into the OpenAI JSON body
+//! ([`super::request`]), lets the core validate and dispatch it exactly as for the HTTP door,
+//! and renders the answer ([`super::response`]) or the error ([`super::status`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Request, Response, Status};
+
+use super::call::Call;
+use super::pb::chat_service_server::ChatService;
+use super::request::{self, Mode};
+use super::status::{set_attempts, to_status};
+use super::{pb, response};
+use crate::chat::{Attempts, ChunkStream, GatewayError};
+use crate::gateway::Core;
+
+/// The chat service: a handle on the shared core, nothing more.
+pub struct ChatDoor {
+    core: Arc<Core>,
+}
+
+impl ChatDoor {
+    pub fn new(core: Arc<Core>) -> Self {
+        ChatDoor { core }
+    }
+}
+
+/// The chunks of one streamed call, as proto messages.
+pub type ChunkMessages =
+    Pin<Box<dyn Stream<Item = Result<pb::ChatCompletionChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for ChatDoor {
+    async fn create_chat_completion(
+        &self,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<Response<pb::ChatCompletion>, Status> {
+        let mut call = Call::start(&self.core, "CreateChatCompletion", &request);
+        let result = self.unary(&mut call, request).await;
+        call.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        result
+    }
+
+    type StreamChatCompletionStream = ChunkMessages;
+
+    async fn stream_chat_completion(
+        &self,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<Response<ChunkMessages>, Status> {
+        let mut call = Call::start(&self.core, "StreamChatCompletion", &request);
+        match self.open_stream(&mut call, request).await {
+            Ok((chunks, attempts)) => {
+                call.head_ready();
+                let mut metadata = MetadataMap::new();
+                set_attempts(&mut metadata, &attempts);
+                let relay = Relay {
+                    chunks,
+                    call,
+                    attempts,
+                    core: self.core.clone(),
+                };
+                let mut response = Response::new(relay.into_messages());
+                *response.metadata_mut() = metadata;
+                Ok(response)
+            }
+            Err(status) => {
+                call.finish(status.code());
+                Err(status)
+            }
+        }
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let mut call = Call::start(&self.core, "ListModels", &request);
+        let result = self.models(&call, &request).await;
+        call.head_ready();
+        call.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        result
+    }
+}
+
+impl ChatDoor {
+    #[tracing::instrument(skip_all, fields(request_id = %call.ctx.request_id, model))]
+    async fn unary(
+        &self,
+        call: &mut Call,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<Response<pb::ChatCompletion>, Status> {
+        let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
+            to_status(&e, &call.ctx, attempts)
+        };
+        call.authorize(request.metadata())
+            .map_err(|e| fail(e, call, None))?;
+        let body =
+            request::to_json(request.get_ref(), Mode::Unary).map_err(|e| fail(e, call, None))?;
+        let chat = self
+            .core
+            .chat_request(body)
+            .map_err(|e| fail(e, call, None))?;
+        call.set_model(chat.model());
+        tracing::Span::current().record("model", chat.model());
+        let dispatched = self.core.dispatcher.complete(&chat, &call.ctx).await;
+        call.set_attempts(&dispatched.attempts);
+        call.head_ready();
+        let attempts = &dispatched.attempts;
+        let completion = dispatched
+            .result
+            .map_err(|e| fail(e, call, Some(attempts)))?;
+        let message = response::completion(&completion.body, &self.core.pool)
+            .map_err(|e| fail(e, call, Some(attempts)))?;
+        let mut response = Response::new(message);
+        set_attempts(response.metadata_mut(), attempts);
+        Ok(response)
+    }
+
+    #[tracing::instrument(skip_all, fields(request_id = %call.ctx.request_id, model))]
+    async fn open_stream(
+        &self,
+        call: &mut Call,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<(ChunkStream, Attempts), Status> {
+        let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
+            to_status(&e, &call.ctx, attempts)
+        };
+        call.authorize(request.metadata())
+            .map_err(|e| fail(e, call, None))?;
+        let body =
+            request::to_json(request.get_ref(), Mode::Stream).map_err(|e| fail(e, call, None))?;
+        let chat = self
+            .core
+            .chat_request(body)
+            .map_err(|e| fail(e, call, None))?;
+        call.set_model(chat.model());
+        tracing::Span::current().record("model", chat.model());
+        let dispatched = self.core.dispatcher.stream(&chat, &call.ctx).await;
+        call.set_attempts(&dispatched.attempts);
+        match dispatched.result {
+            Ok(chunks) => Ok((chunks, dispatched.attempts)),
+            Err(e) => Err(fail(e, call, Some(&dispatched.attempts))),
+        }
+    }
+
+    async fn models(
+        &self,
+        call: &Call,
+        request: &Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        call.authorize(request.metadata())
+            .map_err(|e| to_status(&e, &call.ctx, None))?;
+        let list = self.core.models.list();
+        let models = match call.ctx.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, list).await.map_err(|_| {
+                let e = GatewayError::Timeout {
+                    kind: crate::chat::TimeoutKind::Deadline,
+                    detail: "listing the models".into(),
+                };
+                to_status(&e, &call.ctx, None)
+            })?,
+            None => list.await,
+        };
+        let data = models
+            .iter()
+            .map(|m| pb::Model {
+                id: m.id.clone(),
+                created: m.created,
+                owned_by: m.owned_by.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { data }))
+    }
+}
+
+/// A streamed call's life after its head: each upstream chunk becomes one message the moment
+/// it arrives. Built directly on the core's chunk stream, so a client that cancels drops the
+/// upstream request with it. The core's stream already ends at the call's deadline.
+struct Relay {
+    chunks: ChunkStream,
+    call: Call,
+    attempts: Attempts,
+    core: Arc<Core>,
+}
+
+impl Relay {
+    fn into_messages(self) -> ChunkMessages {
+        Box::pin(futures_util::stream::unfold(
+            Some(self),
+            |state| async move {
+                let mut relay = state?;
+                let error = match relay.chunks.next().await {
+                    Some(Ok(data)) => match response::chunk(&data, &relay.core.pool) {
+                        Ok(message) => return Some((Ok(message), Some(relay))),
+                        Err(error) => error,
+                    },
+                    Some(Err(error)) => error,
+                    None => {
+                        // A clean end ([DONE]): OK. The trailers get the attempt trail from
+                        // `trailers::attempts_in_trailers`.
+                        relay.call.finish(Code::Ok);
+                        return None;
+                    }
+                };
+                tracing::warn!(request_id = %relay.call.ctx.request_id, error = %error, "stream ended with an error");
+                let status = to_status(&error, &relay.call.ctx, Some(&relay.attempts));
+                relay.call.finish(status.code());
+                Some((Err(status), None))
+            },
+        ))
+    }
+}

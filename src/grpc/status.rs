@@ -1,0 +1,163 @@
+//! The gRPC rendering of [`GatewayError`]: one table from the core's [`ErrorKind`] to a
+//! `tonic::Code`, and the `tonic-types` details every error carries.
+//!
+//! Upstream statuses map by the HTTP lines of `google/rpc/code.proto` (never grpc's
+//! client-side HTTP table). Choices code.proto leaves open, and why:
+//!
+//! - 413 and the gateway's own size limit → OUT_OF_RANGE: tonic answers a message over its
+//!   size limit with OUT_OF_RANGE, so "too big" reads the same whichever limit fired, and it
+//!   sits on code.proto's 400 line (RESOURCE_EXHAUSTED is the 429 line: clients retry it).
+//! - 409 → ABORTED (code.proto's 409 line; ALREADY_EXISTS describes resource creation).
+//! - 415, 422 → INVALID_ARGUMENT: the request itself must change.
+//! - 401, 403 from the upstream concern the gateway's key, never the caller: UNAVAILABLE.
+
+use std::collections::HashMap;
+
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::chat::{Attempts, ErrorKind, GatewayError, RequestContext};
+
+/// `ErrorInfo.domain` of every error the gateway gives.
+pub const DOMAIN: &str = "megallm-gateway";
+
+/// Trailing (and for unary calls, initial) metadata that carries the attempt trail.
+pub const ATTEMPTS_METADATA: &str = "x-gateway-attempts";
+
+/// The one table: a core error's kind → a gRPC code.
+pub fn code(error: &GatewayError) -> Code {
+    match error.kind() {
+        ErrorKind::InvalidArgument | ErrorKind::UnsupportedMediaType => Code::InvalidArgument,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PayloadTooLarge => Code::OutOfRange,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Rejected(status) => code_for_upstream_http(status),
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::UpstreamInternal | ErrorKind::Internal => Code::Internal,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+    }
+}
+
+/// An upstream HTTP status the request is blamed for, by code.proto's HTTP lines.
+fn code_for_upstream_http(status: u16) -> Code {
+    match status {
+        400 | 415 | 422 => Code::InvalidArgument,
+        401 | 403 => Code::Unavailable,
+        404 => Code::NotFound,
+        408 | 504 => Code::DeadlineExceeded,
+        409 => Code::Aborted,
+        413 => Code::OutOfRange,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        502 | 503 => Code::Unavailable,
+        400..=499 => Code::FailedPrecondition,
+        _ => Code::Internal,
+    }
+}
+
+/// The `tonic::Status` for `error`: code from [`code`], the error's message, and details:
+/// ErrorInfo (reason = the error's stable code, domain [`DOMAIN`]), RequestInfo (request id),
+/// BadRequest naming the field where one is known, RetryInfo where a wait time is known. The
+/// attempt trail goes in the status metadata.
+pub fn to_status(
+    error: &GatewayError,
+    ctx: &RequestContext,
+    attempts: Option<&Attempts>,
+) -> Status {
+    let code = code(error);
+    let mut details = ErrorDetails::new();
+    let mut info = HashMap::new();
+    info.insert("http_status".to_owned(), error.http_status().to_string());
+    if let Some(param) = error.param() {
+        info.insert("param".to_owned(), param.to_owned());
+    }
+    details.set_error_info(error.code().unwrap_or("upstream_rejected"), DOMAIN, info);
+    details.set_request_info(ctx.request_id.clone(), "");
+    if let (Code::InvalidArgument, Some(param)) = (code, error.param()) {
+        details.add_bad_request_violation(param, error.to_string());
+    }
+    if let Some(wait) = error.retry_after() {
+        details.set_retry_info(Some(wait));
+    }
+    let mut metadata = MetadataMap::new();
+    if let Some(trail) = attempts.filter(|a| !a.is_empty()) {
+        set_attempts(&mut metadata, trail);
+    }
+    Status::with_error_details_and_metadata(code, error.to_string(), details, metadata)
+}
+
+/// Puts the attempt trail (`key-2:429,key-3:200`) in `metadata`.
+pub fn set_attempts(metadata: &mut MetadataMap, attempts: &Attempts) {
+    if let Ok(value) = MetadataValue::try_from(attempts.to_string()) {
+        metadata.insert(ATTEMPTS_METADATA, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn table_follows_code_proto() {
+        let rejected = |status| GatewayError::UpstreamRejected {
+            status,
+            message: "no".into(),
+            error_type: None,
+            param: None,
+            code: None,
+        };
+        for (status, want) in [
+            (400, Code::InvalidArgument),
+            (404, Code::NotFound),
+            (409, Code::Aborted),
+            (413, Code::OutOfRange),
+            (422, Code::InvalidArgument),
+            (401, Code::Unavailable),
+            (403, Code::Unavailable),
+        ] {
+            assert_eq!(code(&rejected(status)), want, "{status}");
+        }
+        assert_eq!(code(&GatewayError::Unauthenticated), Code::Unauthenticated);
+        assert_eq!(
+            code(&GatewayError::NoKeyAvailable { retry_after: None }),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(&GatewayError::PayloadTooLarge { limit: 1 }),
+            Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn details_name_the_field_and_the_wait() {
+        let ctx = RequestContext::new(Some("req-1"));
+        let status = to_status(&GatewayError::invalid("temperature", "too hot"), &ctx, None);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, "temperature");
+        assert_eq!(
+            status.get_details_request_info().unwrap().request_id,
+            "req-1"
+        );
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("invalid_value", DOMAIN)
+        );
+
+        let limited = GatewayError::RateLimited {
+            retry_after: Duration::from_secs(3),
+        };
+        let status = to_status(&limited, &ctx, None);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(3))
+        );
+    }
+}
