@@ -1,6 +1,8 @@
-//! Clients nobody here wrote, run as users run them: the official OpenAI Python SDK against a
-//! real gateway in demo mode. CI installs the SDK in `.venv` and sets `MEGALLM_TEST_PYTHON`;
-//! where neither is there, the test says so and passes only outside CI.
+//! Clients nobody here wrote, run as users run them against a real gateway in demo mode: the
+//! official OpenAI Python SDK on the HTTP door, and Python grpcio (stubs generated from
+//! `proto/megallm/v1/chat.proto` at test time) on the gRPC door. CI installs them in `.venv`
+//! and sets `MEGALLM_TEST_PYTHON`; where neither is there, the tests say so and pass only
+//! outside CI.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -56,6 +58,17 @@ async fn openai_python_sdk_talks_to_the_gateway() {
     let gateway = demo_gateway().await;
     let base = format!("http://{}/v1", gateway.local_addr());
     tokio::task::spawn_blocking(move || run_script(&python, "openai_check.py", &base))
+        .await
+        .unwrap();
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_talks_to_the_gateway() {
+    let Some(python) = python() else { return };
+    let gateway = demo_gateway().await;
+    let addr = gateway.local_addr().to_string();
+    tokio::task::spawn_blocking(move || run_script(&python, "grpc_client_check.py", &addr))
         .await
         .unwrap();
     gateway.shutdown().await;

@@ -14,7 +14,7 @@ use super::pb::chat_service_server::ChatService;
 use super::request::{self, Mode};
 use super::status::{set_attempts, to_status};
 use super::{pb, response};
-use crate::chat::{Attempts, ChunkStream, GatewayError};
+use crate::chat::{Attempts, ChatRequest, ChunkStream, GatewayError};
 use crate::gateway::Core;
 
 /// The chat service: a handle on the shared core, nothing more.
@@ -95,16 +95,7 @@ impl ChatDoor {
         let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
             to_status(&e, &call.ctx, attempts)
         };
-        call.authorize(request.metadata())
-            .map_err(|e| fail(e, call, None))?;
-        let body =
-            request::to_json(request.get_ref(), Mode::Unary).map_err(|e| fail(e, call, None))?;
-        let chat = self
-            .core
-            .chat_request(body)
-            .map_err(|e| fail(e, call, None))?;
-        call.set_model(chat.model());
-        tracing::Span::current().record("model", chat.model());
+        let chat = self.prepare(call, &request, Mode::Unary)?;
         let dispatched = self.core.dispatcher.complete(&chat, &call.ctx).await;
         call.set_attempts(&dispatched.attempts);
         call.head_ready();
@@ -128,22 +119,31 @@ impl ChatDoor {
         let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
             to_status(&e, &call.ctx, attempts)
         };
-        call.authorize(request.metadata())
-            .map_err(|e| fail(e, call, None))?;
-        let body =
-            request::to_json(request.get_ref(), Mode::Stream).map_err(|e| fail(e, call, None))?;
-        let chat = self
-            .core
-            .chat_request(body)
-            .map_err(|e| fail(e, call, None))?;
-        call.set_model(chat.model());
-        tracing::Span::current().record("model", chat.model());
+        let chat = self.prepare(call, &request, Mode::Stream)?;
         let dispatched = self.core.dispatcher.stream(&chat, &call.ctx).await;
         call.set_attempts(&dispatched.attempts);
         match dispatched.result {
             Ok(chunks) => Ok((chunks, dispatched.attempts)),
             Err(e) => Err(fail(e, call, Some(&dispatched.attempts))),
         }
+    }
+
+    /// What both chat calls do first: check the token, turn the message into the OpenAI body,
+    /// and let the core validate it.
+    fn prepare(
+        &self,
+        call: &mut Call,
+        request: &Request<pb::ChatCompletionRequest>,
+        mode: Mode,
+    ) -> Result<ChatRequest, Status> {
+        let fail = |e: GatewayError, call: &Call| to_status(&e, &call.ctx, None);
+        call.authorize(request.metadata())
+            .map_err(|e| fail(e, call))?;
+        let body = request::to_json(request.get_ref(), mode).map_err(|e| fail(e, call))?;
+        let chat = self.core.chat_request(body).map_err(|e| fail(e, call))?;
+        call.set_model(chat.model());
+        tracing::Span::current().record("model", chat.model());
+        Ok(chat)
     }
 
     async fn models(
