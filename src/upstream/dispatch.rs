@@ -432,7 +432,7 @@ impl UpstreamErrorBody {
             if raw.is_empty() {
                 "the upstream gave no error message".into()
             } else {
-                raw.chars().take(1000).collect()
+                raw.chars().take(300).collect()
             }
         });
         UpstreamErrorBody {
