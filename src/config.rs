@@ -86,25 +86,30 @@ impl KeySpec {
             return Err("a key may hold only visible ASCII characters".into());
         }
         let mut spec = KeySpec::new(key);
-        for attr in parts {
-            let (name, value) = attr
-                .split_once('=')
-                .ok_or_else(|| format!("`{attr}` is not of the form name=value"))?;
+        // Errors name the attribute's position, never its text: a missing comma between two
+        // keys would otherwise print the second key.
+        for (i, attr) in parts.enumerate() {
+            let position = i + 2;
+            let (name, value) = attr.split_once('=').ok_or_else(|| {
+                format!(
+                    "word {position} after the key is not an attribute like weight=2 \
+                     (keys in MEGALLM_API_KEYS are separated by commas)"
+                )
+            })?;
+            if !is_attr(name) {
+                return Err(format!(
+                    "word {position} is not a known key attribute (known: weight, max_concurrent, rpm)"
+                ));
+            }
             let n: u32 = value
                 .parse()
-                .map_err(|_| format!("{name}={value}: expected a whole number"))?;
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("{name} must be a whole number of at least 1"))?;
             match name {
-                "weight" if n >= 1 => spec.weight = n,
-                "max_concurrent" if n >= 1 => spec.max_concurrent = Some(n),
-                "rpm" if n >= 1 => spec.rpm = Some(n),
-                "weight" | "max_concurrent" | "rpm" => {
-                    return Err(format!("{name} must be at least 1"))
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown key attribute `{name}` (known: weight, max_concurrent, rpm)"
-                    ))
-                }
+                "weight" => spec.weight = n,
+                "max_concurrent" => spec.max_concurrent = Some(n),
+                _ => spec.rpm = Some(n),
             }
         }
         Ok(spec)
@@ -207,6 +212,10 @@ pub struct Settings {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 pub const DEFAULT_UPSTREAM: &str = "https://ai.megallm.io/v1";
 pub const DEFAULT_MODEL: &str = "openai-gpt-oss-120b";
+
+/// Longest duration any setting takes: far past any sane value, far short of overflowing
+/// the clock arithmetic it feeds.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -418,6 +427,25 @@ impl Settings {
                 return Err(format!("{name} must be greater than zero"));
             }
         }
+        let sch = &self.scheduler;
+        for (name, d) in [
+            ("--connect-timeout", self.timeouts.connect),
+            ("--first-byte-timeout", self.timeouts.first_byte),
+            ("--idle-timeout", self.timeouts.idle),
+            ("--total-timeout", self.timeouts.total),
+            ("--shutdown-grace", self.shutdown_grace),
+            ("--models-cache-ttl", self.models_cache_ttl),
+            ("--backoff-base", sch.backoff_base),
+            ("--backoff-max", sch.backoff_max),
+            ("--quota-bench", sch.quota_bench),
+            ("--probe-interval", sch.probe_interval),
+            ("--breaker-cooldown", sch.breaker_cooldown),
+            ("--queue-timeout", sch.queue_timeout),
+        ] {
+            if d > MAX_DURATION {
+                return Err(format!("{name} must be at most 366 days"));
+            }
+        }
         Ok(())
     }
 
@@ -463,7 +491,9 @@ impl std::str::FromStr for HumanDuration {
         let s = s.trim();
         if let Ok(secs) = s.parse::<f64>() {
             if secs.is_finite() && secs >= 0.0 {
-                return Ok(HumanDuration(Duration::from_secs_f64(secs)));
+                if let Ok(d) = Duration::try_from_secs_f64(secs) {
+                    return Ok(HumanDuration(d));
+                }
             }
         }
         humantime::parse_duration(s)
@@ -481,9 +511,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s.is_finite() && s >= 0.0 => {
-                Ok(HumanDuration(Duration::from_secs_f64(s)))
-            }
+            Raw::Secs(s) if s.is_finite() && s >= 0.0 => Duration::try_from_secs_f64(s)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
             Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
             Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
@@ -526,7 +556,14 @@ impl FileSettings {
     fn read(path: &Path) -> Result<FileSettings, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+        // toml's own Display quotes the offending line, which may hold a key or a token.
+        toml::from_str(&text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            format!("config file {}{at}: {}", path.display(), e.message())
+        })
     }
 }
 
@@ -630,8 +667,15 @@ mod tests {
         assert_eq!(spec.rpm, Some(60));
         assert!(KeySpec::parse("sk-abc weight=0").is_err());
         assert!(KeySpec::parse("sk-abc colour=red").is_err());
-        let err = KeySpec::parse("sk-secret weight=x").unwrap_err();
-        assert!(!err.contains("sk-secret"));
+        for line in [
+            "sk-secret weight=x",
+            "sk-a sk-second",
+            "sk-a sk-b=1",
+            "sk-a weight=sk-b",
+        ] {
+            let err = KeySpec::parse(line).unwrap_err();
+            assert!(!err.contains("sk-"), "{line} → {err}");
+        }
     }
 
     #[test]

@@ -96,7 +96,15 @@ fn sse_body(
 fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);
     out.put_slice(b"data: ");
-    out.put_slice(data);
+    // A multi-line event keeps its lines: each goes out as its own `data:` line.
+    let mut lines = data.split(|&b| b == b'\n');
+    if let Some(first) = lines.next() {
+        out.put_slice(first);
+    }
+    for line in lines {
+        out.put_slice(b"\ndata: ");
+        out.put_slice(line);
+    }
     out.put_slice(b"\n\n");
     out.freeze()
 }
@@ -104,4 +112,15 @@ fn frame(data: &[u8]) -> Bytes {
 fn error_frame(error: &GatewayError) -> Bytes {
     tracing::warn!(error = %error, "stream ended with an error");
     frame(&error.to_openai_json())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame;
+
+    #[test]
+    fn frames_keep_every_line() {
+        assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&frame(b"one\ntwo")[..], b"data: one\ndata: two\n\n");
+    }
 }

@@ -47,35 +47,75 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
         401 => Outcome::InvalidCredential,
         402 => Outcome::QuotaExhausted,
         403 if says_quota(body) => Outcome::QuotaExhausted,
+        // OpenAI-style upstreams also answer 403 for a model the project may not use: that is
+        // the request's fault, and blaming the key would let one request bench the pool.
+        403 if says_request_fault(body) => Outcome::CallerFault,
         403 => Outcome::InvalidCredential,
         429 if says_quota(body) => Outcome::QuotaExhausted,
+        // "Request too large for … tokens per min": no key of the tier can take it.
+        429 if says_request_too_large(body) => Outcome::CallerFault,
         429 => Outcome::RateLimited {
             reset: reset_after(headers, SystemTime::now()),
         },
-        408 | 500..=599 => Outcome::Transient,
+        // A redirect (not followed: it would carry the key elsewhere) means a misconfigured
+        // base URL, as unusable as a 5xx.
+        300..=399 | 408 | 500..=599 => Outcome::Transient,
         _ => Outcome::CallerFault,
     }
 }
 
+/// The lower-cased `code`, `type` and `message` of an OpenAI-shaped error body.
+fn error_fields(body: &[u8]) -> Option<[String; 3]> {
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let error = json.get("error").unwrap_or(&json);
+    let field = |name: &str| {
+        error
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    Some([field("code"), field("type"), field("message")])
+}
+
 /// True when the error's `code` or `type` speaks of quota, billing or credit.
 fn says_quota(body: &[u8]) -> bool {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    let error = json.get("error").unwrap_or(&json);
-    ["code", "type"].iter().any(|field| {
-        error.get(field).and_then(|v| v.as_str()).is_some_and(|s| {
-            let s = s.to_ascii_lowercase();
-            [
-                "quota",
-                "billing",
-                "credit",
-                "payment",
-                "insufficient_funds",
-            ]
+    error_fields(body).is_some_and(|[code, kind, _]| {
+        [
+            "quota",
+            "billing",
+            "credit",
+            "payment",
+            "insufficient_funds",
+        ]
+        .iter()
+        .any(|w| code.contains(w) || kind.contains(w))
+    })
+}
+
+/// True when a 403 names the request (its model), not the credential.
+fn says_request_fault(body: &[u8]) -> bool {
+    error_fields(body).is_some_and(|[code, kind, _]| {
+        let about_key = ["key", "auth", "token", "credential", "permission_denied"]
             .iter()
-            .any(|w| s.contains(w))
-        })
+            .any(|w| code.contains(w) || kind.contains(w));
+        !about_key && (code.contains("model_not_found") || kind == "invalid_request_error")
+    })
+}
+
+fn says_request_too_large(body: &[u8]) -> bool {
+    error_fields(body).is_some_and(|[_, _, message]| message.starts_with("request too large"))
+}
+
+/// Longest cooldown the upstream may ask for; anything longer is read as this.
+const MAX_RESET: Duration = Duration::from_secs(86_400);
+
+/// Seconds from a header as a bounded duration; `None` for negative or non-numbers.
+fn secs(value: f64) -> Option<Duration> {
+    (value >= 0.0).then(|| {
+        Duration::try_from_secs_f64(value)
+            .unwrap_or(MAX_RESET)
+            .min(MAX_RESET)
     })
 }
 
@@ -90,19 +130,22 @@ pub fn reset_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .map(str::trim)
     };
     if let Some(value) = text("retry-after") {
-        if let Ok(secs) = value.parse::<f64>() {
-            if secs.is_finite() && secs >= 0.0 {
-                return Some(Duration::from_secs_f64(secs.min(86_400.0)));
-            }
+        if let Some(d) = value.parse::<f64>().ok().and_then(secs) {
+            return Some(d);
         }
         if let Ok(when) = httpdate::parse_http_date(value) {
-            return Some(when.duration_since(now).unwrap_or(Duration::ZERO));
+            return Some(
+                when.duration_since(now)
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_RESET),
+            );
         }
     }
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
+    if let Some(d) = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| secs(ms / 1000.0))
+    {
+        return Some(d);
     }
     let requests = text("x-ratelimit-reset-requests").and_then(parse_go_duration);
     let tokens = text("x-ratelimit-reset-tokens").and_then(parse_go_duration);
@@ -143,7 +186,7 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += value * factor;
         rest = &rest[unit_end..];
     }
-    (total.is_finite() && total < 86_400.0 * 7.0).then(|| Duration::from_secs_f64(total))
+    secs(total)
 }
 
 #[cfg(test)]
@@ -181,7 +224,13 @@ mod tests {
             classify(429, &none, b""),
             Outcome::RateLimited { reset: None }
         );
-        for s in [500, 502, 503, 504, 408] {
+        let model = br#"{"error":{"message":"Project does not have access to model x","type":"invalid_request_error","code":"model_not_found"}}"#;
+        assert_eq!(classify(403, &none, model), Outcome::CallerFault);
+        let bad_key = br#"{"error":{"type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        assert_eq!(classify(403, &none, bad_key), Outcome::InvalidCredential);
+        let too_large = br#"{"error":{"message":"Request too large for gpt-4 on tokens per min (TPM)","type":"tokens","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(classify(429, &none, too_large), Outcome::CallerFault);
+        for s in [500, 502, 503, 504, 408, 301, 308] {
             assert_eq!(classify(s, &none, b""), Outcome::Transient, "{s}");
         }
     }
@@ -216,6 +265,14 @@ mod tests {
         ]);
         assert_eq!(reset_after(&h, now), Some(Duration::from_secs(360)));
         assert_eq!(reset_after(&headers(&[("retry-after", "soon")]), now), None);
+        let day = Some(MAX_RESET);
+        assert_eq!(
+            reset_after(&headers(&[("retry-after-ms", "1e30")]), now),
+            day
+        );
+        assert_eq!(reset_after(&headers(&[("retry-after", "1e300")]), now), day);
+        let far = headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]);
+        assert_eq!(reset_after(&far, now), day);
     }
 
     #[test]

@@ -112,6 +112,9 @@ impl Key {
     }
 }
 
+/// How many removed keys a pool remembers.
+const MAX_RETIRED: usize = 1024;
+
 /// Why no key was handed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoKey {
@@ -127,6 +130,9 @@ pub struct KeyPool {
     cursor: AtomicUsize,
     next_id: AtomicUsize,
     cfg: SchedulerSettings,
+    /// Keys removed by a reload, kept (bounded) so that a key dropped by a half-written keys
+    /// file and added back keeps its id and state: a revoked key must not return as ready.
+    retired: Mutex<Vec<Arc<Key>>>,
     /// Wakes requests queued for a key (only used when `queue_timeout` > 0).
     changed: Notify,
     queueing: bool,
@@ -149,6 +155,14 @@ impl KeyLease {
     /// The secret, for the upstream request's Authorization header and nothing else.
     pub fn secret(&self) -> &Secret {
         &self.key.secret
+    }
+
+    /// Masks key material in upstream text: every pooled key, and this lease's own key even if
+    /// a reload has removed it from the pool meanwhile.
+    pub fn mask(&self, text: &str) -> String {
+        let keys = self.pool.keys();
+        let own = std::iter::once(self.key.secret.expose());
+        mask::mask(text, keys.iter().map(|k| k.secret.expose()).chain(own))
     }
 
     /// Records the upstream's verdict on this key. `status` and `message` describe a failure
@@ -176,7 +190,7 @@ impl KeyLease {
             let error = LastError {
                 class: outcome.class(),
                 status,
-                message: self.pool.mask(message),
+                message: self.mask(message),
                 at_unix_ms: unix_ms(SystemTime::now()),
             };
             *self
@@ -201,7 +215,7 @@ impl KeyLease {
             .unwrap_or_else(|p| p.into_inner()) = Some(LastError {
             class: "stream_broken",
             status: None,
-            message: self.pool.mask(message),
+            message: self.mask(message),
             at_unix_ms: unix_ms(SystemTime::now()),
         });
     }
@@ -235,6 +249,7 @@ impl KeyPool {
             cursor: AtomicUsize::new(0),
             next_id: AtomicUsize::new(1),
             queueing: !cfg.queue_timeout.is_zero(),
+            retired: Mutex::new(Vec::new()),
             cfg,
             changed: Notify::new(),
         };
@@ -272,7 +287,17 @@ impl KeyPool {
             if next.iter().any(|k| k.secret == spec.secret) {
                 continue; // the same key listed twice is one key
             }
-            match old.iter().find(|k| k.secret == spec.secret) {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let back = retired
+                .iter()
+                .position(|k| k.secret == spec.secret)
+                .map(|i| retired.remove(i));
+            drop(retired);
+            match old
+                .iter()
+                .find(|k| k.secret == spec.secret)
+                .or(back.as_ref())
+            {
                 Some(key) => {
                     key.weight.store(spec.weight, Ordering::Relaxed);
                     key.max_concurrent
@@ -287,12 +312,22 @@ impl KeyPool {
                 }
             }
         }
+        let removed: Vec<Arc<Key>> = old
+            .iter()
+            .filter(|k| !next.iter().any(|n| Arc::ptr_eq(n, k)))
+            .cloned()
+            .collect();
         let summary = ReloadSummary {
             kept,
             added: next.len() - kept,
-            removed: old.len() - kept,
+            removed: removed.len(),
             total: next.len(),
         };
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.extend(removed);
+        let excess = retired.len().saturating_sub(MAX_RETIRED);
+        retired.drain(..excess);
+        drop(retired);
         *guard = Arc::from(next);
         drop(guard);
         self.changed.notify_waiters();
@@ -733,6 +768,12 @@ mod tests {
         assert_eq!((view[1].id.as_str(), view[1].state), ("key-3", "ready"));
         assert!(p.reload(&[]).is_err());
         assert_eq!(p.keys().len(), 2);
+        // "a" drops out (a half-written file) and comes back: same id, still cooling.
+        p.reload(&[KeySpec::new("c")]).unwrap();
+        let summary = p.reload(&[KeySpec::new("a"), KeySpec::new("c")]).unwrap();
+        assert_eq!((summary.kept, summary.added), (2, 0));
+        let view = p.view();
+        assert_eq!((view[0].id.as_str(), view[0].state), ("key-1", "cooling"));
     }
 
     #[tokio::test(start_paused = true)]

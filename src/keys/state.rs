@@ -210,10 +210,13 @@ impl KeyState {
         cfg: &SchedulerSettings,
         jitter: f64,
     ) {
-        let admin_disabled = self.health
-            == Health::Disabled {
-                cause: DisableCause::Admin,
-            };
+        // Requests overlap: answers to requests sent earlier arrive after a later verdict.
+        // A disabled key leaves that state only through the probe or an operator, and a
+        // success never cuts short a cooldown the upstream asked for.
+        self.tick(now);
+        if let Health::Disabled { .. } = self.health {
+            return;
+        }
         let next = match outcome {
             Outcome::Success => {
                 self.transient_streak = 0;
@@ -254,21 +257,21 @@ impl KeyState {
                 )
             }
         };
-        match next {
-            _ if admin_disabled => {}
-            Some(health) => {
-                // A late success from a request started before the key was found invalid does
-                // not override that finding; only the probe does.
-                let invalid = self.health
-                    == Health::Disabled {
-                        cause: DisableCause::InvalidCredential,
-                    };
-                if !(invalid && health == Health::Ready && !ticket.trial) {
-                    self.health = health;
-                }
-            }
-            None if ticket.trial => self.release_trial(),
-            None => {}
+        match (next, self.health) {
+            // The upstream's own wait (Retry-After, quota) stands until it is over.
+            (
+                Some(Health::Ready),
+                Health::Cooling {
+                    cause: CoolCause::RateLimited | CoolCause::Quota,
+                    ..
+                },
+            ) => {}
+            // Of two cooldowns, the longer wins.
+            (Some(Health::Cooling { until: new, .. }), Health::Cooling { until: old, .. })
+                if old >= new => {}
+            (Some(health), _) => self.health = health,
+            (None, _) if ticket.trial => self.release_trial(),
+            (None, _) => {}
         }
     }
 
@@ -459,6 +462,56 @@ mod tests {
         assert!(!s.probe_due(Instant::now(), cfg.probe_interval));
         s.probe_result(true, Instant::now());
         assert_eq!(s.health, Health::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_does_not_cut_a_cooldown_short() {
+        let cfg = cfg();
+        let mut s = KeyState::new(None, Instant::now());
+        let a = s.take(Instant::now(), 0, None).unwrap();
+        let b = s.take(Instant::now(), 1, None).unwrap();
+        let retry = Outcome::RateLimited {
+            reset: Some(Duration::from_secs(30)),
+        };
+        s.record(Instant::now(), retry, a, &cfg, 0.5);
+        s.record(Instant::now(), Outcome::Success, b, &cfg, 0.5);
+        assert!(
+            s.check(Instant::now(), 0, None).is_err(),
+            "still inside Retry-After"
+        );
+        // Nor does a shorter breaker cooldown replace the longer Retry-After.
+        for _ in 0..cfg.breaker_threshold {
+            s.record(Instant::now(), Outcome::Transient, PLAIN, &cfg, 0.5);
+        }
+        let Health::Cooling { until, cause } = s.health else {
+            panic!("cooling")
+        };
+        assert_eq!(
+            (until - Instant::now(), cause),
+            (Duration::from_secs(30), CoolCause::RateLimited)
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_key_returns_only_through_the_probe() {
+        let cfg = cfg();
+        let mut s = KeyState::new(None, Instant::now());
+        s.record(Instant::now(), Outcome::InvalidCredential, PLAIN, &cfg, 0.5);
+        let late = [
+            Outcome::RateLimited {
+                reset: Some(Duration::from_secs(1)),
+            },
+            Outcome::QuotaExhausted,
+            Outcome::Transient,
+            Outcome::Success,
+        ];
+        for outcome in late {
+            s.record(Instant::now(), outcome, Ticket { trial: true }, &cfg, 0.5);
+        }
+        tokio::time::advance(cfg.quota_bench).await;
+        assert_eq!(s.check(Instant::now(), 0, None), Err(Blocked::Disabled));
     }
 
     #[tokio::test(start_paused = true)]

@@ -202,7 +202,7 @@ impl Dispatcher {
                 tracing::debug!(key = %key_id, error = %message, "upstream request failed");
                 return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
                     status: None,
-                    message: self.pool.mask(&message),
+                    message: lease.mask(&message),
                     retry_after: None,
                 }));
             }
@@ -216,7 +216,7 @@ impl Dispatcher {
             let outcome = classify(status, &headers, &body);
             let detail = UpstreamErrorBody::parse(&body);
             lease.report(outcome, Some(status), &detail.message);
-            return Err(self.failure(outcome, status, detail, &key_id));
+            return Err(failure(outcome, status, detail, &lease));
         }
         if !stream {
             return match timeout_at(deadline, response.bytes()).await {
@@ -233,7 +233,7 @@ impl Dispatcher {
                         status: None,
                         message: format!(
                             "reading the upstream answer failed: {}",
-                            self.pool.mask(&message)
+                            lease.mask(&message)
                         ),
                         retry_after: None,
                     }))
@@ -252,7 +252,16 @@ impl Dispatcher {
                 break event;
             }
             match timeout_at(first_byte_at, body.next()).await {
-                Ok(Some(Ok(bytes))) => parser.push(&bytes),
+                Ok(Some(Ok(bytes))) if !parser.overflowed() => parser.push(&bytes),
+                Ok(Some(Ok(_))) => {
+                    attempts.push(&key_id, "broken");
+                    lease.report(Outcome::Transient, Some(status), "oversized stream event");
+                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                        status: None,
+                        message: "the upstream sent an event larger than 16 MiB".into(),
+                        retry_after: None,
+                    }));
+                }
                 Ok(Some(Err(e))) => {
                     attempts.push(&key_id, "broken");
                     let message = describe(&e);
@@ -261,7 +270,7 @@ impl Dispatcher {
                         status: None,
                         message: format!(
                             "the upstream stream broke before its first event: {}",
-                            self.pool.mask(&message)
+                            lease.mask(&message)
                         ),
                         retry_after: None,
                     }));
@@ -333,41 +342,36 @@ impl Dispatcher {
             "the upstream did not answer in time",
         ))
     }
+}
 
-    fn failure(
-        &self,
-        outcome: Outcome,
-        status: u16,
-        detail: UpstreamErrorBody,
-        key_id: &str,
-    ) -> Failed {
-        let message = self.pool.mask(&detail.message);
-        match outcome {
-            Outcome::CallerFault | Outcome::Success => {
-                Failed::Final(GatewayError::UpstreamRejected {
-                    status,
-                    message,
-                    error_type: detail.error_type,
-                    param: detail.param,
-                    code: detail.code,
-                })
-            }
-            Outcome::RateLimited { reset } => Failed::Retry(GatewayError::RateLimited {
-                retry_after: reset.unwrap_or(Duration::from_secs(1)),
-            }),
-            Outcome::QuotaExhausted | Outcome::InvalidCredential => {
-                Failed::Retry(GatewayError::UpstreamUnavailable {
-                    status: None,
-                    message: format!("the upstream refused the gateway's key {key_id} ({status})"),
-                    retry_after: None,
-                })
-            }
-            Outcome::Transient => Failed::Retry(GatewayError::UpstreamUnavailable {
-                status: Some(status),
-                message: format!("{status} from the upstream: {message}"),
+/// What a non-2xx answer means for the request; every upstream text is masked first.
+fn failure(outcome: Outcome, status: u16, detail: UpstreamErrorBody, lease: &KeyLease) -> Failed {
+    let key_id = lease.id();
+    let message = lease.mask(&detail.message);
+    let mask = |field: Option<String>| field.map(|f| lease.mask(&f));
+    match outcome {
+        Outcome::CallerFault | Outcome::Success => Failed::Final(GatewayError::UpstreamRejected {
+            status,
+            message,
+            error_type: mask(detail.error_type),
+            param: mask(detail.param),
+            code: mask(detail.code),
+        }),
+        Outcome::RateLimited { reset } => Failed::Retry(GatewayError::RateLimited {
+            retry_after: reset.unwrap_or(Duration::from_secs(1)),
+        }),
+        Outcome::QuotaExhausted | Outcome::InvalidCredential => {
+            Failed::Retry(GatewayError::UpstreamUnavailable {
+                status: None,
+                message: format!("the upstream refused the gateway's key {key_id} ({status})"),
                 retry_after: None,
-            }),
+            })
         }
+        Outcome::Transient => Failed::Retry(GatewayError::UpstreamUnavailable {
+            status: Some(status),
+            message: format!("{status} from the upstream: {message}"),
+            retry_after: None,
+        }),
     }
 }
 
@@ -459,6 +463,13 @@ struct StreamState {
 }
 
 impl StreamState {
+    fn mask(&self, text: &str) -> String {
+        match &self.lease {
+            Some(lease) => lease.mask(text),
+            None => self.pool.mask(text),
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<Bytes, GatewayError>, StreamState)> {
         if self.done {
             return None;
@@ -476,11 +487,14 @@ impl StreamState {
             }
             let idle_at = (Instant::now() + self.idle).min(self.deadline);
             let error = match timeout_at(idle_at, self.body.next()).await {
-                Ok(Some(Ok(bytes))) => {
+                Ok(Some(Ok(bytes))) if !self.parser.overflowed() => {
                     self.parser.push(&bytes);
                     continue;
                 }
-                Ok(Some(Err(e))) => GatewayError::StreamBroken(self.pool.mask(&describe(&e))),
+                Ok(Some(Ok(_))) => GatewayError::StreamBroken(
+                    "the upstream sent an event larger than 16 MiB".into(),
+                ),
+                Ok(Some(Err(e))) => GatewayError::StreamBroken(self.mask(&describe(&e))),
                 Ok(None) => GatewayError::StreamBroken(
                     "the upstream closed the stream before [DONE]".into(),
                 ),

@@ -5,8 +5,13 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Largest event (or unfinished line) the parser holds: far above any real chunk.
+pub const MAX_PENDING: usize = 16 * 1024 * 1024;
+
 #[derive(Default)]
 pub struct SseParser {
+    /// Whether the stream's first bytes (and a possible byte order mark) were seen.
+    started: bool,
     buf: BytesMut,
     /// How far `buf` was already searched for a line end.
     scanned: usize,
@@ -22,6 +27,21 @@ impl SseParser {
 
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+        if !self.started && self.buf.len() >= 3 {
+            self.started = true;
+            if self.buf.starts_with(b"\xEF\xBB\xBF") {
+                self.buf.advance(3); // a UTF-8 byte order mark is not part of the first field
+            }
+        }
+    }
+
+    /// True when more than [`MAX_PENDING`] bytes wait without completing a line or event: an
+    /// upstream that never ends its lines must not grow the gateway's memory without bound.
+    pub fn overflowed(&self) -> bool {
+        self.buf.len()
+            + self.data.as_ref().map_or(0, Bytes::len)
+            + self.joined.as_ref().map_or(0, BytesMut::len)
+            > MAX_PENDING
     }
 
     /// Bytes received but not yet part of a complete event (to tell a clean end from a cut).
@@ -146,6 +166,27 @@ mod tests {
             got.extend(all(&mut p));
         }
         assert_eq!(got, ["line1\nline2", "no-space"]);
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        let mut p = SseParser::new();
+        p.push(b"\xEF\xBB");
+        p.push(b"\xBFdata: x\n\n");
+        assert_eq!(all(&mut p), ["x"]);
+    }
+
+    #[test]
+    fn endless_line_overflows() {
+        let mut p = SseParser::new();
+        let block = vec![b'a'; 1024 * 1024];
+        for _ in 0..16 {
+            p.push(&block);
+            assert!(p.next_event().is_none());
+        }
+        assert!(!p.overflowed());
+        p.push(b"a");
+        assert!(p.overflowed());
     }
 
     #[test]
