@@ -639,3 +639,25 @@ async fn retry_after_as_an_http_date_is_honoured() {
         "retry_in_ms {retry_in}: {k1}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_for_a_model_is_the_requests_fault_not_the_keys() {
+    let mock = MockUpstream::start().await;
+    let body = serde_json::json!({"error": {
+        "message": "Project does not have access to model `o9`",
+        "type": "invalid_request_error", "param": null, "code": "model_not_found"}});
+    mock.set_default_chat(Reply::status(403).body(body.to_string()));
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], with_admin).await;
+
+    for _ in 0..3 {
+        let resp = gw.http.chat(&chat_body()).await;
+        let err = resp.assert_openai_error(403, None);
+        assert_eq!(err["code"], "model_not_found");
+    }
+    assert_eq!(mock.chat_count(), 3, "never retried");
+    for id in ["key-1", "key-2"] {
+        let k = gw.admin_key(ADMIN, id).await;
+        assert_eq!(k["state"], "ready", "{k}");
+        assert_eq!(k["failures"]["credential"], 0, "{k}");
+    }
+}
