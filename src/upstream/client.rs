@@ -10,8 +10,9 @@ use crate::config::{Secret, Settings};
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: reqwest::Client,
-    chat_url: String,
-    models_url: String,
+    /// Parsed once: reqwest would otherwise parse (and IDNA-normalise) the URL per request.
+    chat_url: reqwest::Url,
+    models_url: reqwest::Url,
 }
 
 impl UpstreamClient {
@@ -26,10 +27,14 @@ impl UpstreamClient {
             .build()
             .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
         let base = settings.upstream.trim_end_matches('/');
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{base}/{path}"))
+                .map_err(|e| format!("--upstream `{base}` is not a valid URL: {e}"))
+        };
         Ok(UpstreamClient {
             http,
-            chat_url: format!("{base}/chat/completions"),
-            models_url: format!("{base}/models"),
+            chat_url: url("chat/completions")?,
+            models_url: url("models")?,
         })
     }
 
@@ -41,7 +46,7 @@ impl UpstreamClient {
         request_id: &str,
     ) -> Result<reqwest::Response, reqwest::Error> {
         self.http
-            .post(&self.chat_url)
+            .post(self.chat_url.clone())
             .header(AUTHORIZATION, bearer(key))
             .header(CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
@@ -53,7 +58,7 @@ impl UpstreamClient {
     /// `GET {upstream}/models` with a pool key (the model list, and the revoked-key probe).
     pub async fn models(&self, key: &Secret) -> Result<reqwest::Response, reqwest::Error> {
         self.http
-            .get(&self.models_url)
+            .get(self.models_url.clone())
             .header(AUTHORIZATION, bearer(key))
             .send()
             .await
