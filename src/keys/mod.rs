@@ -343,7 +343,7 @@ impl KeyPool {
         if n == 0 {
             return Err(NoKey::Unavailable { retry_after: None });
         }
-        let order = self.order(&keys);
+        let order = self.order(&keys, now);
         for allow_tried in [false, true] {
             for &i in &order {
                 let key = &keys[i];
@@ -352,6 +352,11 @@ impl KeyPool {
                     continue;
                 }
                 if let Ok(ticket) = key.try_take(now) {
+                    if self.cfg.strategy == Strategy::RoundRobin {
+                        // Continue after the key chosen, not after the one first looked at:
+                        // otherwise the key behind a run of cooling keys takes all their turns.
+                        self.cursor.store(i + 1, Ordering::Relaxed);
+                    }
                     key.counters.requests.fetch_add(1, Ordering::Relaxed);
                     return Ok(KeyLease {
                         key: key.clone(),
@@ -399,20 +404,32 @@ impl KeyPool {
     }
 
     /// The order in which keys are tried, by strategy.
-    fn order(&self, keys: &[Arc<Key>]) -> Vec<usize> {
+    fn order(&self, keys: &[Arc<Key>], now: Instant) -> Vec<usize> {
         let n = keys.len();
         let tick = self.cursor.fetch_add(1, Ordering::Relaxed);
         match self.cfg.strategy {
             Strategy::RoundRobin => (0..n).map(|i| (tick + i) % n).collect(),
             Strategy::Weighted => {
-                let total: u64 = keys
+                // Spread by weight over the keys usable now, so that a cooling key's share is
+                // split by weight too instead of falling to its neighbour.
+                let usable: Vec<bool> = keys
                     .iter()
-                    .map(|k| u64::from(k.weight.load(Ordering::Relaxed)))
-                    .sum();
+                    .map(|k| {
+                        k.lock()
+                            .check(now, k.in_flight(), k.max_concurrent())
+                            .is_ok()
+                    })
+                    .collect();
+                let any = usable.iter().any(|u| *u);
+                let weight = |i: usize| match usable[i] || !any {
+                    true => u64::from(keys[i].weight.load(Ordering::Relaxed)),
+                    false => 0,
+                };
+                let total: u64 = (0..n).map(weight).sum();
                 let mut point = (tick as u64) % total.max(1);
                 let mut start = 0;
-                for (i, k) in keys.iter().enumerate() {
-                    let w = u64::from(k.weight.load(Ordering::Relaxed));
+                for i in 0..n {
+                    let w = weight(i);
                     if point < w {
                         start = i;
                         break;
@@ -660,6 +677,29 @@ mod tests {
         let tried: Vec<Arc<str>> = vec!["key-1".into(), "key-2".into()];
         for _ in 0..3 {
             assert_eq!(&**p.acquire(&tried).unwrap().id(), "key-3");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cooling_keys_turns_are_shared_fairly() {
+        for strategy in [Strategy::RoundRobin, Strategy::Weighted] {
+            let p = pool(&["a", "b", "c", "d"], strategy);
+            for _ in 0..2 {
+                let mut lease = p.acquire(&[]).unwrap();
+                let reset = Some(Duration::from_secs(600));
+                lease.report(Outcome::RateLimited { reset }, Some(429), "");
+            }
+            let mut counts = std::collections::HashMap::new();
+            for _ in 0..400 {
+                *counts
+                    .entry(p.acquire(&[]).unwrap().id().to_string())
+                    .or_insert(0) += 1;
+            }
+            assert_eq!(counts.len(), 2, "{strategy:?}: {counts:?}");
+            assert!(
+                counts.values().all(|c| (190..=210).contains(c)),
+                "{strategy:?}: {counts:?}"
+            );
         }
     }
 
