@@ -576,7 +576,7 @@ impl KeyPool {
                             CoolCause::Breaker => "breaker",
                         }),
                     ),
-                    Health::HalfOpen { .. } => ("half_open", None, Some("breaker")),
+                    Health::HalfOpen { .. } => ("half_open", None, Some("trial")),
                     Health::Disabled { cause } => (
                         "disabled",
                         None,

@@ -124,16 +124,16 @@ impl KeyState {
         }
     }
 
-    /// Moves expired cooldowns on: rate-limit and quota cooling end in `ready`, a breaker's in
-    /// `half_open`.
+    /// Moves expired cooldowns on, into `half_open`: one trial decides between ready and
+    /// cooling again.
     pub fn tick(&mut self, now: Instant) {
-        if let Health::Cooling { until, cause } = self.health {
+        if let Health::Cooling { until, .. } = self.health {
             if now >= until {
-                self.health = match cause {
-                    CoolCause::Breaker => Health::HalfOpen {
-                        trial_in_flight: false,
-                    },
-                    CoolCause::RateLimited | CoolCause::Quota => Health::Ready,
+                // Whatever benched the key, one trial request tests it before it takes full
+                // traffic again: a burst at the second a Retry-After ends would just earn
+                // another 429 on every request of the burst.
+                self.health = Health::HalfOpen {
+                    trial_in_flight: false,
                 };
             }
         }
@@ -346,6 +346,10 @@ mod tests {
             "no request inside the Retry-After window"
         );
         tokio::time::advance(Duration::from_millis(1)).await;
+        let trial = s.take(Instant::now(), 0, None).unwrap();
+        assert!(trial.trial, "one trial first");
+        assert_eq!(s.take(Instant::now(), 1, None), Err(Blocked::TrialBusy));
+        s.record(Instant::now(), Outcome::Success, trial, &cfg, 0.0);
         assert_eq!(s.take(Instant::now(), 0, None), Ok(PLAIN));
     }
 
