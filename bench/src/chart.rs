@@ -62,7 +62,7 @@ fn panel(s: &Scenario) -> Panel {
     };
     let subtitle = match (&s.direct, &s.gateway) {
         (Some(d), Some(g)) => format!(
-            "{} vs {} req/s ({:.0}%)",
+            "req/s: direct {}, gateway {} ({:.0}%)",
             krps(d.rps),
             krps(g.rps),
             100.0 * g.rps / d.rps.max(1e-9)
@@ -95,7 +95,8 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
         return Err("no scenarios to draw".into());
     }
     let cols = 4usize;
-    let rows = panels.len().div_ceil(cols);
+    // One more cell for memory, startup and the targets' verdicts.
+    let rows = (panels.len() + 1).div_ceil(cols);
     let (w, ph) = (1800u32, 380u32);
     let header = 90u32;
     let root = BitMapBackend::new(path, (w, header + ph * rows as u32)).into_drawing_area();
@@ -103,7 +104,10 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
     let (top, body) = root.split_vertically(header);
     top.draw_text(
         "megallm-gateway vs direct call: latency percentiles p50 / p90 / p99 (ms, lower is better)",
-        &("sans-serif", 26).into_font().style(FontStyle::Bold).color(&BLACK),
+        &("sans-serif", 26)
+            .into_font()
+            .style(FontStyle::Bold)
+            .color(&BLACK),
         (20, 12),
     )?;
     top.draw_text(
@@ -123,10 +127,24 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
             }
         }
         let ymax = if ymax > 0.0 { ymax * 1.3 } else { 1.0 };
-        let caption = format!("{}\n", p.title);
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption.trim(), ("sans-serif", 19).into_font().style(FontStyle::Bold))
+        let (head, plot) = area.split_vertically(54);
+        head.draw_text(
+            &p.title,
+            &("sans-serif", 19)
+                .into_font()
+                .style(FontStyle::Bold)
+                .color(&BLACK),
+            (74, 8),
+        )?;
+        head.draw_text(
+            &p.subtitle,
+            &("sans-serif", 14).into_font().color(&RGBColor(80, 80, 80)),
+            (74, 33),
+        )?;
+        let ystep = ymax / 6.0;
+        let mut chart = ChartBuilder::on(&plot)
             .margin(12)
+            .margin_top(4)
             .x_label_area_size(28)
             .y_label_area_size(62)
             .build_cartesian_2d(-0.5f64..2.5f64, 0f64..ymax)?;
@@ -147,7 +165,15 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
                 }
             })
             .y_labels(6)
-            .y_label_formatter(&|v| format!("{v:.2}"))
+            .y_label_formatter(&|v| {
+                if ystep >= 5.0 {
+                    format!("{v:.0}")
+                } else if ystep >= 0.5 {
+                    format!("{v:.1}")
+                } else {
+                    format!("{v:.2}")
+                }
+            })
             .y_desc(format!("{} ms", p.what))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 14))
@@ -164,7 +190,9 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
                     Rectangle::new([(x, 0.0), (x + 0.38, *v)], color.filled())
                 }))?
                 .label(label)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
             chart.draw_series(vals.iter().enumerate().map(|(i, v)| {
                 let x = i as f64 + off + 0.01;
                 Text::new(
@@ -183,16 +211,81 @@ fn draw_inner(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>>
             .background_style(WHITE.mix(0.85))
             .label_font(("sans-serif", 14))
             .draw()?;
-        // The throughput line under the caption, inside the plot.
-        let (px, _) = area.get_pixel_range().0.clone().into_inner();
-        let _ = px;
-        area.draw_text(
-            &p.subtitle,
-            &("sans-serif", 14).into_font().color(&RGBColor(80, 80, 80)),
-            (area.dim_in_pixel().0 as i32 - 12 - 8 * p.subtitle.len() as i32, 40),
-        )?;
+    }
+    if let Some(area) = areas.get(panels.len()) {
+        summary_panel(r, area)?;
     }
     root.present()?;
+    Ok(())
+}
+
+fn mb(k: Option<u64>) -> String {
+    k.map_or("not measured".into(), |k| {
+        format!("{:.1} MiB", k as f64 / 1024.0)
+    })
+}
+
+fn summary_panel<DB: DrawingBackend>(
+    r: &Report,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let title = ("sans-serif", 19)
+        .into_font()
+        .style(FontStyle::Bold)
+        .color(&BLACK);
+    let text = ("sans-serif", 15).into_font().color(&RGBColor(40, 40, 40));
+    let mut y = 8;
+    let mut line = |s: &str, bold: bool| -> Result<(), Box<dyn std::error::Error>> {
+        area.draw_text(s, if bold { &title } else { &text }, (74, y))?;
+        y += if bold { 30 } else { 22 };
+        Ok(())
+    };
+    line("Memory and startup (gateway)", true)?;
+    line(
+        &format!("RSS idle:        {}", mb(r.memory.idle_kib)),
+        false,
+    )?;
+    line(
+        &format!("RSS after load:  {}", mb(r.memory.after_load_kib)),
+        false,
+    )?;
+    for h in &r.memory.streams {
+        let partial = if h.opened < h.target {
+            format!(" ({} open)", h.opened)
+        } else {
+            String::new()
+        };
+        line(
+            &format!(
+                "RSS {:>6} streams: {}{partial}",
+                h.target,
+                mb(h.gateway_rss_kib)
+            ),
+            false,
+        )?;
+    }
+    line(
+        &format!(
+            "startup to /healthz 200: {}",
+            r.startup
+                .median_ms
+                .map_or("not measured".into(), |m| format!("{m:.1} ms (median)"))
+        ),
+        false,
+    )?;
+    line("", false)?;
+    let pass = r.targets.iter().filter(|t| t.verdict == "PASS").count();
+    let miss = r.targets.iter().filter(|t| t.verdict == "MISS").count();
+    let na = r.targets.len() - pass - miss;
+    line("Targets", true)?;
+    line(
+        &format!("{pass} PASS, {miss} MISS, {na} not measured"),
+        false,
+    )?;
+    line("(see latest.md)", false)?;
     Ok(())
 }
 

@@ -78,6 +78,8 @@ impl Summary {
 
 /// The outcome of one measurement.
 pub struct Measured {
+    /// Every request sent, warm-up included.
+    pub attempted: u64,
     pub ok: u64,
     pub errors: u64,
     /// Non-success outcomes by kind: an HTTP status ("429"), "io" for a transport error,
@@ -99,20 +101,83 @@ impl Measured {
     }
 }
 
-struct Shared {
+/// The clock and the request budget that all workers of one measurement share.
+pub struct Shared {
     measure_start: Instant,
     deadline: Instant,
     tickets: AtomicU64,
     max_requests: u64,
 }
 
-struct WorkerOut {
+impl Shared {
+    /// Whether a worker may start another request now: `None` when the phase is over.
+    pub fn next(&self) -> Option<()> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return None;
+        }
+        if now >= self.measure_start
+            && self.tickets.fetch_add(1, Ordering::Relaxed) >= self.max_requests
+        {
+            return None;
+        }
+        Some(())
+    }
+
+    /// Whether a request that started at `t0` counts (it started after the warm-up).
+    pub fn records(&self, t0: Instant) -> bool {
+        t0 >= self.measure_start
+    }
+}
+
+/// What one worker saw.
+pub struct WorkerOut {
+    attempted: u64,
     ok: u64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
     last_end: Option<Instant>,
     latency: Histogram<u64>,
     ttfc: Histogram<u64>,
+}
+
+impl WorkerOut {
+    pub fn new() -> Self {
+        WorkerOut {
+            attempted: 0,
+            ok: 0,
+            errors: 0,
+            error_kinds: BTreeMap::new(),
+            last_end: None,
+            latency: new_hist(),
+            ttfc: new_hist(),
+        }
+    }
+
+    /// A successful request that ran from `t0` to `t1` (first chunk after `ttfc`).
+    pub fn ok(&mut self, shared: &Shared, t0: Instant, t1: Instant, ttfc: Option<Duration>) {
+        self.attempted += 1;
+        if !shared.records(t0) {
+            return;
+        }
+        self.ok += 1;
+        self.latency.saturating_record((t1 - t0).as_nanos() as u64);
+        if let Some(f) = ttfc {
+            self.ttfc.saturating_record(f.as_nanos() as u64);
+        }
+        self.last_end = Some(t1);
+    }
+
+    /// A failed request, by kind (a status, "io", …).
+    pub fn error(&mut self, shared: &Shared, t0: Instant, t1: Instant, kind: String) {
+        self.attempted += 1;
+        if !shared.records(t0) {
+            return;
+        }
+        self.errors += 1;
+        *self.error_kinds.entry(kind).or_default() += 1;
+        self.last_end = Some(t1);
+    }
 }
 
 type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -212,32 +277,15 @@ async fn one_request(
 }
 
 async fn worker(target: Arc<HttpTarget>, spec: Arc<Spec>, shared: Arc<Shared>) -> WorkerOut {
-    let mut out = WorkerOut {
-        ok: 0,
-        errors: 0,
-        error_kinds: BTreeMap::new(),
-        last_end: None,
-        latency: new_hist(),
-        ttfc: new_hist(),
-    };
+    let mut out = WorkerOut::new();
     let mut conn: Option<(H1Sender, AbortOnDrop)> = None;
-    loop {
-        let now = Instant::now();
-        if now >= shared.deadline {
-            break;
-        }
-        let measuring = now >= shared.measure_start;
-        if measuring && shared.tickets.fetch_add(1, Ordering::Relaxed) >= shared.max_requests {
-            break;
-        }
+    while shared.next().is_some() {
         if conn.is_none() {
+            let t0 = Instant::now();
             match connect_h1(target.addr).await {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
-                    if measuring {
-                        out.errors += 1;
-                        *out.error_kinds.entry("connect".into()).or_default() += 1;
-                    }
+                    out.error(&shared, t0, Instant::now(), "connect".into());
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -252,31 +300,13 @@ async fn worker(target: Arc<HttpTarget>, spec: Arc<Spec>, shared: Arc<Shared>) -
         let t0 = Instant::now();
         let res = one_request(sender, req, &spec, t0).await;
         let t1 = Instant::now();
-        let record = t0 >= shared.measure_start;
-        let kind = match res {
-            Ok(Outcome::Ok { ttfc }) => {
-                if record {
-                    out.ok += 1;
-                    out.latency.saturating_record((t1 - t0).as_nanos() as u64);
-                    if let Some(f) = ttfc {
-                        out.ttfc.saturating_record(f.as_nanos() as u64);
-                    }
-                    out.last_end = Some(t1);
-                }
-                None
-            }
-            Ok(Outcome::Status(s)) => Some(s.as_u16().to_string()),
-            Ok(Outcome::Events(n)) => Some(format!("events={n}")),
+        match res {
+            Ok(Outcome::Ok { ttfc }) => out.ok(&shared, t0, t1, ttfc),
+            Ok(Outcome::Status(s)) => out.error(&shared, t0, t1, s.as_u16().to_string()),
+            Ok(Outcome::Events(n)) => out.error(&shared, t0, t1, format!("events={n}")),
             Err(_) => {
                 conn = None;
-                Some("io".to_string())
-            }
-        };
-        if let Some(k) = kind {
-            if record {
-                out.errors += 1;
-                *out.error_kinds.entry(k).or_default() += 1;
-                out.last_end = Some(t1);
+                out.error(&shared, t0, t1, "io".into());
             }
         }
     }
@@ -285,6 +315,21 @@ async fn worker(target: Arc<HttpTarget>, spec: Arc<Spec>, shared: Arc<Shared>) -
 
 /// Runs one closed-loop measurement against `target`.
 pub async fn run(target: &HttpTarget, spec: &Spec) -> Measured {
+    let target = Arc::new(target.clone());
+    let spec_a = Arc::new(spec.clone());
+    run_workers(spec, |shared| {
+        worker(target.clone(), spec_a.clone(), shared)
+    })
+    .await
+}
+
+/// Runs `spec.concurrency` workers made by `make` against one shared clock and budget, and
+/// merges what they saw.
+pub async fn run_workers<F, Fut>(spec: &Spec, mut make: F) -> Measured
+where
+    F: FnMut(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = WorkerOut> + Send + 'static,
+{
     let start = Instant::now();
     let shared = Arc::new(Shared {
         measure_start: start + spec.warmup,
@@ -292,13 +337,12 @@ pub async fn run(target: &HttpTarget, spec: &Spec) -> Measured {
         tickets: AtomicU64::new(0),
         max_requests: spec.max_requests,
     });
-    let target = Arc::new(target.clone());
-    let spec_a = Arc::new(spec.clone());
     let mut set = JoinSet::new();
     for _ in 0..spec.concurrency {
-        set.spawn(worker(target.clone(), spec_a.clone(), shared.clone()));
+        set.spawn(make(shared.clone()));
     }
     let mut m = Measured {
+        attempted: 0,
         ok: 0,
         errors: 0,
         error_kinds: BTreeMap::new(),
@@ -309,6 +353,7 @@ pub async fn run(target: &HttpTarget, spec: &Spec) -> Measured {
     let mut last_end: Option<Instant> = None;
     while let Some(r) = set.join_next().await {
         let Ok(w) = r else { continue };
+        m.attempted += w.attempted;
         m.ok += w.ok;
         m.errors += w.errors;
         for (k, v) in w.error_kinds {
@@ -475,17 +520,10 @@ impl StreamCtx {
 
     fn fail(&self, why: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        self.first_error
-            .lock()
-            .expect("lock")
-            .get_or_insert(why);
+        self.first_error.lock().expect("lock").get_or_insert(why);
     }
 
-    async fn hold<P>(
-        &self,
-        resp: Result<http::Response<Incoming>, hyper::Error>,
-        permit: P,
-    ) {
+    async fn hold<P>(&self, resp: Result<http::Response<Incoming>, hyper::Error>, permit: P) {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => return self.fail(format!("request: {e}")),

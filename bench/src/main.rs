@@ -7,18 +7,18 @@ mod grpc;
 mod load;
 mod procs;
 mod report;
+mod streams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
 
-use load::{HttpTarget, Spec, Summary, Transport};
+use load::{HttpTarget, Spec, Summary};
 use procs::Proc;
-use report::{Group, Machine, Memory, Report, Scenario, Settings, Side, Startup, StreamsHold};
+use report::{Group, Machine, Memory, Report, Scenario, Settings, Side, Startup};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -26,7 +26,7 @@ use report::{Group, Machine, Memory, Report, Scenario, Settings, Side, Startup, 
     about = "Benchmark megallm-gateway against a direct call to a mock upstream, side by side"
 )]
 struct Args {
-    /// About one minute instead of about five.
+    /// Shorter phases: about one minute of measuring instead of about three.
     #[arg(long)]
     quick: bool,
     /// The gateway binary [default: <repo>/target/release/megallm-gateway].
@@ -68,7 +68,17 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(args)) {
+    // On Ctrl-C or SIGTERM the run is dropped, which kills the mock and the gateways.
+    let result = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+            _ = term.recv() => Err("terminated".to_string()),
+        }
+    });
+    match result {
         Ok(()) => {}
         Err(e) => {
             eprintln!("megallm-bench: {e}");
@@ -134,17 +144,18 @@ fn chat_body(stream: bool, chunks: u32, delay_ms: u64) -> Bytes {
     Bytes::from(v.to_string())
 }
 
-struct Ctx {
-    args: Args,
-    out: PathBuf,
-    logs: PathBuf,
-    warmup: Duration,
-    duration: Duration,
-    paced_duration: Duration,
-    max_requests: u64,
-    mock: Proc,
-    mock_addr: SocketAddr,
-    step: usize,
+/// The main gateway's pool: keys the mock always serves.
+const HEALTHY_KEYS: [&str; 4] = ["bench-key-1", "bench-key-2", "bench-key-3", "bench-key-4"];
+
+/// What every phase needs: the phase timing and the mock.
+pub(crate) struct Ctx {
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) paced_duration: Duration,
+    pub(crate) max_requests: u64,
+    pub(crate) mock: Proc,
+    pub(crate) mock_addr: SocketAddr,
+    pub(crate) step: usize,
 }
 
 impl Ctx {
@@ -156,7 +167,7 @@ impl Ctx {
         }
     }
 
-    fn spec(&self, c: usize, stream: bool, body: Bytes, expect: Option<usize>) -> Spec {
+    pub(crate) fn spec(&self, c: usize, stream: bool, body: Bytes, expect: Option<usize>) -> Spec {
         Spec {
             concurrency: c,
             warmup: self.warmup,
@@ -172,6 +183,7 @@ impl Ctx {
 fn side_from(path: &str, m: &load::Measured) -> Side {
     Side {
         path: path.into(),
+        attempted: m.attempted,
         ok: m.ok,
         errors: m.errors,
         error_kinds: m.error_kinds.clone(),
@@ -180,34 +192,47 @@ fn side_from(path: &str, m: &load::Measured) -> Side {
         latency: Summary::of(&m.latency),
         ttfc: m.ttfc.as_ref().map(Summary::of),
         server_cpu_us_per_req: None,
+        other_cpu_pct: None,
         upstream_calls_per_req: None,
     }
 }
 
-/// Runs one HTTP measurement while sampling the serving process's CPU over the recorded part.
-async fn measure_http(target: &HttpTarget, spec: &Spec, server_pid: u32, path: &str) -> Side {
-    let warm = spec.warmup;
-    let cpu0 = tokio::spawn(async move {
-        tokio::time::sleep(warm).await;
-        procs::cpu_time(server_pid)
+/// Runs one phase and reads CPU over its recorded part (after the warm-up): the serving
+/// process's CPU per request (`pids[0]`), and how busy other processes kept the machine.
+pub(crate) async fn measured_side<F>(warmup: Duration, pids: &[u32], path: &str, phase: F) -> Side
+where
+    F: std::future::Future<Output = load::Measured>,
+{
+    let p = pids.to_vec();
+    let snap0 = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        procs::CpuSnap::take(&p)
     });
-    let m = load::run(target, spec).await;
-    let cpu1 = procs::cpu_time(server_pid);
+    let m = phase.await;
+    let snap1 = procs::CpuSnap::take(pids);
     let mut side = side_from(path, &m);
-    if let (Ok(Some(a)), Some(b)) = (cpu0.await, cpu1) {
+    if let Ok(s0) = snap0.await {
         let total = m.ok + m.errors;
-        if total > 0 && b >= a {
-            side.server_cpu_us_per_req = Some((b - a).as_secs_f64() * 1e6 / total as f64);
+        if let Some(d) = s0.server_delta(&snap1) {
+            if total > 0 {
+                side.server_cpu_us_per_req = Some(d.as_secs_f64() * 1e6 / total as f64);
+            }
         }
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        side.other_cpu_pct = s0.foreign_pct(&snap1, ncpu);
     }
     side
 }
 
-fn log_side(step: usize, id: &str, who: &str, s: &Side) {
-    let ttfc = s
-        .ttfc
-        .as_ref()
-        .map_or(String::new(), |t| format!(" first-chunk p50 {:.3} ms", t.p50_ms));
+/// One HTTP phase; `pids[0]` serves the requests.
+async fn measure_http(target: &HttpTarget, spec: &Spec, pids: &[u32], path: &str) -> Side {
+    measured_side(spec.warmup, pids, path, load::run(target, spec)).await
+}
+
+pub(crate) fn log_side(step: usize, id: &str, who: &str, s: &Side) {
+    let ttfc = s.ttfc.as_ref().map_or(String::new(), |t| {
+        format!(" first-chunk p50 {:.3} ms", t.p50_ms)
+    });
     eprintln!(
         "[{step:>2}] {id:<18} {who:<8} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms{ttfc}  errors {}",
         s.rps, s.latency.p50_ms, s.latency.p99_ms, s.latency.max_ms, s.errors
@@ -225,11 +250,13 @@ async fn pair(
     gateway: Option<(&HttpTarget, u32)>,
 ) -> Scenario {
     ctx.step += 1;
-    let d = measure_http(direct, &spec, ctx.mock.pid, "HTTP → mock").await;
+    let gw_pid = gateway.map(|(_, p)| p);
+    let pids: Vec<u32> = [Some(ctx.mock.pid), gw_pid].into_iter().flatten().collect();
+    let d = measure_http(direct, &spec, &pids, "HTTP → mock").await;
     log_side(ctx.step, id, "direct", &d);
     let g = match gateway {
         Some((t, pid)) => {
-            let g = measure_http(t, &spec, pid, "HTTP → gateway → mock").await;
+            let g = measure_http(t, &spec, &[pid, ctx.mock.pid], "HTTP → gateway → mock").await;
             log_side(ctx.step, id, "gateway", &g);
             Some(g)
         }
@@ -246,134 +273,20 @@ async fn pair(
     }
 }
 
-fn mock_requests(addr: SocketAddr) -> Option<u64> {
+/// Chat calls the mock has answered so far, faults included.
+fn mock_calls(addr: SocketAddr) -> Option<u64> {
     let s = procs::http_get(addr, "/stats")?;
     let v: serde_json::Value = serde_json::from_str(&s).ok()?;
-    v["requests"].as_u64()
-}
-
-/// Holds `n` long paced streams open through the gateway and reads its RSS at the plateau.
-async fn hold_streams(
-    ctx: &Ctx,
-    gw: &procs::GatewayStart,
-    n: usize,
-    nofile: u64,
-) -> StreamsHold {
-    let target = HttpTarget {
-        addr: gw.addr,
-        path: "/v1/chat/completions".into(),
-        bearer: None,
-    };
-    // One chunk per second for up to an hour: the streams stay open until released.
-    let body = chat_body(true, 3600, 1000);
-    // HTTP/1.1 needs a connection per stream: the gateway then holds 2 fds per stream (client
-    // side and upstream side). Above its open-files limit, use h2c (streams multiplexed on a
-    // few connections, which the gateway serves on the same port).
-    let h1_fits = (2 * n as u64 + 512) <= nofile;
-    let mut transport = if h1_fits {
-        Transport::H1
-    } else {
-        Transport::H2 { per_conn: 100 }
-    };
-    let first = hold_once(ctx, gw, &target, body.clone(), n, transport).await;
-    if first.opened >= n / 2 || matches!(transport, Transport::H1) {
-        return first;
-    }
-    // A gateway that does not serve h2c: fall back to HTTP/1.1 within the fd budget.
-    let cap = (nofile.saturating_sub(512) / 2) as usize;
-    let n2 = n.min(cap);
-    let why = first.note.clone().unwrap_or_default();
-    transport = Transport::H1;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut h = hold_once(ctx, gw, &target, body, n2, transport).await;
-    h.target = n;
-    h.note = Some(format!(
-        "h2c failed ({why}); fell back to HTTP/1.1, capped at {n2} streams by the open-files limit {nofile} (2 fds per stream in the gateway){}",
-        h.note.as_ref().map_or(String::new(), |x| format!("; {x}"))
-    ));
-    h
-}
-
-async fn hold_once(
-    ctx: &Ctx,
-    gw: &procs::GatewayStart,
-    target: &HttpTarget,
-    body: Bytes,
-    n: usize,
-    transport: Transport,
-) -> StreamsHold {
-    let t0 = Instant::now();
-    let holder = load::Holder::start(target, body, n, transport, 256).await;
-    let timeout = Duration::from_secs(if ctx.args.quick { 30 } else { 60 });
-    let mut last = (0usize, Instant::now());
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let done = holder.opened.load(Ordering::Relaxed)
-            + holder.failed.load(Ordering::Relaxed)
-            + holder.ended_early.load(Ordering::Relaxed);
-        if done >= n || t0.elapsed() > timeout {
-            break;
-        }
-        if done != last.0 {
-            last = (done, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-    }
-    let open_s = t0.elapsed().as_secs_f64();
-    let first_error = holder.first_error.lock().expect("lock").clone();
-    eprintln!(
-        "[streams] {} of {n} open in {open_s:.1} s over {transport:?} ({} failed{})",
-        holder.opened.load(Ordering::Relaxed),
-        holder.failed.load(Ordering::Relaxed),
-        first_error.as_ref().map_or(String::new(), |e| format!(", first error: {e}"))
-    );
-    measure_plateau(ctx, gw, holder, n, transport, open_s, first_error).await
-}
-
-async fn measure_plateau(
-    ctx: &Ctx,
-    gw: &procs::GatewayStart,
-    holder: load::Holder,
-    n: usize,
-    transport: Transport,
-    open_s: f64,
-    first_error: Option<String>,
-) -> StreamsHold {
-    // Let the open streams settle (each gets one event per second), then sample.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut rss = None;
-    for _ in 0..5 {
-        let r = procs::rss_kib(gw.proc.pid);
-        rss = rss.max(r);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let fds = procs::fd_count(gw.proc.pid);
-    let mock_rss = procs::rss_kib(ctx.mock.pid);
-    let opened = holder.opened.load(Ordering::Relaxed);
-    let failed = holder.failed.load(Ordering::Relaxed);
-    holder.release().await;
-    tokio::time::sleep(Duration::from_secs(if ctx.args.quick { 1 } else { 2 })).await;
-    let after = procs::rss_kib(gw.proc.pid);
-    let transport = match transport {
-        Transport::H1 => "HTTP/1.1 (one connection per stream)".to_string(),
-        Transport::H2 { per_conn } => format!("h2c ({per_conn} streams per connection)"),
-    };
-    let note = first_error
-        .filter(|_| failed > 0 || opened < n)
-        .map(|e| format!("first failure: {e}"));
-    StreamsHold {
-        target: n,
-        opened,
-        failed,
-        transport,
-        open_s,
-        gateway_rss_kib: rss,
-        gateway_fds: fds,
-        gateway_rss_after_release_kib: after,
-        mock_rss_kib: mock_rss,
-        note,
-    }
+    [
+        "chat_ok",
+        "chat_stream",
+        "fault_429",
+        "fault_500",
+        "fault_401",
+    ]
+    .iter()
+    .map(|k| v[*k].as_u64())
+    .sum()
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -394,7 +307,10 @@ async fn run(args: Args) -> Result<(), String> {
     let wall = Instant::now();
     let nofile = procs::raise_nofile();
     let root = repo_root();
-    let out = args.out.clone().unwrap_or_else(|| root.join("bench/results"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("bench/results"));
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let gateway_bin = args
@@ -433,9 +349,6 @@ async fn run(args: Args) -> Result<(), String> {
     let mut notes: Vec<String> = Vec::new();
 
     let mut ctx = Ctx {
-        args: args.clone(),
-        out: out.clone(),
-        logs: logs.clone(),
         warmup,
         duration,
         paced_duration,
@@ -445,7 +358,6 @@ async fn run(args: Args) -> Result<(), String> {
         step: 0,
     };
 
-    let healthy_keys = ["bench-key-1", "bench-key-2", "bench-key-3", "bench-key-4"];
     let mut gw = None;
     if args.direct_only {
         notes.push("Run with --direct-only: the gateway was not measured.".into());
@@ -458,7 +370,7 @@ async fn run(args: Args) -> Result<(), String> {
         match procs::spawn_gateway(
             &gateway_bin,
             &upstream,
-            &healthy_keys,
+            &HEALTHY_KEYS,
             &logs.join("gateway.log"),
         )
         .await
@@ -483,7 +395,7 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         memory.idle_kib = procs::rss_kib(g.proc.pid);
         eprintln!(
-            "gateway idle RSS {:.1} MB",
+            "gateway idle RSS {:.1} MiB",
             memory.idle_kib.unwrap_or(0) as f64 / 1024.0
         );
     }
@@ -492,11 +404,7 @@ async fn run(args: Args) -> Result<(), String> {
         path: "/v1/chat/completions".into(),
         bearer: None,
     });
-    let gw_pair = |t: &Option<HttpTarget>| -> Option<(HttpTarget, u32)> {
-        Some((t.clone()?, gw.as_ref()?.proc.pid))
-    };
-    let gwp = gw_pair(&gw_target);
-    let gwp_ref = gwp.as_ref().map(|(t, p)| (t, *p));
+    let gwp_ref = gw_target.as_ref().zip(gw.as_ref().map(|g| g.proc.pid));
 
     let direct = ctx.direct_target("bench-key-1");
     let mut scenarios = Vec::new();
@@ -556,63 +464,16 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         memory.after_load_kib = procs::rss_kib(g.proc.pid);
         eprintln!(
-            "gateway RSS after load {:.1} MB",
+            "gateway RSS after load {:.1} MiB",
             memory.after_load_kib.unwrap_or(0) as f64 / 1024.0
         );
     }
 
     // Fault mix: a second gateway with one 429 key, one 500 key and two healthy ones.
     if gw.is_some() {
-        let fault_keys = ["bench-429", "bench-500", "bench-ok-1", "bench-ok-2"];
-        match procs::spawn_gateway(
-            &gateway_bin,
-            &upstream,
-            &fault_keys,
-            &logs.join("gateway-faults.log"),
-        )
-        .await
-        {
-            Ok(fg) => {
-                let ft = HttpTarget {
-                    addr: fg.addr,
-                    path: "/v1/chat/completions".into(),
-                    bearer: None,
-                };
-                for c in [1usize, 16] {
-                    let spec = ctx.spec(c, false, chat_body(false, 0, 0), None);
-                    ctx.step += 1;
-                    let id = format!("faults c={c}");
-                    let d = measure_http(&direct, &spec, ctx.mock.pid, "HTTP → mock (healthy key)")
-                        .await;
-                    log_side(ctx.step, &id, "direct", &d);
-                    let before = mock_requests(ctx.mock_addr);
-                    let mut g = measure_http(&ft, &spec, fg.proc.pid, "HTTP → gateway → mock").await;
-                    let after = mock_requests(ctx.mock_addr);
-                    if let (Some(a), Some(b)) = (before, after) {
-                        // Includes warm-up requests on both sides of the ratio's numerator;
-                        // counted over every client request of the phase.
-                        let client = g.ok + g.errors;
-                        if client > 0 {
-                            let warm_share = spec.warmup.as_secs_f64()
-                                / (spec.warmup + Duration::from_secs_f64(g.elapsed_s))
-                                    .as_secs_f64();
-                            let est_client = client as f64 / (1.0 - warm_share).max(0.05);
-                            g.upstream_calls_per_req = Some((b - a) as f64 / est_client);
-                        }
-                    }
-                    log_side(ctx.step, &id, "gateway", &g);
-                    scenarios.push(Scenario {
-                        id,
-                        group: Group::Fault,
-                        title: format!("Fault mix c={c}"),
-                        concurrency: c,
-                        direct: Some(d),
-                        gateway: Some(g),
-                        note: None,
-                    });
-                }
-                fg.proc.stop().await;
-            }
+        let log = logs.join("gateway-faults.log");
+        match fault_mix(&mut ctx, &gateway_bin, &upstream, &log, &direct).await {
+            Ok(mut v) => scenarios.append(&mut v),
             Err(e) => notes.push(format!("Fault-mix gateway did not start: {e}")),
         }
     }
@@ -621,13 +482,24 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(g) = &gw {
         let mut levels = vec![1_000usize, 10_000];
         levels.retain(|&l| l <= args.max_streams);
-        if args.max_streams < 10_000 && !levels.contains(&args.max_streams) {
+        if (1..10_000).contains(&args.max_streams) && !levels.contains(&args.max_streams) {
             levels.push(args.max_streams);
         }
+        let env = streams::HoldEnv {
+            quick,
+            mock_pid: ctx.mock.pid,
+            gateway_pid: g.proc.pid,
+            gateway: HttpTarget {
+                addr: g.addr,
+                path: "/v1/chat/completions".into(),
+                bearer: None,
+            },
+            nofile,
+        };
         for n in levels {
-            let h = hold_streams(&ctx, g, n, nofile).await;
+            let h = streams::hold_streams(&env, n).await;
             eprintln!(
-                "[streams] {} open: gateway RSS {:.1} MB, fds {:?}, after release {:.1} MB",
+                "[streams] {} open: gateway RSS {:.1} MiB, fds {:?}, after release {:.1} MiB",
                 h.opened,
                 h.gateway_rss_kib.unwrap_or(0) as f64 / 1024.0,
                 h.gateway_fds,
@@ -645,59 +517,20 @@ async fn run(args: Args) -> Result<(), String> {
 
     // Startup: fresh gateways, spawn → first 200 on /healthz.
     if !startup.runs_ms.is_empty() {
+        let log = logs.join("gateway-startup.log");
         let runs = if quick { 3 } else { 7 };
-        for i in 0..runs {
-            match procs::spawn_gateway(
-                &gateway_bin,
-                &upstream,
-                &healthy_keys,
-                &logs.join("gateway-startup.log"),
-            )
-            .await
-            {
-                Ok(g) => {
-                    startup.runs_ms.push(g.startup.as_secs_f64() * 1e3);
-                    g.proc.stop().await;
-                }
-                Err(e) => {
-                    notes.push(format!("startup run {i} failed: {e}"));
-                    break;
-                }
-            }
+        if let Err(e) = startup_runs(&mut startup, runs, &gateway_bin, &upstream, &log).await {
+            notes.push(e);
         }
-        startup.median_ms = median(&startup.runs_ms);
-        startup.min_ms = startup.runs_ms.iter().copied().reduce(f64::min);
-        startup.max_ms = startup.runs_ms.iter().copied().reduce(f64::max);
-        eprintln!(
-            "startup median {:.1} ms over {} runs",
-            startup.median_ms.unwrap_or(0.0),
-            startup.runs_ms.len()
-        );
     }
 
-    let Ctx { mock, logs, .. } = ctx;
+    let Ctx { mock, .. } = ctx;
     mock.stop().await;
 
     let generated_at =
         cmd_out("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into());
     let stamp = cmd_out("date", &["-u", "+%Y%m%d-%H%M%S"]).unwrap_or_else(|| "run".into());
-    let git_commit = cmd_out(
-        "git",
-        &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"],
-    )
-    .map(|c| {
-        let dirty = cmd_out(
-            "git",
-            &["-C", &root.to_string_lossy(), "status", "--porcelain", "--", "src"],
-        )
-        .is_some_and(|s| !s.is_empty());
-        if dirty {
-            format!("{c}+dirty")
-        } else {
-            c
-        }
-    })
-    .unwrap_or_else(|| "uncommitted".into());
+    let git_commit = git_commit(&root);
 
     let mut report = Report {
         generated_at,
@@ -722,8 +555,13 @@ async fn run(args: Args) -> Result<(), String> {
     report.targets = report::targets(&report);
     report.wall_time_s = wall.elapsed().as_secs_f64();
 
-    let md = report::markdown(&report);
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    write_outputs(&report, &out, &stamp)
+}
+
+/// Writes latest.{md,json,png} and the dated copies, and prints the report.
+fn write_outputs(report: &Report, out: &Path, stamp: &str) -> Result<(), String> {
+    let md = report::markdown(report);
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     let write = |name: &str, data: &[u8]| -> Result<(), String> {
         let p = out.join(name);
         std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))
@@ -731,23 +569,120 @@ async fn run(args: Args) -> Result<(), String> {
     write("latest.md", md.as_bytes())?;
     write("latest.json", json.as_bytes())?;
     let png = out.join("latest.png");
-    if let Err(e) = chart::draw(&report, &png) {
+    if let Err(e) = chart::draw(report, &png) {
         eprintln!("chart: {e}");
     }
     let history = out.join("history");
     std::fs::create_dir_all(&history).map_err(|e| e.to_string())?;
     let _ = std::fs::copy(out.join("latest.md"), history.join(format!("{stamp}.md")));
-    let _ = std::fs::copy(out.join("latest.json"), history.join(format!("{stamp}.json")));
-    let _ = std::fs::copy(&png, history.join(format!("{stamp}.png")));
-    let _ = logs;
-
+    let _ = std::fs::copy(
+        out.join("latest.json"),
+        history.join(format!("{stamp}.json")),
+    );
     println!("{md}");
     eprintln!(
-        "wrote {}/latest.{{md,json,png}} (and history/{stamp}.*) in {:.0} s",
+        "wrote {}/latest.{{md,json,png}} (and history/{stamp}.{{md,json}}) in {:.0} s",
         out.display(),
         report.wall_time_s
     );
     Ok(())
+}
+
+/// The repository's commit, with `+dirty` when the gateway's sources differ from it.
+fn git_commit(root: &Path) -> String {
+    let root = root.to_string_lossy();
+    let Some(c) = cmd_out("git", &["-C", &root, "rev-parse", "--short", "HEAD"]) else {
+        return "uncommitted".into();
+    };
+    let dirty = cmd_out("git", &["-C", &root, "status", "--porcelain", "--", "src"])
+        .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{c}+dirty")
+    } else {
+        c
+    }
+}
+
+/// Starts `runs` fresh gateways and records spawn → first 200 on /healthz for each.
+async fn startup_runs(
+    startup: &mut Startup,
+    runs: usize,
+    bin: &Path,
+    upstream: &str,
+    log: &Path,
+) -> Result<(), String> {
+    let mut result = Ok(());
+    for i in 0..runs {
+        match procs::spawn_gateway(bin, upstream, &HEALTHY_KEYS, log).await {
+            Ok(g) => {
+                startup.runs_ms.push(g.startup.as_secs_f64() * 1e3);
+                g.proc.stop().await;
+            }
+            Err(e) => {
+                result = Err(format!("startup run {i} failed: {e}"));
+                break;
+            }
+        }
+    }
+    startup.median_ms = median(&startup.runs_ms);
+    startup.min_ms = startup.runs_ms.iter().copied().reduce(f64::min);
+    startup.max_ms = startup.runs_ms.iter().copied().reduce(f64::max);
+    eprintln!(
+        "startup median {:.1} ms over {} runs",
+        startup.median_ms.unwrap_or(0.0),
+        startup.runs_ms.len()
+    );
+    result
+}
+
+/// A second gateway whose pool has one key the mock answers 429, one it answers 500 and two
+/// healthy ones, against a healthy key straight to the mock.
+async fn fault_mix(
+    ctx: &mut Ctx,
+    bin: &Path,
+    upstream: &str,
+    log: &Path,
+    direct: &HttpTarget,
+) -> Result<Vec<Scenario>, String> {
+    let keys = ["bench-429", "bench-500", "bench-ok-1", "bench-ok-2"];
+    let fg = procs::spawn_gateway(bin, upstream, &keys, log).await?;
+    let target = HttpTarget {
+        addr: fg.addr,
+        path: "/v1/chat/completions".into(),
+        bearer: None,
+    };
+    let mut out = Vec::new();
+    for c in [1usize, 16] {
+        let spec = ctx.spec(c, false, chat_body(false, 0, 0), None);
+        ctx.step += 1;
+        let id = format!("faults c={c}");
+        let pids = [ctx.mock.pid, fg.proc.pid];
+        let d = measure_http(direct, &spec, &pids, "HTTP → mock (healthy key)").await;
+        log_side(ctx.step, &id, "direct", &d);
+        let before = mock_calls(ctx.mock_addr);
+        let pids = [fg.proc.pid, ctx.mock.pid];
+        let mut g = measure_http(&target, &spec, &pids, "HTTP → gateway → mock").await;
+        let after = mock_calls(ctx.mock_addr);
+        // Every client request of the phase, warm-up included, against every upstream call
+        // the mock saw meanwhile.
+        if let (Some(a), Some(b)) = (before, after) {
+            if g.attempted > 0 {
+                g.upstream_calls_per_req = Some((b - a) as f64 / g.attempted as f64);
+            }
+        }
+        log_side(ctx.step, &id, "gateway", &g);
+        out.push(Scenario {
+            id,
+            group: Group::Fault,
+            title: format!("Fault mix c={c}"),
+            concurrency: c,
+            direct: Some(d),
+            gateway: Some(g),
+            note: None,
+        });
+    }
+    fg.proc.stop().await;
+    Ok(out)
 }
 
 #[cfg(has_grpc_proto)]

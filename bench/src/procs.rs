@@ -11,7 +11,6 @@ use tokio::process::{Child, Command};
 
 /// A child process that is killed when dropped.
 pub struct Proc {
-    pub name: String,
     pub pid: u32,
     child: Child,
 }
@@ -28,6 +27,18 @@ impl Proc {
     }
 }
 
+/// Makes the child die with this process, even if this process is killed outright (no
+/// orphaned gateway or mock holding a port after an interrupted run).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn log_file(path: &Path) -> std::io::Result<Stdio> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -37,7 +48,9 @@ fn log_file(path: &Path) -> std::io::Result<Stdio> {
 
 /// Starts the mock upstream on an ephemeral port and returns its address.
 pub async fn spawn_mock(bin: &Path, log: &Path) -> Result<(Proc, SocketAddr), String> {
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -59,14 +72,7 @@ pub async fn spawn_mock(bin: &Path, log: &Path) -> Result<(Proc, SocketAddr), St
         .ok_or_else(|| format!("unexpected mock output: {line}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((
-        Proc {
-            name: "mock-upstream".into(),
-            pid,
-            child,
-        },
-        addr,
-    ))
+    Ok((Proc { pid, child }, addr))
 }
 
 /// A free loopback port (bound then released; a tiny race, fine for a benchmark).
@@ -98,6 +104,7 @@ pub async fn spawn_gateway(
         .map(Stdio::from)
         .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd);
     cmd.args(["--listen", &addr.to_string(), "--upstream", upstream])
         .env("MEGALLM_API_KEYS", keys.join(","))
         .env("RUST_LOG", "warn")
@@ -114,14 +121,11 @@ pub async fn spawn_gateway(
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let pid = child.id().unwrap_or(0);
-    let mut proc = Proc {
-        name: "megallm-gateway".into(),
-        pid,
-        child,
-    };
-    let ready = tokio::task::spawn_blocking(move || wait_healthz(addr, t0, Duration::from_secs(15)))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut proc = Proc { pid, child };
+    let ready =
+        tokio::task::spawn_blocking(move || wait_healthz(addr, t0, Duration::from_secs(15)))
+            .await
+            .map_err(|e| e.to_string())?;
     match ready {
         Some(startup) => Ok(GatewayStart {
             proc,
@@ -243,5 +247,64 @@ pub fn raise_nofile() -> u64 {
             }
         }
         rl.rlim_cur
+    }
+}
+
+/// Busy CPU time of the whole machine (all cores), from /proc/stat.
+fn system_busy() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    Some(Duration::from_secs_f64(busy as f64 / 100.0))
+}
+
+/// A CPU reading of the machine and of the processes this benchmark runs, so that a phase can
+/// tell how much CPU it used itself and how much other processes on the machine took.
+#[derive(Clone)]
+pub struct CpuSnap {
+    at: Instant,
+    system: Option<Duration>,
+    ours: Vec<Option<Duration>>,
+}
+
+impl CpuSnap {
+    /// `pids[0]` is the serving process; all of them count as "ours", with this process.
+    pub fn take(pids: &[u32]) -> CpuSnap {
+        let mut ours: Vec<Option<Duration>> = pids.iter().map(|p| cpu_time(*p)).collect();
+        ours.push(cpu_time(std::process::id()));
+        CpuSnap {
+            at: Instant::now(),
+            system: system_busy(),
+            ours,
+        }
+    }
+
+    /// CPU time of the serving process between two readings.
+    pub fn server_delta(&self, later: &CpuSnap) -> Option<Duration> {
+        later
+            .ours
+            .first()
+            .copied()??
+            .checked_sub(self.ours.first().copied()??)
+    }
+
+    /// The share of the machine (all cores) that processes other than ours used, in percent.
+    pub fn foreign_pct(&self, later: &CpuSnap, ncpu: usize) -> Option<f64> {
+        let sys = later.system?.checked_sub(self.system?)?.as_secs_f64();
+        let mut ours = 0.0;
+        for (a, b) in self.ours.iter().zip(later.ours.iter()) {
+            ours += b
+                .unwrap_or_default()
+                .saturating_sub(a.unwrap_or_default())
+                .as_secs_f64();
+        }
+        let wall = (later.at - self.at).as_secs_f64() * ncpu.max(1) as f64;
+        (wall > 0.0).then(|| (100.0 * (sys - ours) / wall).clamp(0.0, 100.0))
     }
 }

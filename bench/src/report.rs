@@ -12,6 +12,9 @@ use crate::load::Summary;
 pub struct Side {
     /// What was measured, e.g. "HTTP → mock" or "gRPC → gateway → mock".
     pub path: String,
+    /// Requests sent, warm-up included.
+    pub attempted: u64,
+    /// Requests recorded (after the warm-up) that succeeded.
     pub ok: u64,
     pub errors: u64,
     pub error_kinds: BTreeMap<String, u64>,
@@ -23,6 +26,9 @@ pub struct Side {
     pub ttfc: Option<Summary>,
     /// CPU time of the serving process (mock for direct, gateway for gateway) per request, µs.
     pub server_cpu_us_per_req: Option<f64>,
+    /// CPU that processes other than this benchmark's took meanwhile, in percent of the whole
+    /// machine: noise from elsewhere (a build, say) that the figures could not exclude.
+    pub other_cpu_pct: Option<f64>,
     /// Fault mix only: upstream calls the mock saw per client request.
     pub upstream_calls_per_req: Option<f64>,
 }
@@ -214,25 +220,78 @@ pub fn targets(r: &Report) -> Vec<Target> {
             (format!("{p:+.2} %"), p.abs() <= 1.0)
         }),
     );
+    // The same goals for the gRPC door, against HTTP direct (there is no gRPC mock).
+    let g1 = both(r.find(Group::GrpcUnary, 1));
+    push(
+        "gRPC unary c=1 vs HTTP direct: added p50",
+        "≤ 0.10 ms",
+        g1.map(|(d, g)| {
+            let a = g.latency.p50_ms - d.latency.p50_ms;
+            (format!("{a:+.3} ms"), a <= 0.10)
+        }),
+    );
+    push(
+        "gRPC unary c=1 vs HTTP direct: added p99",
+        "≤ 0.5 ms",
+        g1.map(|(d, g)| {
+            let a = g.latency.p99_ms - d.latency.p99_ms;
+            (format!("{a:+.3} ms"), a <= 0.5)
+        }),
+    );
+    push(
+        "gRPC unary c=64: RPS / HTTP direct",
+        "≥ 40 %",
+        both(r.find(Group::GrpcUnary, 64)).map(|(d, g)| {
+            let p = 100.0 * g.rps / d.rps.max(1e-9);
+            (format!("{p:.1} %"), p >= 40.0)
+        }),
+    );
+    let gs64 = both(r.find(Group::GrpcStream, 64));
+    push(
+        "gRPC stream c=64: RPS / HTTP direct",
+        "≥ 35 %",
+        gs64.map(|(d, g)| {
+            let p = 100.0 * g.rps / d.rps.max(1e-9);
+            (format!("{p:.1} %"), p >= 35.0)
+        }),
+    );
+    push(
+        "gRPC stream c=64: added first-message p50",
+        "≤ 0.15 ms",
+        ttfc_added(gs64),
+    );
+    push(
+        "gRPC stream c=1: added first-message p50",
+        "≤ 0.15 ms",
+        ttfc_added(both(r.find(Group::GrpcStream, 1))),
+    );
+    push(
+        "gRPC paced streams: total p50 vs HTTP direct",
+        "within 1 %",
+        both(r.find(Group::GrpcPaced, 64)).map(|(d, g)| {
+            let p = 100.0 * (g.latency.p50_ms - d.latency.p50_ms) / d.latency.p50_ms.max(1e-9);
+            (format!("{p:+.2} %"), p.abs() <= 1.0)
+        }),
+    );
     push(
         "RSS idle after start",
-        "≤ 15 MB",
+        "≤ 15 MiB",
         r.memory.idle_kib.map(|k| {
             let mb = k as f64 / 1024.0;
-            (format!("{mb:.1} MB"), mb <= 15.0)
+            (format!("{mb:.1} MiB"), mb <= 15.0)
         }),
     );
     let s10k = r.memory.streams.iter().find(|s| s.target >= 10_000);
     push(
         "RSS with 10,000 open streams",
-        "≤ 150 MB",
+        "≤ 150 MiB",
         s10k.and_then(|s| {
             let mb = s.gateway_rss_kib? as f64 / 1024.0;
             let full = s.opened >= s.target;
             let text = if full {
-                format!("{mb:.1} MB")
+                format!("{mb:.1} MiB")
             } else {
-                format!("{mb:.1} MB (only {} of {} open)", s.opened, s.target)
+                format!("{mb:.1} MiB (only {} of {} open)", s.opened, s.target)
             };
             Some((text, mb <= 150.0 && full))
         }),
@@ -276,6 +335,10 @@ fn errs(s: &Side) -> String {
     }
 }
 
+fn other(s: &Side) -> String {
+    s.other_cpu_pct.map_or("–".into(), |v| format!("{v:.0}"))
+}
+
 fn cpu(s: &Side) -> String {
     s.server_cpu_us_per_req
         .map_or("–".into(), |v| format!("{v:.0}"))
@@ -283,14 +346,16 @@ fn cpu(s: &Side) -> String {
 
 /// Table of RPS and whole-request latency (non-streaming and fault mix).
 fn table_latency(out: &mut String, rows: &[&Scenario]) {
-    out.push_str("| c | RPS direct | RPS gateway | gateway/direct | p50 direct | p50 gateway | p50 added | p90 direct | p90 gateway | p99 direct | p99 gateway | p99 added | max direct | max gateway | errors d / g | server CPU µs/req d / g |\n");
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    out.push_str("| c | RPS direct | RPS gateway | gateway/direct | p50 direct | p50 gateway | p50 added | p90 direct | p90 gateway | p99 direct | p99 gateway | p99 added | max direct | max gateway | errors d / g | server CPU µs/req d / g | other CPU % d / g |\n");
+    out.push_str(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n",
+    );
     for s in rows {
         let (Some(d), Some(g)) = (&s.direct, &s.gateway) else {
             if let Some(d) = &s.direct {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} / – | {} / – |",
+                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} / – | {} / – | {} / – |",
                     s.concurrency,
                     d.rps,
                     ms(d.latency.p50_ms),
@@ -298,14 +363,15 @@ fn table_latency(out: &mut String, rows: &[&Scenario]) {
                     ms(d.latency.p99_ms),
                     ms(d.latency.max_ms),
                     errs(d),
-                    cpu(d)
+                    cpu(d),
+                    other(d)
                 );
             }
             continue;
         };
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |",
             s.concurrency,
             d.rps,
             g.rps,
@@ -323,22 +389,26 @@ fn table_latency(out: &mut String, rows: &[&Scenario]) {
             errs(d),
             errs(g),
             cpu(d),
-            cpu(g)
+            cpu(g),
+            other(d),
+            other(g)
         );
     }
 }
 
 /// Table for streams: RPS, first chunk and whole-stream latency.
 fn table_stream(out: &mut String, rows: &[&Scenario]) {
-    out.push_str("| c | streams/s direct | streams/s gateway | gateway/direct | first chunk p50 direct | first chunk p50 gateway | added | first chunk p99 direct | first chunk p99 gateway | total p50 direct | total p50 gateway | total p50 diff | total p99 direct | total p99 gateway | max direct | max gateway | errors d / g |\n");
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("| c | streams/s direct | streams/s gateway | gateway/direct | first chunk p50 direct | first chunk p50 gateway | added | first chunk p99 direct | first chunk p99 gateway | total p50 direct | total p50 gateway | total p50 diff | total p99 direct | total p99 gateway | max direct | max gateway | errors d / g | other CPU % d / g |\n");
+    out.push_str(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
+    );
     for s in rows {
         let (Some(d), Some(g)) = (&s.direct, &s.gateway) else {
             if let Some(d) = &s.direct {
                 let f = d.ttfc.clone().unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} | – | {} / – |",
+                    "| {} | {:.0} | – | – | {} | – | – | {} | – | {} | – | – | {} | – | {} | – | {} / – | {} / – |",
                     s.concurrency,
                     d.rps,
                     ms(f.p50_ms),
@@ -346,7 +416,8 @@ fn table_stream(out: &mut String, rows: &[&Scenario]) {
                     ms(d.latency.p50_ms),
                     ms(d.latency.p99_ms),
                     ms(d.latency.max_ms),
-                    errs(d)
+                    errs(d),
+                    other(d)
                 );
             }
             continue;
@@ -356,7 +427,7 @@ fn table_stream(out: &mut String, rows: &[&Scenario]) {
         let pct = 100.0 * (g.latency.p50_ms - d.latency.p50_ms) / d.latency.p50_ms.max(1e-9);
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:+.2} % | {} | {} | {} | {} | {} / {} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:+.2} % | {} | {} | {} | {} | {} / {} | {} / {} |",
             s.concurrency,
             d.rps,
             g.rps,
@@ -374,13 +445,15 @@ fn table_stream(out: &mut String, rows: &[&Scenario]) {
             ms(d.latency.max_ms),
             ms(g.latency.max_ms),
             errs(d),
-            errs(g)
+            errs(g),
+            other(d),
+            other(g)
         );
     }
 }
 
 fn kib_mb(k: Option<u64>) -> String {
-    k.map_or("–".into(), |k| format!("{:.1} MB", k as f64 / 1024.0))
+    k.map_or("–".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
 pub fn markdown(r: &Report) -> String {
@@ -405,14 +478,38 @@ pub fn markdown(r: &Report) -> String {
         s.warmup_s, s.duration_s, s.max_requests, s.paced_duration_s
     );
 
+    let others: Vec<f64> = r
+        .scenarios
+        .iter()
+        .flat_map(|s| [s.direct.as_ref(), s.gateway.as_ref()])
+        .flatten()
+        .filter_map(|s| s.other_cpu_pct)
+        .collect();
+    if let Some(max) = others.iter().copied().reduce(f64::max) {
+        let mean = others.iter().sum::<f64>() / others.len() as f64;
+        let _ = writeln!(
+            o,
+            "Background: processes other than the benchmark's own took {mean:.0} % of the machine on average during the recorded phases, {max:.0} % at most (column \"other CPU %\"). {}\n",
+            if max > 10.0 {
+                "Phases with a high share were disturbed by other work on the machine; rerun on an idle machine for clean figures."
+            } else {
+                "The machine was otherwise idle."
+            }
+        );
+    }
     let _ = writeln!(o, "## Targets (reported, not asserted)\n");
     o.push_str("| target | goal | measured | verdict |\n|---|---|---|---|\n");
     for t in &r.targets {
-        let _ = writeln!(o, "| {} | {} | {} | {} |", t.name, t.goal, t.measured, t.verdict);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} |",
+            t.name, t.goal, t.measured, t.verdict
+        );
     }
     o.push('\n');
 
-    let rows = |g: Group| -> Vec<&Scenario> { r.scenarios.iter().filter(|s| s.group == g).collect() };
+    let rows =
+        |g: Group| -> Vec<&Scenario> { r.scenarios.iter().filter(|s| s.group == g).collect() };
     let section = |o: &mut String, title: &str, intro: &str, g: Group, stream: bool| {
         let v = rows(g);
         if v.is_empty() {
@@ -484,11 +581,14 @@ pub fn markdown(r: &Report) -> String {
     for s in faults {
         if let Some(g) = &s.gateway {
             if let Some(u) = g.upstream_calls_per_req {
+                let extra = (u - 1.0) * g.attempted as f64;
                 let _ = writeln!(
                     o,
-                    "- c={}: {:.3} upstream calls per client request through the gateway; client-visible errors: {}.",
+                    "- c={}: {:.4} upstream calls per client request through the gateway ({} client requests, warm-up included, cost about {:.0} extra upstream calls: the retries); client-visible errors: {}.",
                     s.concurrency,
                     u,
+                    g.attempted,
+                    extra.max(0.0),
                     errs(g)
                 );
             }
@@ -508,9 +608,16 @@ pub fn markdown(r: &Report) -> String {
     for h in &mem.streams {
         let _ = writeln!(
             o,
-            "| {} open streams (paced, held) | {} | {} of {} open ({} failed) in {:.1} s over {}; gateway fds {}; mock RSS {}; gateway RSS after closing them {}{} |",
+            "| {} open streams (paced, held) | {} | {}{} of {} open ({} failed) in {:.1} s over {}; gateway fds {}; mock RSS {}; gateway RSS after closing them {}{} |",
             h.target,
             kib_mb(h.gateway_rss_kib),
+            match (h.gateway_rss_kib, mem.idle_kib) {
+                (Some(r), Some(i)) if h.opened > 0 && r > i => format!(
+                    "≈ {:.1} KiB per open stream above idle; ",
+                    (r - i) as f64 / h.opened as f64
+                ),
+                _ => String::new(),
+            },
             h.opened,
             h.target,
             h.failed,

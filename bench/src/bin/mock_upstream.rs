@@ -8,7 +8,7 @@
 //! - `GET /healthz`: 200. `GET /stats`: request counters as JSON.
 //!
 //! Per-request settings, first found wins: body fields `mock_chunks` / `mock_delay_ms`
-//! (the gateway forwards unknown fields), headers `x-mock-chunks` / `x-mock-delay-ms`, query
+//! (the gateway forwards unknown fields), a model named `mock-<chunks>x<delay_ms>`, headers `x-mock-chunks` / `x-mock-delay-ms`, query
 //! string `?chunks=N&delay_ms=D`, then the `--chunks` / `--delay-ms` defaults.
 //!
 //! Fault injection by the `Authorization: Bearer <key>` value: a key containing `429` answers
@@ -37,7 +37,10 @@ use tokio::time::Instant;
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mock-upstream", about = "OpenAI-shaped mock upstream for the megallm benchmark")]
+#[command(
+    name = "mock-upstream",
+    about = "OpenAI-shaped mock upstream for the megallm benchmark"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port. The bound address is printed on stdout
     /// as `LISTENING <addr>`.
@@ -76,10 +79,11 @@ struct ChatBody {
     model: Option<String>,
     #[serde(default)]
     stream: Option<bool>,
+    // Numbers, integral or not (a protobuf Struct carries every number as a double).
     #[serde(default)]
-    mock_chunks: Option<u32>,
+    mock_chunks: Option<f64>,
     #[serde(default)]
-    mock_delay_ms: Option<u64>,
+    mock_delay_ms: Option<f64>,
 }
 
 fn main() {
@@ -208,7 +212,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     // Always read the body, so the connection stays reusable.
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request_error", "body")),
+        Err(_) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "body",
+            ))
+        }
     };
     if key.is_empty() || key.contains("401") {
         stats.fault_401.fetch_add(1, Ordering::Relaxed);
@@ -248,8 +258,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             ))
         }
     };
-    let model = parsed.model.unwrap_or_else(|| "mock-model".to_string());
-    let model = serde_json::to_string(&model).unwrap_or_else(|_| "\"mock-model\"".into());
+    let model = parsed.model.as_deref().unwrap_or("mock-model");
+    let model = serde_json::to_string(model).unwrap_or_else(|_| "\"mock-model\"".into());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -264,14 +274,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
 
     stats.chat_stream.fetch_add(1, Ordering::Relaxed);
+    // A model named `mock-<chunks>x<delay_ms>` also sets them: it reaches the mock through
+    // any front door (gRPC requests have no free-form fields).
+    let by_model = parsed.model.as_deref().and_then(|m| {
+        let (c, d) = m.strip_prefix("mock-")?.split_once('x')?;
+        Some((c.parse::<u32>().ok()?, d.parse::<u64>().ok()?))
+    });
     let chunks = parsed
         .mock_chunks
+        .map(|v| v as u32)
+        .or(by_model.map(|b| b.0))
         .or_else(|| header_num(&headers, "x-mock-chunks"))
         .or_else(|| query_param(query.as_deref(), "chunks").and_then(|v| v.parse().ok()))
         .unwrap_or(state.args.chunks)
         .max(1);
     let delay_ms = parsed
         .mock_delay_ms
+        .map(|v| v as u64)
+        .or(by_model.map(|b| b.1))
         .or_else(|| header_num(&headers, "x-mock-delay-ms"))
         .or_else(|| query_param(query.as_deref(), "delay_ms").and_then(|v| v.parse().ok()))
         .unwrap_or(state.args.delay_ms);
