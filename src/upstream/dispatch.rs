@@ -301,7 +301,7 @@ impl Dispatcher {
         };
         attempts.push(&key_id, status.to_string());
         lease.report(Outcome::Success, Some(status), "");
-        let done = &first[..] == b"[DONE]";
+        let done = is_done(&first);
         let state = StreamState {
             body,
             parser,
@@ -373,6 +373,11 @@ fn failure(outcome: Outcome, status: u16, detail: UpstreamErrorBody, lease: &Key
             retry_after: None,
         }),
     }
+}
+
+/// OpenAI's end-of-stream sentinel (tolerating stray whitespace around it).
+fn is_done(data: &[u8]) -> bool {
+    data.trim_ascii() == b"[DONE]"
 }
 
 fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
@@ -479,7 +484,7 @@ impl StreamState {
         }
         loop {
             if let Some(event) = self.parser.next_event() {
-                if &event[..] == b"[DONE]" {
+                if is_done(&event) {
                     self.done = true;
                     return None;
                 }
