@@ -333,6 +333,47 @@ mod tests {
         }
     }
 
+    /// Random byte edits of valid bodies never panic, and every refusal is a 400.
+    #[test]
+    fn mangled_bodies_are_refused_cleanly() {
+        let seeds: [&[u8]; 3] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],"temperature":1,"n":2,"stream":true}"#,
+            br#" {"messages":[{"role":"system","content":[{"type":"text","text":"x"}]}],"max_tokens":5}"#,
+            br#"{"messages":[{"role":"user"}],"tools":[{"type":"function"}],"top_p":0.5}"#,
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"{}[]\":,0123456789.-eE ntrufalsmodg\\";
+        for round in 0..20_000 {
+            let mut body = seeds[round % seeds.len()].to_vec();
+            for _ in 0..=(next() % 4) {
+                let at = (next() as usize) % (body.len() + 1);
+                match next() % 3 {
+                    0 if at < body.len() => {
+                        body.remove(at);
+                    }
+                    1 if at < body.len() => body[at] = alphabet[(next() as usize) % alphabet.len()],
+                    _ => body.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                }
+            }
+            match ChatRequest::from_json(Bytes::from(body.clone()), "d") {
+                Ok(req) => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(req.body()).unwrap_or_else(|e| {
+                            panic!("accepted a body the upstream can't parse: {e}")
+                        });
+                    assert!(v["model"].is_string(), "{}", String::from_utf8_lossy(&body));
+                }
+                Err(e) => assert_eq!(e.http_status(), 400, "{e}"),
+            }
+        }
+    }
+
     #[test]
     fn splice_into_empty_object_is_valid_json() {
         assert_eq!(splice_model(b"{ }", 0, "m").as_ref(), b"{\"model\":\"m\" }");
