@@ -16,6 +16,11 @@ fn clean_command() -> Command {
         "GATEWAY_DEMO",
         "GATEWAY_CONFIG",
         "GATEWAY_LISTEN",
+        "GATEWAY_DEFAULT_MODEL",
+        "GATEWAY_MAX_ATTEMPTS",
+        "GATEWAY_AUTH_TOKENS",
+        "GATEWAY_ADMIN_TOKEN",
+        "GATEWAY_LOG_FORMAT",
     ] {
         cmd.env_remove(var);
     }

@@ -244,8 +244,9 @@ async fn no_first_chunk_within_first_byte_timeout_is_retried() {
     let never = Gate::new();
     // Headers at once, but the first chunk never comes.
     mock.set_chat("key-a", Reply::ok().hold_after(0, &never));
+    // Generous enough for the healthy key on a loaded machine: key-a never answers anyway.
     let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| {
-        s.timeouts.first_byte = Duration::from_millis(300)
+        s.timeouts.first_byte = Duration::from_millis(1000)
     })
     .await;
 

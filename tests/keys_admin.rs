@@ -293,6 +293,14 @@ async fn reload_adds_and_removes_keys_without_losing_requests_in_flight() {
         mock.wait_chat_count(60, PATIENCE).await,
         "traffic did not start"
     );
+    // The reload must meet requests in flight on the key it removes.
+    for _ in 0..200 {
+        if mock.in_flight("key-a") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(mock.in_flight("key-a") > 0, "no request in flight on key-a");
     kf.rewrite(&["key-b", "key-c"]);
     let resp = gw.admin_post(ADMIN, "/admin/keys/reload").await;
     assert!(

@@ -377,9 +377,9 @@ async fn upstream_errors_that_echo_a_key_are_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_byte_timeout_is_retried_and_named_timeout() {
     let mock = MockUpstream::start().await;
-    mock.set_chat("key-a", Reply::ok().delay(Duration::from_secs(3)));
+    mock.set_chat("key-a", Reply::ok().delay(Duration::from_secs(5)));
     let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| {
-        s.timeouts.first_byte = Duration::from_millis(300)
+        s.timeouts.first_byte = Duration::from_millis(1000)
     })
     .await;
 

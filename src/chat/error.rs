@@ -110,7 +110,11 @@ pub enum ErrorKind {
     Unavailable,
     /// Upstream 5xx that was not "unavailable" (500, 501, …).
     UpstreamInternal,
+    /// The client's deadline or the request's `total` time ran out.
     DeadlineExceeded,
+    /// The upstream did not answer in time (`connect`, `first_byte`, `idle`) on every try:
+    /// the upstream is slow or down, the client's own time is not up.
+    UpstreamTimeout,
     Internal,
 }
 
@@ -137,7 +141,12 @@ impl GatewayError {
                 Some(500) | Some(501) => ErrorKind::UpstreamInternal,
                 _ => ErrorKind::Unavailable,
             },
-            GatewayError::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            GatewayError::Timeout { kind, .. } => match kind {
+                TimeoutKind::Deadline | TimeoutKind::Total => ErrorKind::DeadlineExceeded,
+                TimeoutKind::Connect | TimeoutKind::FirstByte | TimeoutKind::Idle => {
+                    ErrorKind::UpstreamTimeout
+                }
+            },
             GatewayError::StreamBroken(_) => ErrorKind::Unavailable,
             GatewayError::Internal(_) => ErrorKind::Internal,
         }
@@ -161,7 +170,7 @@ impl GatewayError {
                 _ => 503,
             },
             ErrorKind::UpstreamInternal => 502,
-            ErrorKind::DeadlineExceeded => 504,
+            ErrorKind::DeadlineExceeded | ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Internal => 500,
         }
     }

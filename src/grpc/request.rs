@@ -38,7 +38,11 @@ pub fn to_json(request: &pb::ChatCompletionRequest, mode: Mode) -> Result<Bytes,
         .enumerate()
         .map(|(i, m)| message(m, i))
         .collect::<Result<Vec<_>, _>>()?;
-    body.insert("messages".into(), Value::Array(messages));
+    // Unset typed messages leave `extra_body.messages` (parts the proto has no type for, such
+    // as audio or files) to stand; the core refuses a request with messages in neither.
+    if !messages.is_empty() {
+        body.insert("messages".into(), Value::Array(messages));
+    }
     let float =
         |body: &mut Map<String, Value>, name: &str, v: Option<f64>| -> Result<(), GatewayError> {
             if let Some(v) = v {
@@ -230,9 +234,21 @@ fn response_format(format: &pb::ResponseFormat) -> Result<Option<Value>, Gateway
     })?;
     let kind = match (kind, &format.json_schema) {
         (T::Unspecified, None) => return Ok(None),
-        (T::Unspecified, Some(_)) | (T::JsonSchema, _) => "json_schema",
-        (T::Text, _) => "text",
-        (T::JsonObject, _) => "json_object",
+        (T::Unspecified, Some(_)) | (T::JsonSchema, Some(_)) => "json_schema",
+        (T::JsonSchema, None) => {
+            return Err(GatewayError::invalid(
+                "response_format.json_schema",
+                "response_format.type JSON_SCHEMA needs response_format.json_schema",
+            ))
+        }
+        (T::Text | T::JsonObject, Some(_)) => {
+            return Err(GatewayError::invalid(
+                "response_format.json_schema",
+                "response_format.json_schema is only for type JSON_SCHEMA",
+            ))
+        }
+        (T::Text, None) => "text",
+        (T::JsonObject, None) => "json_object",
     };
     let mut out = Map::new();
     out.insert("type".into(), kind.into());

@@ -28,10 +28,12 @@ pub fn completion(body: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletion, Gat
                     .filter(|m| m.is_object())
                     .map(assistant_message),
                 finish_reason: finish_reason(c) as i32,
+                logprobs: c.get("logprobs").and_then(to_struct),
             })
             .collect(),
         usage: usage(&v),
         system_fingerprint: string(&v, "system_fingerprint"),
+        service_tier: string(&v, "service_tier"),
     })
 }
 
@@ -50,10 +52,12 @@ pub fn chunk(data: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletionChunk, Gat
                 index: uint(c, "index"),
                 delta: c.get("delta").filter(|d| d.is_object()).map(delta),
                 finish_reason: finish_reason(c) as i32,
+                logprobs: c.get("logprobs").and_then(to_struct),
             })
             .collect(),
         usage: usage(&v),
         system_fingerprint: string(&v, "system_fingerprint"),
+        service_tier: string(&v, "service_tier"),
     })
 }
 
@@ -158,7 +162,32 @@ fn usage(v: &Value) -> Option<pb::Usage> {
         prompt_tokens: uint(u, "prompt_tokens"),
         completion_tokens: uint(u, "completion_tokens"),
         total_tokens: uint(u, "total_tokens"),
+        prompt_tokens_details: u.get("prompt_tokens_details").and_then(to_struct),
+        completion_tokens_details: u.get("completion_tokens_details").and_then(to_struct),
     })
+}
+
+/// A JSON object as a `google.protobuf.Struct`; anything else (`null` included) as unset.
+fn to_struct(v: &Value) -> Option<prost_types::Struct> {
+    let Value::Object(map) = v else { return None };
+    Some(prost_types::Struct {
+        fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+    })
+}
+
+fn to_value(v: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(to_value).collect(),
+        }),
+        Value::Object(_) => Kind::StructValue(to_struct(v).unwrap_or_default()),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 fn string(v: &Value, key: &str) -> Option<String> {
@@ -187,6 +216,45 @@ mod tests {
     fn pool() -> std::sync::Arc<KeyPool> {
         let settings = crate::Settings::for_upstream("http://127.0.0.1:1", &["k"]);
         KeyPool::new(&settings.read_keys().unwrap(), settings.scheduler.clone())
+    }
+
+    #[test]
+    fn logprobs_usage_details_and_service_tier_survive() {
+        let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"m","service_tier":"default",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop",
+                        "logprobs":{"content":[{"token":"Hi","logprob":-0.25,"top_logprobs":[]}]}}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,
+                     "prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        let c = completion(body, &pool()).unwrap();
+        assert_eq!(c.service_tier.as_deref(), Some("default"));
+        let logprobs = c.choices[0].logprobs.as_ref().expect("logprobs");
+        let json = serde_json::to_string(&Value::Object(struct_json(logprobs))).unwrap();
+        assert_eq!(
+            json,
+            r#"{"content":[{"logprob":-0.25,"token":"Hi","top_logprobs":[]}]}"#
+        );
+        let usage = c.usage.unwrap();
+        let cached = &usage.prompt_tokens_details.unwrap().fields["cached_tokens"];
+        assert_eq!(
+            cached.kind,
+            Some(prost_types::value::Kind::NumberValue(2.0))
+        );
+        assert!(usage.completion_tokens_details.is_some());
+    }
+
+    fn struct_json(s: &prost_types::Struct) -> serde_json::Map<String, Value> {
+        use prost_types::value::Kind;
+        fn json(v: &prost_types::Value) -> Value {
+            match v.kind.as_ref().unwrap() {
+                Kind::NullValue(_) => Value::Null,
+                Kind::BoolValue(b) => Value::Bool(*b),
+                Kind::NumberValue(n) => serde_json::json!(n),
+                Kind::StringValue(s) => Value::String(s.clone()),
+                Kind::ListValue(l) => Value::Array(l.values.iter().map(json).collect()),
+                Kind::StructValue(s) => Value::Object(struct_json(s)),
+            }
+        }
+        s.fields.iter().map(|(k, v)| (k.clone(), json(v))).collect()
     }
 
     #[test]

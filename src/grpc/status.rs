@@ -34,7 +34,8 @@ pub fn code(error: &GatewayError) -> Code {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Rejected(status) => code_for_upstream_http(status),
         ErrorKind::ResourceExhausted => Code::ResourceExhausted,
-        ErrorKind::Unavailable => Code::Unavailable,
+        // A slow upstream is not the caller's deadline: UNAVAILABLE says "retry".
+        ErrorKind::Unavailable | ErrorKind::UpstreamTimeout => Code::Unavailable,
         ErrorKind::UpstreamInternal | ErrorKind::Internal => Code::Internal,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
     }
@@ -58,6 +59,28 @@ fn code_for_upstream_http(status: u16) -> Code {
     }
 }
 
+/// `ErrorInfo.reason` as error_details.proto wants it, `[A-Z][A-Z0-9_]+[A-Z0-9]`: the error's
+/// stable code upper-cased (`invalid_value` → `INVALID_VALUE`).
+fn reason(code: &str) -> String {
+    let mut out: String = code
+        .chars()
+        .map(|c| match c.to_ascii_uppercase() {
+            c @ ('A'..='Z' | '0'..='9') => c,
+            _ => '_',
+        })
+        .collect();
+    let trimmed = out.trim_matches('_').to_owned();
+    out = if trimmed.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        trimmed
+    } else {
+        format!("E_{trimmed}")
+    };
+    if out.len() < 3 {
+        out = format!("{out}_ERROR");
+    }
+    out
+}
+
 /// The `tonic::Status` for `error`: code from [`code`], the error's message, and details:
 /// ErrorInfo (reason = the error's stable code, domain [`DOMAIN`]), RequestInfo (request id),
 /// BadRequest naming the field where one is known, RetryInfo where a wait time is known. The
@@ -74,10 +97,15 @@ pub fn to_status(
     if let Some(param) = error.param() {
         info.insert("param".to_owned(), param.to_owned());
     }
-    details.set_error_info(error.code().unwrap_or("upstream_rejected"), DOMAIN, info);
+    details.set_error_info(
+        reason(error.code().unwrap_or("upstream_rejected")),
+        DOMAIN,
+        info,
+    );
     details.set_request_info(ctx.request_id.clone(), "");
-    if let (Code::InvalidArgument, Some(param)) = (code, error.param()) {
-        details.add_bad_request_violation(param, error.to_string());
+    if code == Code::InvalidArgument {
+        // One violation always; its field is empty when the upstream named none.
+        details.add_bad_request_violation(error.param().unwrap_or(""), error.to_string());
     }
     if let Some(wait) = error.retry_after() {
         details.set_retry_info(Some(wait));
@@ -147,7 +175,32 @@ mod tests {
         let info = status.get_details_error_info().unwrap();
         assert_eq!(
             (info.reason.as_str(), info.domain.as_str()),
-            ("invalid_value", DOMAIN)
+            ("INVALID_VALUE", DOMAIN)
+        );
+        assert_eq!(reason("model_not_found"), "MODEL_NOT_FOUND");
+        assert_eq!(reason("x"), "X_ERROR");
+        assert_eq!(reason("4xx-bad"), "E_4XX_BAD");
+
+        // An upstream 400 that names no field still carries one violation.
+        let upstream = GatewayError::UpstreamRejected {
+            status: 400,
+            message: "bad".into(),
+            error_type: None,
+            param: None,
+            code: None,
+        };
+        let bad = to_status(&upstream, &ctx, None)
+            .get_details_bad_request()
+            .expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, "");
+        let slow = GatewayError::Timeout {
+            kind: crate::chat::TimeoutKind::FirstByte,
+            detail: String::new(),
+        };
+        assert_eq!(
+            code(&slow),
+            Code::Unavailable,
+            "a slow upstream is not the caller's deadline"
         );
 
         let limited = GatewayError::RateLimited {

@@ -115,6 +115,12 @@ impl Dispatcher {
             let queue_until = (Instant::now() + self.queue_timeout).min(deadline);
             let lease = match self.pool.acquire_wait(&tried, queue_until).await {
                 Ok(lease) => lease,
+                Err(_) if Instant::now() >= deadline => {
+                    return (
+                        Err(timeout(deadline_kind, "waiting for a usable key")),
+                        attempts,
+                    );
+                }
                 Err(no_key) => {
                     // The pool's own state says more than the last failure: when every key
                     // is cooling, the client learns when to come back.
