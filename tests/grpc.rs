@@ -850,3 +850,48 @@ async fn stream_deadline_cuts_the_stream_and_the_upstream() {
         "the upstream stream was not dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_ends_while_queued_for_a_key_is_deadline_exceeded() {
+    let mock = MockUpstream::start().await;
+    let hold = Gate::new();
+    mock.set_default_chat(Reply::ok().hold_after(1, &hold));
+    let gw = spawn_gateway(&mock, &[], |s| {
+        s.keys =
+            vec![megallm_gateway::config::KeySpec::parse("key-solo max_concurrent=1").unwrap()];
+        s.scheduler.queue_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // The one slot is held by a stream the mock keeps open.
+    let mut c = client(&gw).await;
+    let mut held = patient("stream", c.stream_chat_completion(hi()))
+        .await
+        .expect("OK")
+        .into_inner();
+    assert!(patient("first chunk", held.message())
+        .await
+        .unwrap()
+        .is_some());
+
+    let h2c = HttpClient::new_h2c(gw.addr);
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "700m"),
+    ];
+    let response = h2c
+        .post_raw(
+            "/megallm.v1.ChatService/CreateChatCompletion",
+            &headers,
+            frame(&hi()),
+        )
+        .await;
+    let status = Status::from_header_map(&response.headers).expect("a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        mock.chat_count(),
+        1,
+        "the queued call never reached the upstream"
+    );
+    hold.open();
+}
