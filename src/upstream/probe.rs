@@ -1,5 +1,6 @@
 //! The background probe that brings back keys disabled as invalid: every `probe_interval` it
-//! calls `GET {upstream}/models` with each such key and re-enables the key on a 2xx.
+//! calls `GET {upstream}/models` with each such key and re-enables the key once the upstream
+//! accepts the credential again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +29,37 @@ pub fn spawn(
                 _ = interval.tick() => {}
             }
             for key in pool.due_probes() {
-                let ok = matches!(
-                    tokio::time::timeout(timeout, client.models(key.secret())).await,
-                    Ok(Ok(r)) if r.status().is_success()
-                );
+                let status = match tokio::time::timeout(timeout, client.models(key.secret())).await
+                {
+                    Ok(Ok(r)) => Some(r.status().as_u16()),
+                    _ => None,
+                };
+                let ok = status.is_some_and(credential_accepted);
                 tracing::info!(key = %key.id, ok, "probed a key disabled as invalid");
                 pool.probe_result(&key, ok);
             }
         }
     });
+}
+
+/// Whether a probe's answer says the upstream took the key: any 2xx, and also a 4xx other than
+/// 401/403 (an upstream without `GET /models` answers 404 after checking the key, and a 429
+/// means the key is valid but busy). 401/403, a 5xx or no answer keep the key disabled.
+fn credential_accepted(status: u16) -> bool {
+    matches!(status, 200..=299 | 400..=499) && !matches!(status, 401 | 403)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_accepted;
+
+    #[test]
+    fn only_an_accepted_credential_revives_a_key() {
+        for ok in [200, 204, 404, 405, 429] {
+            assert!(credential_accepted(ok), "{ok}");
+        }
+        for no in [401, 403, 500, 502, 503, 301] {
+            assert!(!credential_accepted(no), "{no}");
+        }
+    }
 }
