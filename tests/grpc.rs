@@ -764,28 +764,32 @@ fn frame(message: &impl prost::Message) -> Vec<u8> {
     out
 }
 
+/// `CreateChatCompletion(hi())` as a raw h2c call with a `grpc-timeout` header: tonic's own
+/// client enforces the timeout too and would answer CANCELLED before the server does, hiding
+/// what the server does.
+async fn unary_with_grpc_timeout(gw: &TestGateway, timeout: &str) -> HttpResponse {
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", timeout),
+    ];
+    HttpClient::new_h2c(gw.addr)
+        .post_raw(
+            "/megallm.v1.ChatService/CreateChatCompletion",
+            &headers,
+            frame(&hi()),
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_deadline_is_deadline_exceeded_and_drops_the_upstream_call() {
     let mock = MockUpstream::start().await;
     mock.set_chat("key-a", Reply::ok().delay(Duration::from_secs(8)));
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
 
-    // A raw h2c call: tonic's own client enforces `grpc-timeout` too and would answer
-    // CANCELLED before the server does, hiding what the server does.
     let started = std::time::Instant::now();
-    let h2c = HttpClient::new_h2c(gw.addr);
-    let headers = [
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        ("grpc-timeout", "1500m"),
-    ];
-    let response = h2c
-        .post_raw(
-            "/megallm.v1.ChatService/CreateChatCompletion",
-            &headers,
-            frame(&hi()),
-        )
-        .await;
+    let response = unary_with_grpc_timeout(&gw, "1500m").await;
     assert_eq!(response.status, 200);
     // An error before any message is a trailers-only answer: the status is in the headers.
     assert_eq!(
@@ -873,19 +877,7 @@ async fn a_deadline_that_ends_while_queued_for_a_key_is_deadline_exceeded() {
         .unwrap()
         .is_some());
 
-    let h2c = HttpClient::new_h2c(gw.addr);
-    let headers = [
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-        ("grpc-timeout", "700m"),
-    ];
-    let response = h2c
-        .post_raw(
-            "/megallm.v1.ChatService/CreateChatCompletion",
-            &headers,
-            frame(&hi()),
-        )
-        .await;
+    let response = unary_with_grpc_timeout(&gw, "700m").await;
     let status = Status::from_header_map(&response.headers).expect("a status");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(
