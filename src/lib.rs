@@ -8,7 +8,8 @@
 //! - [`chat`]: the transport-neutral core types: validated request, request context, chunk
 //!   stream, attempt trail, the one error enum.
 //! - [`upstream`]: the dispatcher (attempt loop with retries before the first byte), the one
-//!   `reqwest` client, the incremental SSE parser, the model list, the revoked-key probe.
+//!   hyper client (TLS by rustls), the incremental SSE parser, the model list, the revoked-key
+//!   probe.
 //! - [`keys`]: the key scheduler: pool, per-key state machine, outcome classification, choice
 //!   strategies, leases, masking of key material.
 //! - [`gateway`]: the shared [`gateway::Core`] and the [`Gateway`] handle (start, address,

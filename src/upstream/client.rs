@@ -1,40 +1,68 @@
-//! The one HTTP client to the upstream: a shared `reqwest::Client` (pooled keep-alive
-//! connections), redirects off (a redirect would carry the key somewhere else), and the only
-//! place a key is put on the wire.
+//! The one HTTP client to the upstream: a shared hyper client (pooled keep-alive connections,
+//! HTTP/2 where TLS negotiates it), no redirects (hyper follows none: a redirect would carry the
+//! key somewhere else), and the only place a key is put on the wire.
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Secret, Settings};
 
+pub type Response = http::Response<hyper::body::Incoming>;
+pub type Error = hyper_util::client::legacy::Error;
+
+/// Read buffer per upstream connection. Stream events are small, and every open stream holds
+/// one connection: hyper's default (8 KiB, growing) costs memory per stream for no speed.
+const READ_BUFFER: usize = 4 * 1024;
+
 #[derive(Clone)]
 pub struct UpstreamClient {
-    http: reqwest::Client,
-    /// Parsed once: reqwest would otherwise parse (and IDNA-normalise) the URL per request.
-    chat_url: reqwest::Url,
-    models_url: reqwest::Url,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    chat_uri: Uri,
+    models_uri: Uri,
+    user_agent: HeaderValue,
 }
 
 impl UpstreamClient {
     pub fn new(settings: &Settings) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.timeouts.connect)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(settings.timeouts.connect));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let http = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("megallm-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+            .http1_read_buf_exact_size(READ_BUFFER)
+            .build(tls);
         let base = settings.upstream.trim_end_matches('/');
-        let url = |path: &str| {
-            reqwest::Url::parse(&format!("{base}/{path}"))
+        let uri = |path: &str| {
+            format!("{base}/{path}")
+                .parse::<Uri>()
                 .map_err(|e| format!("--upstream `{base}` is not a valid URL: {e}"))
         };
         Ok(UpstreamClient {
             http,
-            chat_url: url("chat/completions")?,
-            models_url: url("models")?,
+            chat_uri: uri("chat/completions")?,
+            models_uri: uri("models")?,
+            user_agent: HeaderValue::from_static(concat!(
+                "megallm-gateway/",
+                env!("CARGO_PKG_VERSION")
+            )),
         })
     }
 
@@ -44,30 +72,56 @@ impl UpstreamClient {
         key: &Secret,
         body: Bytes,
         request_id: &str,
-    ) -> Result<reqwest::Response, reqwest::Error> {
-        self.http
-            .post(self.chat_url.clone())
+    ) -> Result<Response, Error> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.chat_uri.clone())
             .header(AUTHORIZATION, bearer(key))
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id)
-            .body(body)
-            .send()
-            .await
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, self.user_agent.clone());
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            request = request.header("x-request-id", id);
+        }
+        self.send(request, body).await
     }
 
     /// `GET {upstream}/models` with a pool key (the model list, and the revoked-key probe).
-    pub async fn models(&self, key: &Secret) -> Result<reqwest::Response, reqwest::Error> {
-        self.http
-            .get(self.models_url.clone())
+    pub async fn models(&self, key: &Secret) -> Result<Response, Error> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(self.models_uri.clone())
             .header(AUTHORIZATION, bearer(key))
-            .send()
-            .await
+            .header(USER_AGENT, self.user_agent.clone());
+        self.send(request, Bytes::new()).await
+    }
+
+    async fn send(&self, request: http::request::Builder, body: Bytes) -> Result<Response, Error> {
+        let request = request
+            .body(Full::new(body))
+            .expect("method, URI and headers are valid by construction");
+        self.http.request(request).await
     }
 }
 
-fn bearer(key: &Secret) -> http::HeaderValue {
-    let mut value = http::HeaderValue::try_from(format!("Bearer {}", key.expose()))
-        .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer invalid-key-characters"));
+/// TLS to the upstream trusts the system's CA store (and `SSL_CERT_FILE`/`SSL_CERT_DIR`), so a
+/// corporate proxy's CA works, plus Mozilla's roots, so a bare container works too.
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(system_roots = added, "TLS roots loaded");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS for the upstream: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn bearer(key: &Secret) -> HeaderValue {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
     value.set_sensitive(true);
     value
 }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{timeout_at, Instant};
 
-use super::client::UpstreamClient;
+use http_body_util::BodyExt;
+
+use super::client::{Response, UpstreamClient};
 use super::sse::SseParser;
 use crate::chat::{
     Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
@@ -45,7 +47,7 @@ enum Failed {
     Final(GatewayError),
 }
 
-type ByteStream = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 impl Dispatcher {
     pub fn new(
@@ -225,8 +227,9 @@ impl Dispatcher {
             return Err(failure(outcome, status, detail, &lease));
         }
         if !stream {
-            return match timeout_at(deadline, response.bytes()).await {
-                Ok(Ok(body)) => {
+            return match timeout_at(deadline, response.into_body().collect()).await {
+                Ok(Ok(collected)) => {
+                    let body = collected.to_bytes();
                     attempts.push(&key_id, status.to_string());
                     lease.report(Outcome::Success, Some(status), "");
                     Ok(Won::Body(Completion { status, body }))
@@ -251,7 +254,7 @@ impl Dispatcher {
             };
         }
         // Streaming: hold the answer back until its first event is complete.
-        let mut body: ByteStream = Box::pin(response.bytes_stream());
+        let mut body: ByteStream = Box::pin(response.into_body().into_data_stream());
         let mut parser = SseParser::new();
         let first = loop {
             if let Some(event) = parser.next_event() {
@@ -393,9 +396,8 @@ fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
     }
 }
 
-/// A reqwest error's chain as one line (reqwest's top-level message alone says little).
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
+/// An error's chain as one line (a client error's top-level message alone says little).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -406,8 +408,8 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
-async fn read_limited(response: reqwest::Response, until: Instant, limit: usize) -> Bytes {
-    let mut body = response.bytes_stream();
+async fn read_limited(response: Response, until: Instant, limit: usize) -> Bytes {
+    let mut body = response.into_body().into_data_stream();
     let mut out = Vec::new();
     let _ = timeout_at(until, async {
         while let Some(Ok(chunk)) = body.next().await {

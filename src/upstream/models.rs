@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
@@ -122,10 +123,11 @@ impl Models {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = timeout(self.request_timeout, response.bytes())
+        let body = timeout(self.request_timeout, response.into_body().collect())
             .await
             .ok()?
-            .ok()?;
+            .ok()?
+            .to_bytes();
         let outcome = classify(status, &headers, &body);
         lease.report(outcome, Some(status), "GET /models failed");
         if !(200..300).contains(&status) {
