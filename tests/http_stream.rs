@@ -383,3 +383,36 @@ async fn an_h2c_client_that_resets_its_stream_drops_the_upstream_stream() {
     // The connection itself lives on and serves the next request.
     assert_eq!(h2.chat(&chat_body()).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_ignores_stream_still_gives_the_client_a_stream() {
+    let mock = MockUpstream::start().await;
+    mock.set_default_chat(Reply::ok().unstreamed());
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| {
+        s.admin_token = Some(megallm_gateway::config::Secret::new("adm".into()))
+    })
+    .await;
+
+    let sse = gw.http.chat_stream(&stream_body()).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(
+        sse.header("x-gateway-attempts").as_deref(),
+        Some("key-1:200")
+    );
+    let t = sse.collect().await;
+    assert!(t.has_done(), "{:?}", t.data());
+    let chunks: Vec<Value> = t
+        .data()
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["content"], "mock reply 0");
+    assert_eq!(chunks[0]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[1]["usage"]["total_tokens"], 4);
+    assert_eq!(mock.chat_count(), 1, "not retried");
+    let k = gw.admin_key("adm", "key-1").await;
+    assert_eq!(k["failures"]["transient"], 0, "the key is not blamed: {k}");
+}

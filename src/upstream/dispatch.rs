@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 
 use super::client::{Response, UpstreamClient};
 use super::sse::SseParser;
+use super::unstreamed;
 use crate::chat::{
     Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
     TimeoutKind,
@@ -253,6 +254,37 @@ impl Dispatcher {
                 ))),
             };
         }
+        if is_json(&response) {
+            // The upstream ignored `stream`: its whole answer becomes the stream.
+            let body = match timeout_at(deadline, response.into_body().collect()).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) => {
+                    attempts.push(&key_id, "error");
+                    let message = describe(&e);
+                    lease.report(Outcome::Transient, Some(status), &message);
+                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
+                        status: None,
+                        message: format!(
+                            "reading the upstream answer failed: {}",
+                            lease.mask(&message)
+                        ),
+                        retry_after: None,
+                    }));
+                }
+                Err(_) => {
+                    return Err(Failed::Final(timeout(
+                        deadline_kind,
+                        "reading the upstream answer",
+                    )))
+                }
+            };
+            attempts.push(&key_id, status.to_string());
+            lease.report(Outcome::Success, Some(status), "");
+            let events = unstreamed::completion_to_chunks(&body);
+            return Ok(Won::Stream(Box::pin(futures_util::stream::iter(
+                events.into_iter().map(Ok),
+            ))));
+        }
         // Streaming: hold the answer back until its first event is complete.
         let mut body: ByteStream = Box::pin(response.into_body().into_data_stream());
         let mut parser = SseParser::new();
@@ -382,6 +414,19 @@ fn failure(outcome: Outcome, status: u16, detail: UpstreamErrorBody, lease: &Key
             retry_after: None,
         }),
     }
+}
+
+/// Whether a 2xx answer is one JSON document rather than an event stream.
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
 }
 
 /// OpenAI's end-of-stream sentinel (tolerating stray whitespace around it).

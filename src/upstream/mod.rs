@@ -6,6 +6,7 @@ mod dispatch;
 pub mod models;
 pub mod probe;
 pub mod sse;
+mod unstreamed;
 
 pub use client::UpstreamClient;
 pub use dispatch::Dispatcher;

@@ -192,7 +192,7 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
         .and_then(|j| j.get("model"))
         .cloned()
         .unwrap_or(Value::Null);
-    if !stream {
+    if !stream || reply.unstreamed {
         let body = reply.body.clone().map(Bytes::from).unwrap_or_else(|| {
             Bytes::from(
                 json!({

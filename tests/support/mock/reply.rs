@@ -72,6 +72,9 @@ pub struct Reply {
     /// character and inside the blank line that ends the event: the gateway's SSE parser must
     /// put events together across reads.
     pub split: bool,
+    /// Answer a streaming request with the whole JSON completion, as an upstream that ignores
+    /// `stream` does.
+    pub unstreamed: bool,
 }
 
 impl Reply {
@@ -91,6 +94,7 @@ impl Reply {
             crlf: false,
             comments: false,
             split: false,
+            unstreamed: false,
         }
     }
     /// `status` with an OpenAI error body (`"mock error <status>"`) unless [`Reply::body`] is set.
@@ -154,6 +158,10 @@ impl Reply {
     }
     pub fn split_events(mut self) -> Self {
         self.split = true;
+        self
+    }
+    pub fn unstreamed(mut self) -> Self {
+        self.unstreamed = true;
         self
     }
 }
