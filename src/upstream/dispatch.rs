@@ -205,15 +205,8 @@ impl Dispatcher {
             }
             Ok(Err(e)) => {
                 let label = if e.is_connect() { "connect" } else { "error" };
-                attempts.push(&key_id, label);
-                let message = describe(&e);
-                lease.report(Outcome::Transient, None, &message);
-                tracing::debug!(key = %key_id, error = %message, "upstream request failed");
-                return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                    status: None,
-                    message: lease.mask(&message),
-                    retry_after: None,
-                }));
+                tracing::debug!(key = %key_id, error = %describe(&e), "upstream request failed");
+                return Err(transient(attempts, &mut lease, label, None, &describe(&e)));
             }
             Ok(Ok(response)) => response,
         };
@@ -227,49 +220,20 @@ impl Dispatcher {
             lease.report(outcome, Some(status), &detail.message);
             return Err(failure(outcome, status, detail, &lease));
         }
-        if !stream {
-            return match timeout_at(deadline, response.into_body().collect()).await {
-                Ok(Ok(collected)) => {
-                    let body = collected.to_bytes();
-                    attempts.push(&key_id, status.to_string());
-                    lease.report(Outcome::Success, Some(status), "");
-                    Ok(Won::Body(Completion { status, body }))
-                }
-                Ok(Err(e)) => {
-                    attempts.push(&key_id, "error");
-                    let message = describe(&e);
-                    lease.report(Outcome::Transient, Some(status), &message);
-                    Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                        status: None,
-                        message: format!(
-                            "reading the upstream answer failed: {}",
-                            lease.mask(&message)
-                        ),
-                        retry_after: None,
-                    }))
-                }
-                Err(_) => Err(Failed::Final(timeout(
-                    deadline_kind,
-                    "reading the upstream answer",
-                ))),
-            };
-        }
-        if is_json(&response) {
-            // The upstream ignored `stream`: its whole answer becomes the stream.
+        // A whole JSON answer: what was asked for, or what an upstream that ignores `stream`
+        // sends instead (recast as chunks, the key not blamed).
+        if !stream || is_json(&response) {
             let body = match timeout_at(deadline, response.into_body().collect()).await {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(e)) => {
-                    attempts.push(&key_id, "error");
-                    let message = describe(&e);
-                    lease.report(Outcome::Transient, Some(status), &message);
-                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                        status: None,
-                        message: format!(
-                            "reading the upstream answer failed: {}",
-                            lease.mask(&message)
-                        ),
-                        retry_after: None,
-                    }));
+                    let message = format!("reading the upstream answer failed: {}", describe(&e));
+                    return Err(transient(
+                        attempts,
+                        &mut lease,
+                        "error",
+                        Some(status),
+                        &message,
+                    ));
                 }
                 Err(_) => {
                     return Err(Failed::Final(timeout(
@@ -280,6 +244,9 @@ impl Dispatcher {
             };
             attempts.push(&key_id, status.to_string());
             lease.report(Outcome::Success, Some(status), "");
+            if !stream {
+                return Ok(Won::Body(Completion { status, body }));
+            }
             let events = unstreamed::completion_to_chunks(&body);
             return Ok(Won::Stream(Box::pin(futures_util::stream::iter(
                 events.into_iter().map(Ok),
@@ -295,39 +262,37 @@ impl Dispatcher {
             match timeout_at(first_byte_at, body.next()).await {
                 Ok(Some(Ok(bytes))) if !parser.overflowed() => parser.push(&bytes),
                 Ok(Some(Ok(_))) => {
-                    attempts.push(&key_id, "broken");
-                    lease.report(Outcome::Transient, Some(status), "oversized stream event");
-                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                        status: None,
-                        message: "the upstream sent an event larger than 16 MiB".into(),
-                        retry_after: None,
-                    }));
+                    let message = "the upstream sent an event larger than 16 MiB";
+                    return Err(transient(
+                        attempts,
+                        &mut lease,
+                        "broken",
+                        Some(status),
+                        message,
+                    ));
                 }
                 Ok(Some(Err(e))) => {
-                    attempts.push(&key_id, "broken");
-                    let message = describe(&e);
-                    lease.report(Outcome::Transient, Some(status), &message);
-                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                        status: None,
-                        message: format!(
-                            "the upstream stream broke before its first event: {}",
-                            lease.mask(&message)
-                        ),
-                        retry_after: None,
-                    }));
+                    let message = format!(
+                        "the upstream stream broke before its first event: {}",
+                        describe(&e)
+                    );
+                    return Err(transient(
+                        attempts,
+                        &mut lease,
+                        "broken",
+                        Some(status),
+                        &message,
+                    ));
                 }
                 Ok(None) => {
-                    attempts.push(&key_id, "broken");
-                    lease.report(
-                        Outcome::Transient,
+                    let message = "the upstream stream ended before its first event";
+                    return Err(transient(
+                        attempts,
+                        &mut lease,
+                        "broken",
                         Some(status),
-                        "stream ended before its first event",
-                    );
-                    return Err(Failed::Retry(GatewayError::UpstreamUnavailable {
-                        status: None,
-                        message: "the upstream stream ended before its first event".into(),
-                        retry_after: None,
-                    }));
+                        message,
+                    ));
                 }
                 Err(_) => {
                     return Err(self.timed_out(
@@ -383,6 +348,24 @@ impl Dispatcher {
             "the upstream did not answer in time",
         ))
     }
+}
+
+/// A failure before the first byte that says nothing about the request: it counts against the
+/// key (toward its breaker), and the request goes on to another key.
+fn transient(
+    attempts: &mut Attempts,
+    lease: &mut KeyLease,
+    label: &str,
+    status: Option<u16>,
+    message: &str,
+) -> Failed {
+    attempts.push(lease.id(), label);
+    lease.report(Outcome::Transient, status, message);
+    Failed::Retry(GatewayError::UpstreamUnavailable {
+        status: None,
+        message: lease.mask(message),
+        retry_after: None,
+    })
 }
 
 /// What a non-2xx answer means for the request; every upstream text is masked first.
