@@ -259,41 +259,17 @@ impl Dispatcher {
             if let Some(event) = parser.next_event() {
                 break event;
             }
-            match timeout_at(first_byte_at, body.next()).await {
-                Ok(Some(Ok(bytes))) if !parser.overflowed() => parser.push(&bytes),
-                Ok(Some(Ok(_))) => {
-                    let message = "the upstream sent an event larger than 16 MiB";
-                    return Err(transient(
-                        attempts,
-                        &mut lease,
-                        "broken",
-                        Some(status),
-                        message,
-                    ));
+            let message = match timeout_at(first_byte_at, body.next()).await {
+                Ok(Some(Ok(bytes))) if !parser.overflowed() => {
+                    parser.push(&bytes);
+                    continue;
                 }
-                Ok(Some(Err(e))) => {
-                    let message = format!(
-                        "the upstream stream broke before its first event: {}",
-                        describe(&e)
-                    );
-                    return Err(transient(
-                        attempts,
-                        &mut lease,
-                        "broken",
-                        Some(status),
-                        &message,
-                    ));
-                }
-                Ok(None) => {
-                    let message = "the upstream stream ended before its first event";
-                    return Err(transient(
-                        attempts,
-                        &mut lease,
-                        "broken",
-                        Some(status),
-                        message,
-                    ));
-                }
+                Ok(Some(Ok(_))) => "the upstream sent an event larger than 16 MiB".to_owned(),
+                Ok(Some(Err(e))) => format!(
+                    "the upstream stream broke before its first event: {}",
+                    describe(&e)
+                ),
+                Ok(None) => "the upstream stream ended before its first event".to_owned(),
                 Err(_) => {
                     return Err(self.timed_out(
                         &mut lease,
@@ -303,7 +279,14 @@ impl Dispatcher {
                         deadline_kind,
                     ))
                 }
-            }
+            };
+            return Err(transient(
+                attempts,
+                &mut lease,
+                "broken",
+                Some(status),
+                &message,
+            ));
         };
         attempts.push(&key_id, status.to_string());
         lease.report(Outcome::Success, Some(status), "");
