@@ -207,6 +207,23 @@ pub struct Settings {
     pub models_cache_ttl: Duration,
     pub timeouts: Timeouts,
     pub scheduler: SchedulerSettings,
+    /// What a client connection may cost the gateway before it is closed.
+    pub client: ClientLimits,
+    /// When set, `/metrics` asks for it as a bearer token.
+    pub metrics_token: Option<Secret>,
+}
+
+/// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
+#[derive(Clone, Debug)]
+pub struct ClientLimits {
+    /// The whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this.
+    pub body_timeout: Duration,
+    /// A keep-alive or HTTP/2 connection with no request open is closed after this.
+    pub idle_timeout: Duration,
+    /// Client connections held at once; `None`: derived from the open-files limit at start.
+    pub max_connections: Option<usize>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
@@ -250,6 +267,13 @@ impl Default for Settings {
                 breaker_cooldown: Duration::from_secs(30),
                 queue_timeout: Duration::ZERO,
             },
+            client: ClientLimits {
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(75),
+                max_connections: None,
+            },
+            metrics_token: None,
         }
     }
 }
@@ -385,6 +409,25 @@ impl Settings {
                     d.scheduler.queue_timeout,
                 ),
             },
+            client: ClientLimits {
+                header_timeout: dur(
+                    cli.client_header_timeout,
+                    file.client_header_timeout,
+                    d.client.header_timeout,
+                ),
+                body_timeout: dur(
+                    cli.client_body_timeout,
+                    file.client_body_timeout,
+                    d.client.body_timeout,
+                ),
+                idle_timeout: dur(
+                    cli.client_idle_timeout,
+                    file.client_idle_timeout,
+                    d.client.idle_timeout,
+                ),
+                max_connections: cli.max_connections.or(file.max_connections),
+            },
+            metrics_token: cli.metrics_token.map(Secret::new).or(file.metrics_token),
         };
         Ok(settings)
     }
@@ -417,11 +460,17 @@ impl Settings {
         if self.max_body_bytes == 0 {
             return Err("--max-body-bytes must be at least 1".into());
         }
+        if self.client.max_connections == Some(0) {
+            return Err("--max-connections must be at least 1".into());
+        }
         for (name, d) in [
             ("--connect-timeout", self.timeouts.connect),
             ("--first-byte-timeout", self.timeouts.first_byte),
             ("--idle-timeout", self.timeouts.idle),
             ("--total-timeout", self.timeouts.total),
+            ("--client-header-timeout", self.client.header_timeout),
+            ("--client-body-timeout", self.client.body_timeout),
+            ("--client-idle-timeout", self.client.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be greater than zero"));
@@ -441,6 +490,9 @@ impl Settings {
             ("--probe-interval", sch.probe_interval),
             ("--breaker-cooldown", sch.breaker_cooldown),
             ("--queue-timeout", sch.queue_timeout),
+            ("--client-header-timeout", self.client.header_timeout),
+            ("--client-body-timeout", self.client.body_timeout),
+            ("--client-idle-timeout", self.client.idle_timeout),
         ] {
             if d > MAX_DURATION {
                 return Err(format!("{name} must be at most 366 days"));
@@ -550,6 +602,11 @@ struct FileSettings {
     breaker_threshold: Option<u32>,
     breaker_cooldown: Option<HumanDuration>,
     queue_timeout: Option<HumanDuration>,
+    client_header_timeout: Option<HumanDuration>,
+    client_body_timeout: Option<HumanDuration>,
+    client_idle_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    metrics_token: Option<Secret>,
 }
 
 impl FileSettings {
@@ -652,6 +709,21 @@ pub struct Cli {
     /// How long a request waits for a key to come back instead of failing [default: 0s]
     #[arg(long, env = "GATEWAY_QUEUE_TIMEOUT")]
     pub queue_timeout: Option<HumanDuration>,
+    /// The whole request head must arrive in this time [default: 10s]
+    #[arg(long, env = "GATEWAY_CLIENT_HEADER_TIMEOUT")]
+    pub client_header_timeout: Option<HumanDuration>,
+    /// The whole request body must arrive in this time [default: 60s]
+    #[arg(long, env = "GATEWAY_CLIENT_BODY_TIMEOUT")]
+    pub client_body_timeout: Option<HumanDuration>,
+    /// A client connection with no request open is closed after this [default: 75s]
+    #[arg(long, env = "GATEWAY_CLIENT_IDLE_TIMEOUT")]
+    pub client_idle_timeout: Option<HumanDuration>,
+    /// Client connections held at once [default: from the open-files limit]
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Bearer token `/metrics` asks for; open when unset.
+    #[arg(long, env = "GATEWAY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 #[cfg(test)]
