@@ -62,13 +62,17 @@ impl Core {
         )
     }
 
-    /// Re-reads the configured keys (direct ones and the keys file) into the pool.
+    /// Re-reads the configured keys (direct ones and the keys file) into the pool. Whatever
+    /// the outcome, it is logged once and counted, so an operator sees a refused file.
     pub fn reload_keys(&self) -> Result<ReloadSummary, String> {
         if self.settings.demo {
             return Err("demo mode uses fixed demo keys; there is nothing to reload".into());
         }
-        let specs = self.settings.read_keys()?;
-        let result = self.pool.reload(&specs);
+        let result = self
+            .settings
+            .read_keys()
+            .and_then(|specs| self.pool.reload(&specs));
+        self.metrics.key_reload(result.is_ok());
         match &result {
             Ok(s) => tracing::info!(
                 kept = s.kept,
@@ -77,17 +81,28 @@ impl Core {
                 total = s.total,
                 "keys reloaded"
             ),
-            Err(e) => tracing::warn!(error = %e, "key reload refused"),
+            Err(e) => tracing::warn!(error = %e, "key reload refused; keeping the current keys"),
         }
         result
     }
+
+    /// `None` when `/metrics` is open; else whether `authorization` carries the metrics token.
+    pub fn metrics_authorized(&self, authorization: Option<&[u8]>) -> Option<bool> {
+        let token = self.settings.metrics_token.as_ref()?;
+        Some(
+            authorization
+                .and_then(bearer_token)
+                .is_some_and(|t| token.matches(t)),
+        )
+    }
 }
 
-/// `Bearer <token>` → token.
+/// `Bearer <token>` → token. The scheme is case-insensitive (RFC 9110 §11.1).
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let rest = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))?;
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
     let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
 }
@@ -164,6 +179,9 @@ impl Gateway {
         let app = crate::server::app(core.clone());
         let server = tokio::spawn(crate::server::serve(listener, app, stop.clone()));
         tracing::info!(%addr, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
+        if !core.auth_tokens.is_empty() && core.settings.metrics_token.is_none() {
+            tracing::warn!("clients need a gateway token but /metrics is open to anyone who reaches this address; set --metrics-token to close it");
+        }
         Ok(Gateway {
             addr,
             core,
@@ -209,10 +227,13 @@ fn watch_keys_file(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                let _ = tx.try_send(());
-            }
+        let Ok(event) = event else { return };
+        // Only what changes the file's content or replaces it. Opening or reading the file
+        // (the reload itself does) must not schedule another reload.
+        if changes_content(&event.kind)
+            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.try_send(());
         }
     })
     .map_err(|e| format!("cannot watch the keys file: {e}"))?;
@@ -238,6 +259,20 @@ fn watch_keys_file(
     Ok(watcher)
 }
 
+/// Writes, creations and renames (editors that save by replacing the file rename over it);
+/// not opens, reads or metadata changes.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind;
+    match kind {
+        EventKind::Create(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
+}
+
 fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -254,4 +289,43 @@ fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
             let _ = core.reload_keys();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(b"Bearer tok"), Some(&b"tok"[..]));
+        assert_eq!(bearer_token(b"BEARER tok "), Some(&b"tok"[..]));
+        assert_eq!(bearer_token(b"bEaReR  tok"), Some(&b"tok"[..]));
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Basic dG9rOg=="), None);
+        assert_eq!(bearer_token(b"Bear"), None);
+        assert_eq!(bearer_token(b"Bearertok"), None);
+    }
+
+    #[test]
+    fn only_content_changes_reload() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RenameMode,
+        };
+        use notify::EventKind;
+        let reloads = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ];
+        let ignored = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            EventKind::Remove(notify::event::RemoveKind::File),
+        ];
+        assert!(reloads.iter().all(changes_content));
+        assert!(!ignored.iter().any(changes_content));
+    }
 }

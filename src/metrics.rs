@@ -38,6 +38,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     http_latency: Histogram,
     grpc_latency: Histogram,
+    /// Key reloads by outcome: `[applied, refused]`.
+    key_reloads: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -53,6 +55,11 @@ impl Metrics {
             "grpc" => self.grpc_latency.observe(elapsed),
             _ => self.http_latency.observe(elapsed),
         }
+    }
+
+    /// Counts one key reload (file watch, SIGHUP or admin), applied or refused.
+    pub fn key_reload(&self, applied: bool) {
+        self.key_reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, pool: &KeyPool) -> String {
@@ -91,6 +98,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "gateway_request_duration_seconds_count{{door=\"{door}\"}} {total}"
+            );
+        }
+        out.push_str("# HELP gateway_key_reloads_total Key list reloads, by result.\n");
+        out.push_str("# TYPE gateway_key_reloads_total counter\n");
+        for (result, n) in ["applied", "refused"].iter().zip(&self.key_reloads) {
+            let _ = writeln!(
+                out,
+                "gateway_key_reloads_total{{result=\"{result}\"}} {}",
+                n.load(Ordering::Relaxed)
             );
         }
         let keys = pool.view();

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
+use super::error::HttpError;
+use crate::chat::GatewayError;
 use crate::gateway::Core;
 
 pub async fn healthz() -> Response {
@@ -25,7 +27,11 @@ pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
     }
 }
 
-pub async fn metrics(State(core): State<Arc<Core>>) -> Response {
+pub async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if core.metrics_authorized(authorization) == Some(false) {
+        return HttpError::from(GatewayError::Unauthenticated).into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
