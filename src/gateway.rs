@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::{ChatRequest, GatewayError};
-use crate::config::{Secret, Settings};
+use crate::config::{Secret, Settings, SettingsError};
 use crate::keys::{KeyPool, ReloadSummary};
 use crate::metrics::Metrics;
 use crate::upstream::{probe, Dispatcher, Models, UpstreamClient};
@@ -71,6 +71,7 @@ impl Core {
         let result = self
             .settings
             .read_keys()
+            .map_err(|e| e.to_string())
             .and_then(|specs| self.pool.reload(&specs));
         self.metrics.key_reload(result.is_ok());
         match &result {
@@ -107,6 +108,24 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS")]
+    NoKeys,
+    /// The listener, the upstream client or the keys-file watcher could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError::Setup(message)
+    }
+}
+
 /// A started gateway.
 pub struct Gateway {
     addr: SocketAddr,
@@ -120,7 +139,7 @@ pub struct Gateway {
 impl Gateway {
     /// Validates the settings, builds the core, binds the listener and starts serving. Returns
     /// once the port accepts connections.
-    pub async fn start(mut settings: Settings) -> Result<Gateway, String> {
+    pub async fn start(mut settings: Settings) -> Result<Gateway, StartError> {
         settings.validate()?;
         let stop = CancellationToken::new();
         if settings.demo {
@@ -131,9 +150,7 @@ impl Gateway {
         }
         let specs = settings.read_keys()?;
         if specs.is_empty() {
-            return Err(
-                "the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS".into(),
-            );
+            return Err(StartError::NoKeys);
         }
         let auth_tokens = settings.read_auth_tokens()?;
         let pool = KeyPool::new(&specs, settings.scheduler.clone());

@@ -69,10 +69,7 @@ async fn a_malformed_keys_file_is_refused_once_and_says_which_line() {
     assert_eq!(reloads(&gw, "refused").await, 1, "a refusal looped");
     let resp = gw.admin_post("admintok", "/admin/keys/reload").await;
     assert_eq!(resp.status, 409, "{}", resp.text());
-    let message = resp.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("line 3"), "{message}");
     assert!(message.contains("weight"), "{message}");
     assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
@@ -87,7 +84,12 @@ async fn the_bearer_scheme_is_case_insensitive_and_a_401_names_it() {
     })
     .await;
 
-    for value in ["BEARER tok-1", "bearer tok-1", "Bearer tok-1", "bEaReR tok-1"] {
+    for value in [
+        "BEARER tok-1",
+        "bearer tok-1",
+        "Bearer tok-1",
+        "bEaReR tok-1",
+    ] {
         let resp = gw
             .http
             .chat_with(&chat_body(), &[("authorization", value)])
@@ -131,7 +133,9 @@ async fn metrics_ask_for_the_metrics_token_when_one_is_set() {
         .get_with("/metrics", &[("authorization", "Bearer scrape-tok")])
         .await;
     assert_eq!(resp.status, 200);
-    assert!(resp.text().contains("# TYPE gateway_requests_total counter"));
+    assert!(resp
+        .text()
+        .contains("# TYPE gateway_requests_total counter"));
     // The operations endpoints that probes use stay open.
     assert_eq!(gw.http.get("/healthz").await.status, 200);
 }

@@ -1,0 +1,224 @@
+//! The settings table: each setting is written once here (its name, flag and environment
+//! variable, default and help), and the three layers come from that one row: the command line
+//! (clap, which also reads the environment), the TOML file (serde) and the defaults. The help
+//! text's `[default: …]` is the same literal the default is parsed from, so they cannot drift.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use super::{HumanDuration, LogFormat, Secret, Strategy};
+
+/// Defines [`Layer`]: `required` rows have a default (every merged layer holds them),
+/// `optional` rows may stay unset, `lists` are comma lists read from the environment only (a
+/// key on the command line would show in `ps`) or as TOML arrays.
+macro_rules! settings_table {
+    (
+        required { $( $(#[$ra:meta])* $rf:ident : $rt:ty = $rd:literal, $rh:literal; )* }
+        optional { $( $(#[$oa:meta])* $of:ident : $ot:ty, $oh:literal; )* }
+        lists { $( $lf:ident, $lenv:literal, $lh:literal; )* }
+    ) => {
+        /// One layer of settings: the command line with the environment, or the TOML file.
+        #[derive(clap::Args, Deserialize, Default, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( $(#[$ra])* #[arg(help = concat!($rh, " [default: ", $rd, "]"))] pub $rf: Option<$rt>, )*
+            $( $(#[$oa])* #[arg(help = $oh)] pub $of: Option<$ot>, )*
+            $(
+                #[doc = $lh]
+                #[arg(skip = CommaList::from_env($lenv))]
+                pub $lf: Option<CommaList>,
+            )*
+        }
+
+        impl Layer {
+            /// Every default, parsed from the same literal the help text shows.
+            pub fn defaults() -> Layer {
+                Layer {
+                    $( $rf: Some(parse_default::<$rt>(stringify!($rf), $rd)), )*
+                    ..Layer::default()
+                }
+            }
+
+            /// This layer over `lower`: a setting given here wins. Lists are the exception
+            /// the caller decides on, so they are kept apart in [`Layer::lists`].
+            pub fn over(self, lower: Layer) -> Layer {
+                Layer {
+                    $( $rf: self.$rf.or(lower.$rf), )*
+                    $( $of: self.$of.or(lower.$of), )*
+                    $( $lf: self.$lf.or(lower.$lf), )*
+                }
+            }
+
+            /// The names of every setting, as the TOML file spells them.
+            pub fn names() -> &'static [&'static str] {
+                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )*]
+            }
+        }
+    };
+}
+
+settings_table! {
+    required {
+        #[arg(long, env = "GATEWAY_LISTEN")]
+        listen: SocketAddr = "127.0.0.1:8000", "One address serving HTTP/1.1, h2c and gRPC";
+        #[arg(long, env = "MEGALLM_BASE_URL")]
+        upstream: String = "https://ai.megallm.io/v1", "OpenAI-compatible upstream base URL";
+        #[arg(long, env = "GATEWAY_DEFAULT_MODEL")]
+        default_model: String = "openai-gpt-oss-120b", "Model used when a request names none";
+        #[arg(long, env = "GATEWAY_MAX_ATTEMPTS")]
+        max_attempts: u32 = "3", "Upstream tries per request, each on a different key where possible";
+        #[arg(long, env = "GATEWAY_DEMO", num_args = 0..=1, default_missing_value = "true",
+              value_parser = clap::builder::FalseyValueParser::new())]
+        demo: bool = "false", "Serve against an embedded simulated upstream with demo keys";
+        #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum)]
+        log_format: LogFormat = "text", "Log format; the level comes from RUST_LOG";
+        #[arg(long, env = "GATEWAY_MAX_BODY_BYTES")]
+        max_body_bytes: usize = "33554432", "Largest accepted request body in bytes";
+        #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE")]
+        shutdown_grace: HumanDuration = "30s", "Grace period for in-flight requests at shutdown";
+        #[arg(long, env = "GATEWAY_MODELS_CACHE_TTL")]
+        models_cache_ttl: HumanDuration = "60s", "How long the upstream's model list is cached";
+        #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT")]
+        connect_timeout: HumanDuration = "10s", "Upstream connect timeout";
+        #[arg(long, env = "GATEWAY_FIRST_BYTE_TIMEOUT")]
+        first_byte_timeout: HumanDuration = "120s", "Time to the response head, and on streams to the first event";
+        #[arg(long, env = "GATEWAY_IDLE_TIMEOUT")]
+        idle_timeout: HumanDuration = "120s", "Longest silence between stream events";
+        #[arg(long, env = "GATEWAY_TOTAL_TIMEOUT")]
+        total_timeout: HumanDuration = "600s", "Whole request including all attempts and the full stream";
+        #[arg(long, env = "GATEWAY_STRATEGY", value_enum)]
+        strategy: Strategy = "round-robin", "Key choice among usable keys";
+        #[arg(long, env = "GATEWAY_BACKOFF_BASE")]
+        backoff_base: HumanDuration = "1s", "First backoff after a 429 without Retry-After";
+        #[arg(long, env = "GATEWAY_BACKOFF_MAX")]
+        backoff_max: HumanDuration = "60s", "Cap of the 429 backoff";
+        #[arg(long, env = "GATEWAY_QUOTA_BENCH")]
+        quota_bench: HumanDuration = "1h", "Bench for a key whose quota is exhausted";
+        #[arg(long, env = "GATEWAY_PROBE_INTERVAL")]
+        probe_interval: HumanDuration = "10m", "Probe interval for keys disabled as invalid";
+        #[arg(long, env = "GATEWAY_BREAKER_THRESHOLD")]
+        breaker_threshold: u32 = "3", "Transient failures in a row that bench a key";
+        #[arg(long, env = "GATEWAY_BREAKER_COOLDOWN")]
+        breaker_cooldown: HumanDuration = "30s", "Bench after the breaker opens, before a half-open trial";
+        #[arg(long, env = "GATEWAY_QUEUE_TIMEOUT")]
+        queue_timeout: HumanDuration = "0s", "How long a request waits for a key to come back instead of failing";
+        #[arg(long, env = "GATEWAY_CLIENT_HEADER_TIMEOUT")]
+        client_header_timeout: HumanDuration = "10s", "The whole request head must arrive in this time";
+        #[arg(long, env = "GATEWAY_CLIENT_BODY_TIMEOUT")]
+        client_body_timeout: HumanDuration = "60s", "The whole request body must arrive in this time";
+        #[arg(long, env = "GATEWAY_CLIENT_IDLE_TIMEOUT")]
+        client_idle_timeout: HumanDuration = "75s", "A client connection with no request open is closed after this";
+    }
+    optional {
+        #[arg(long, env = "MEGALLM_KEYS_FILE")]
+        keys_file: PathBuf, "Keys file: one key a line, `#` comments; re-read on change and on SIGHUP";
+        #[arg(long)]
+        auth_tokens_file: PathBuf, "File of gateway tokens clients must present as `Authorization: Bearer <token>`";
+        #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Secret, "Token for the admin API; the admin API answers 404 unless this is set";
+        #[arg(long, env = "GATEWAY_METRICS_TOKEN", hide_env_values = true)]
+        metrics_token: Secret, "Bearer token /metrics asks for; open when unset";
+        #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+        max_connections: usize, "Client connections held at once [default: from the open-files limit]";
+    }
+    lists {
+        api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas (environment only); joined with the keys file's";
+        auth_tokens, "GATEWAY_AUTH_TOKENS", "Gateway tokens separated by commas (environment only)";
+    }
+}
+
+/// The command line: the settings layer and where to find the TOML file.
+#[derive(Parser, Debug, Default)]
+#[command(name = "megallm-gateway", version, about)]
+pub struct Cli {
+    /// TOML file with any of the settings below (keys named like the flags, with underscores).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub layer: Layer,
+}
+
+/// A list given as `a,b,c` in the environment or as an array in the TOML file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommaList(pub Vec<String>);
+
+impl CommaList {
+    fn from_env(name: &str) -> Option<CommaList> {
+        std::env::var(name).ok().map(|v| CommaList::split(&v))
+    }
+
+    fn split(text: &str) -> CommaList {
+        CommaList(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for CommaList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::List(items) => CommaList(items),
+            Raw::Text(text) => CommaList::split(&text),
+        })
+    }
+}
+
+fn parse_default<T: FromStr>(name: &str, literal: &str) -> T {
+    match literal.parse() {
+        Ok(v) => v,
+        // The literals are compiled in and checked by a unit test: a bug, not input.
+        Err(_) => panic!("the default of {name} ({literal}) does not parse"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_default_parses_and_the_command_line_is_well_formed() {
+        let d = Layer::defaults();
+        assert_eq!(d.listen, Some("127.0.0.1:8000".parse().unwrap()));
+        assert!(d.keys_file.is_none());
+        Cli::command().debug_assert();
+        assert!(Layer::names().contains(&"client_idle_timeout"));
+    }
+
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let help = Cli::command().render_help().to_string();
+        for needle in [
+            "[default: 127.0.0.1:8000]",
+            "[default: 3]",
+            "[default: round-robin]",
+        ] {
+            assert!(
+                help.contains(needle),
+                "{needle} missing from --help:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bare_demo_flag_is_true() {
+        let cli = Cli::try_parse_from(["megallm-gateway", "--demo"]).unwrap();
+        assert_eq!(cli.layer.demo, Some(true));
+        let cli = Cli::try_parse_from(["megallm-gateway", "--demo", "false"]).unwrap();
+        assert_eq!(cli.layer.demo, Some(false));
+    }
+}
