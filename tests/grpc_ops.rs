@@ -12,8 +12,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const ADMIN: &str = "admintok";
-
 async fn channel(gw: &TestGateway) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
         .expect("endpoint")
@@ -187,10 +185,7 @@ async fn watch_until(health: &mut HealthClient<Channel>, service: &str, want: Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_pool_through_admin_disable_and_enable() {
     let mock = MockUpstream::start().await;
-    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| {
-        s.admin_token = Some(Secret::new(ADMIN.into()))
-    })
-    .await;
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| with_admin(s)).await;
     let mut health = HealthClient::new(channel(&gw).await);
     for service in ["", "megallm.v1.ChatService"] {
         assert_eq!(

@@ -52,7 +52,7 @@ async fn a_malformed_keys_file_is_refused_once_and_says_which_line() {
     let path = kf.path().to_path_buf();
     let gw = spawn_gateway(&mock, &[], |s| {
         s.keys_file = Some(path.clone());
-        s.admin_token = Some(Secret::new("admintok".into()));
+        with_admin(s);
     })
     .await;
 
@@ -67,7 +67,7 @@ async fn a_malformed_keys_file_is_refused_once_and_says_which_line() {
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(reloads(&gw, "refused").await, 1, "a refusal looped");
-    let resp = gw.admin_post("admintok", "/admin/keys/reload").await;
+    let resp = gw.admin_post(ADMIN, "/admin/keys/reload").await;
     assert_eq!(resp.status, 409, "{}", resp.text());
     let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("line 3"), "{message}");

@@ -8,12 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const ADMIN: &str = "admintok";
-
-fn with_admin(s: &mut Settings) {
-    s.admin_token = Some(Secret::new(ADMIN.into()));
-}
-
 fn bearer(tok: &str) -> String {
     format!("Bearer {tok}")
 }

@@ -6,12 +6,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const ADMIN: &str = "admintok";
-
-fn with_admin(s: &mut Settings) {
-    s.admin_token = Some(Secret::new(ADMIN.into()));
-}
-
 /// Sends chat requests one after the other (`every` apart) until `done()` or `timeout`;
 /// asserts each answer is 200 and returns them.
 async fn send_until(

@@ -91,6 +91,14 @@ pub fn stream_body() -> Value {
     json!({"messages": [{"role": "user", "content": "hi"}], "stream": true})
 }
 
+/// The admin token the tests configure with [`with_admin`].
+pub const ADMIN: &str = "admintok";
+
+/// A settings tweak: the admin API on, with [`ADMIN`] as its token.
+pub fn with_admin(s: &mut Settings) {
+    s.admin_token = Some(Secret::new(ADMIN.into()));
+}
+
 /// A running gateway. Dropping it leaves the server to the end of the test's runtime; call
 /// [`TestGateway::shutdown`] to stop it gracefully.
 pub struct TestGateway {
