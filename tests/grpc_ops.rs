@@ -185,7 +185,7 @@ async fn watch_until(health: &mut HealthClient<Channel>, service: &str, want: Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_pool_through_admin_disable_and_enable() {
     let mock = MockUpstream::start().await;
-    let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| with_admin(s)).await;
+    let gw = spawn_gateway(&mock, &["key-a", "key-b"], with_admin).await;
     let mut health = HealthClient::new(channel(&gw).await);
     for service in ["", "megallm.v1.ChatService"] {
         assert_eq!(
