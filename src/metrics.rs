@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::keys::KeyPool;
+use crate::keys::{FailureClass, KeyPool, KeyStatus};
 
 /// Latency bucket bounds in seconds.
 const BUCKETS: [f64; 12] = [
@@ -112,7 +112,7 @@ impl Metrics {
         let keys = pool.view();
         let usable = keys
             .iter()
-            .filter(|k| k.state == "ready" || k.state == "half_open")
+            .filter(|k| matches!(k.state, KeyStatus::Ready | KeyStatus::HalfOpen))
             .count();
         out.push_str("# HELP gateway_keys_usable Keys that can take a request now.\n");
         out.push_str("# TYPE gateway_keys_usable gauge\n");
@@ -124,12 +124,14 @@ impl Metrics {
         );
         out.push_str("# HELP gateway_key_state 1 for the state each key is in.\n# TYPE gateway_key_state gauge\n");
         for k in &keys {
-            for state in ["ready", "cooling", "half_open", "disabled"] {
+            for state in KeyStatus::ALL {
                 let v = u8::from(k.state == state);
                 let _ = writeln!(
                     out,
-                    "gateway_key_state{{key=\"{}\",fingerprint=\"{}\",state=\"{state}\"}} {v}",
-                    k.id, k.fingerprint
+                    "gateway_key_state{{key=\"{}\",fingerprint=\"{}\",state=\"{}\"}} {v}",
+                    k.id,
+                    k.fingerprint,
+                    state.name()
                 );
             }
         }
@@ -146,16 +148,8 @@ impl Metrics {
         );
         out.push_str("# TYPE gateway_key_upstream_requests_total counter\n");
         for k in &keys {
-            let f = &k.failures;
-            for (class, n) in [
-                ("success", k.successes),
-                ("rate_limited", f.rate_limited),
-                ("quota", f.quota),
-                ("credential", f.credential),
-                ("transient", f.transient),
-                ("caller", f.caller),
-                ("stream_broken", f.stream_broken),
-            ] {
+            let failures = FailureClass::ALL.map(|c| (c.name(), k.failures[c]));
+            for (class, n) in std::iter::once(("success", k.successes)).chain(failures) {
                 let _ = writeln!(
                     out,
                     "gateway_key_upstream_requests_total{{key=\"{}\",class=\"{class}\"}} {n}",

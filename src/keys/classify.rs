@@ -28,15 +28,63 @@ impl Outcome {
         !matches!(self, Outcome::Success | Outcome::CallerFault)
     }
 
-    pub fn class(self) -> &'static str {
+    /// The failure class this outcome counts under; `None` for a success.
+    pub fn class(self) -> Option<FailureClass> {
         match self {
-            Outcome::Success => "success",
-            Outcome::CallerFault => "caller",
-            Outcome::RateLimited { .. } => "rate_limited",
-            Outcome::QuotaExhausted => "quota",
-            Outcome::InvalidCredential => "credential",
-            Outcome::Transient => "transient",
+            Outcome::Success => None,
+            Outcome::CallerFault => Some(FailureClass::Caller),
+            Outcome::RateLimited { .. } => Some(FailureClass::RateLimited),
+            Outcome::QuotaExhausted => Some(FailureClass::Quota),
+            Outcome::InvalidCredential => Some(FailureClass::Credential),
+            Outcome::Transient => Some(FailureClass::Transient),
         }
+    }
+}
+
+/// What went wrong on a key, as counted and shown: the outcomes other than success, and a
+/// stream that broke after its first byte. [`FailureClass::name`] is the one spelling of each
+/// (admin JSON, `LastError.class`, the metric's `class` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    RateLimited,
+    Quota,
+    Credential,
+    Transient,
+    Caller,
+    StreamBroken,
+}
+
+impl FailureClass {
+    /// Every class, in the order the admin API and metrics list them.
+    pub const ALL: [FailureClass; 6] = [
+        FailureClass::RateLimited,
+        FailureClass::Quota,
+        FailureClass::Credential,
+        FailureClass::Transient,
+        FailureClass::Caller,
+        FailureClass::StreamBroken,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Quota => "quota",
+            FailureClass::Credential => "credential",
+            FailureClass::Transient => "transient",
+            FailureClass::Caller => "caller",
+            FailureClass::StreamBroken => "stream_broken",
+        }
+    }
+
+    /// Its place in [`FailureClass::ALL`], for arrays indexed by class.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl serde::Serialize for FailureClass {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -233,6 +281,18 @@ mod tests {
         for s in [500, 502, 503, 504, 408, 301, 308] {
             assert_eq!(classify(s, &none, b""), Outcome::Transient, "{s}");
         }
+    }
+
+    #[test]
+    fn failure_classes_are_listed_in_index_order() {
+        for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+            assert_eq!(class.index(), i, "{class:?}");
+        }
+        assert_eq!(Outcome::Success.class(), None);
+        assert_eq!(
+            serde_json::to_string(&Outcome::Transient.class()).unwrap(),
+            "\"transient\""
+        );
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! One key's state machine: `ready`, `cooling(until)`, `half_open`, `disabled(reason)`, plus
 //! the streaks and the per-minute token bucket that drive it. Pure: every method takes `now`,
 //! so unit tests drive it with a paused clock and no sleeps.
+//!
+//! Its fields are private: choice reads it through [`KeyState::check`] and [`KeyState::take`],
+//! and every other change is a [`Transition`] applied by [`KeyState::apply`] (through the
+//! store, `super::store`). Longer than most files here because its tests are its spec: one
+//! test per row of DESIGN.md's state table and per race between overlapping requests.
 
 use std::time::Duration;
 
@@ -84,14 +89,38 @@ impl Bucket {
     }
 }
 
+/// A change to a key's state other than choice's own `take`: the only ways into
+/// [`KeyState::apply`], so that a shared store sees (and can publish) every one of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transition {
+    /// The upstream's verdict on a request that held `ticket`; `jitter` in [0, 1) spreads
+    /// backoffs (tests pass a constant).
+    Outcome {
+        outcome: Outcome,
+        ticket: Ticket,
+        jitter: f64,
+    },
+    /// A half-open trial ended without a verdict (the client went away).
+    ReleaseTrial,
+    /// An operator benches the key until an operator enables it.
+    AdminDisable,
+    /// An operator makes the key ready now, clearing cooldowns and streaks.
+    AdminEnable,
+    /// The probe claims a key disabled as invalid whose probe is due.
+    ProbeStart,
+    /// The probe's verdict: did the upstream accept the credential?
+    ProbeResult { ok: bool },
+}
+
 #[derive(Clone, Debug)]
 pub struct KeyState {
-    pub health: Health,
+    health: Health,
     /// Transient failures in a row (the breaker trips at the threshold).
-    pub transient_streak: u32,
+    transient_streak: u32,
     /// 429s in a row, for the exponential backoff when no reset time is given.
-    pub rate_limit_streak: u32,
-    pub last_probe: Option<Instant>,
+    rate_limit_streak: u32,
+    /// When the key was last probed (or disabled as invalid): the next probe waits an interval.
+    last_probe: Option<Instant>,
     bucket: Option<Bucket>,
 }
 
@@ -110,6 +139,46 @@ impl KeyState {
         }
     }
 
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Applies one transition. Returns whether it took effect: false for an outcome on a
+    /// disabled key, a trial release with no trial in flight, a probe that is not due, and a
+    /// probe result that does not bring the key back; admin transitions always take effect.
+    pub fn apply(&mut self, now: Instant, transition: Transition, cfg: &SchedulerSettings) -> bool {
+        match transition {
+            Transition::Outcome {
+                outcome,
+                ticket,
+                jitter,
+            } => self.record(now, outcome, ticket, cfg, jitter),
+            Transition::ReleaseTrial => self.release_trial(),
+            Transition::AdminDisable => {
+                self.health = Health::Disabled {
+                    cause: DisableCause::Admin,
+                };
+                true
+            }
+            Transition::AdminEnable => {
+                self.health = Health::Ready;
+                self.transient_streak = 0;
+                self.rate_limit_streak = 0;
+                true
+            }
+            Transition::ProbeStart => {
+                let due = self.probe_due(now, cfg.probe_interval);
+                if due {
+                    self.last_probe = Some(now);
+                }
+                due
+            }
+            Transition::ProbeResult { ok } => self.probe_result(ok, now),
+        }
+    }
+
+    /// The per-minute budget is local configuration, not a transition: every replica reads
+    /// the same keys file.
     pub fn set_rpm(&mut self, rpm: Option<u32>, now: Instant) {
         match (rpm, &mut self.bucket) {
             (Some(rpm), Some(b)) => b.rpm = rpm,
@@ -190,32 +259,34 @@ impl KeyState {
     }
 
     /// A trial that ended without an upstream verdict (the client went away) frees the slot.
-    pub fn release_trial(&mut self) {
-        if let Health::HalfOpen {
-            trial_in_flight: true,
-        } = self.health
-        {
+    fn release_trial(&mut self) -> bool {
+        let busy = self.health
+            == Health::HalfOpen {
+                trial_in_flight: true,
+            };
+        if busy {
             self.health = Health::HalfOpen {
                 trial_in_flight: false,
             };
         }
+        busy
     }
 
     /// Applies an upstream outcome. `jitter` in [0, 1) spreads backoffs (tests pass a constant).
-    pub fn record(
+    fn record(
         &mut self,
         now: Instant,
         outcome: Outcome,
         ticket: Ticket,
         cfg: &SchedulerSettings,
         jitter: f64,
-    ) {
+    ) -> bool {
         // Requests overlap: answers to requests sent earlier arrive after a later verdict.
         // A disabled key leaves that state only through the probe or an operator, and a
         // success never cuts short a cooldown the upstream asked for.
         self.tick(now);
         if let Health::Disabled { .. } = self.health {
-            return;
+            return false;
         }
         let next = match outcome {
             Outcome::Success => {
@@ -270,26 +341,30 @@ impl KeyState {
             (Some(Health::Cooling { until: new, .. }), Health::Cooling { until: old, .. })
                 if old >= new => {}
             (Some(health), _) => self.health = health,
-            (None, _) if ticket.trial => self.release_trial(),
+            (None, _) if ticket.trial => {
+                self.release_trial();
+            }
             (None, _) => {}
         }
+        true
     }
 
-    /// The probe's verdict on a key disabled as invalid.
-    pub fn probe_result(&mut self, ok: bool, now: Instant) {
+    /// The probe's verdict on a key disabled as invalid; true when it brings the key back.
+    fn probe_result(&mut self, ok: bool, now: Instant) -> bool {
         self.last_probe = Some(now);
-        if ok
+        let revived = ok
             && self.health
                 == (Health::Disabled {
                     cause: DisableCause::InvalidCredential,
-                })
-        {
+                });
+        if revived {
             self.health = Health::Ready;
             self.transient_streak = 0;
         }
+        revived
     }
 
-    pub fn probe_due(&self, now: Instant, interval: Duration) -> bool {
+    fn probe_due(&self, now: Instant, interval: Duration) -> bool {
         self.health
             == (Health::Disabled {
                 cause: DisableCause::InvalidCredential,
@@ -444,9 +519,12 @@ mod tests {
         };
         let t = s.take(Instant::now(), 0, None).unwrap();
         assert!(t.trial);
-        s.release_trial();
+        assert!(s.apply(Instant::now(), Transition::ReleaseTrial, &cfg));
+        assert!(
+            !s.apply(Instant::now(), Transition::ReleaseTrial, &cfg),
+            "no trial left to release"
+        );
         assert!(s.take(Instant::now(), 0, None).unwrap().trial);
-        let _ = cfg;
     }
 
     #[tokio::test(start_paused = true)]
@@ -459,12 +537,43 @@ mod tests {
         // A request that started before the 401 and succeeds late does not revive it.
         s.record(Instant::now(), Outcome::Success, PLAIN, &cfg, 0.5);
         assert_eq!(s.check(Instant::now(), 0, None), Err(Blocked::Disabled));
-        assert!(!s.probe_due(Instant::now(), cfg.probe_interval));
+        let start = |s: &mut KeyState| s.apply(Instant::now(), Transition::ProbeStart, &cfg);
+        assert!(
+            !start(&mut s),
+            "the first probe waits an interval after the 401"
+        );
         tokio::time::advance(cfg.probe_interval).await;
-        assert!(s.probe_due(Instant::now(), cfg.probe_interval));
-        s.probe_result(false, Instant::now());
-        assert!(!s.probe_due(Instant::now(), cfg.probe_interval));
-        s.probe_result(true, Instant::now());
+        assert!(start(&mut s));
+        assert!(!start(&mut s), "a claimed probe is not handed out twice");
+        tokio::time::advance(cfg.probe_interval).await;
+        let refused = Transition::ProbeResult { ok: false };
+        assert!(!s.apply(Instant::now(), refused, &cfg));
+        assert_eq!(s.check(Instant::now(), 0, None), Err(Blocked::Disabled));
+        assert!(!start(&mut s), "a refused probe waits another interval");
+        tokio::time::advance(cfg.probe_interval).await;
+        assert!(start(&mut s));
+        s.transient_streak = 2;
+        assert!(s.apply(Instant::now(), Transition::ProbeResult { ok: true }, &cfg));
+        assert_eq!((s.health, s.transient_streak), (Health::Ready, 0));
+        assert!(!start(&mut s), "a ready key is not probed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_result_only_revives_a_key_disabled_as_invalid() {
+        let cfg = cfg();
+        let ok = Transition::ProbeResult { ok: true };
+        let mut s = KeyState::new(None, Instant::now());
+        s.record(Instant::now(), Outcome::QuotaExhausted, PLAIN, &cfg, 0.5);
+        assert!(!s.apply(Instant::now(), ok, &cfg));
+        assert!(
+            matches!(s.health, Health::Cooling { .. }),
+            "a cooldown stands"
+        );
+        let mut s = KeyState::new(None, Instant::now());
+        assert!(
+            !s.apply(Instant::now(), ok, &cfg),
+            "a ready key stays as it is"
+        );
         assert_eq!(s.health, Health::Ready);
     }
 
@@ -520,19 +629,55 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn admin_disable_is_sticky() {
-        let cfg = cfg();
+        let mut cfg = cfg();
+        cfg.probe_interval = Duration::from_secs(1);
         let mut s = KeyState::new(None, Instant::now());
-        s.health = Health::Disabled {
-            cause: DisableCause::Admin,
+        assert!(s.apply(Instant::now(), Transition::AdminDisable, &cfg));
+        assert_eq!(s.check(Instant::now(), 0, None), Err(Blocked::Disabled));
+        let success = Transition::Outcome {
+            outcome: Outcome::Success,
+            ticket: PLAIN,
+            jitter: 0.5,
         };
-        s.record(Instant::now(), Outcome::Success, PLAIN, &cfg, 0.5);
-        s.probe_result(true, Instant::now());
+        assert!(!s.apply(Instant::now(), success, &cfg), "ignored");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            !s.apply(Instant::now(), Transition::ProbeStart, &cfg),
+            "the probe leaves an operator's decision alone"
+        );
+        assert!(!s.apply(Instant::now(), Transition::ProbeResult { ok: true }, &cfg));
         assert_eq!(
             s.health,
             Health::Disabled {
                 cause: DisableCause::Admin
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admin_disable_overrides_any_state_and_enable_clears_everything() {
+        let cfg = cfg();
+        let mut s = KeyState::new(None, Instant::now());
+        let t = s.take(Instant::now(), 0, None).unwrap();
+        let retry = Outcome::RateLimited {
+            reset: Some(Duration::from_secs(600)),
+        };
+        s.record(Instant::now(), retry, t, &cfg, 0.5);
+        s.record(Instant::now(), Outcome::Transient, PLAIN, &cfg, 0.5);
+        assert_eq!((s.rate_limit_streak, s.transient_streak), (1, 1));
+        s.apply(Instant::now(), Transition::AdminDisable, &cfg);
+        assert_eq!(s.check(Instant::now(), 0, None), Err(Blocked::Disabled));
+        // Enable cuts short even the upstream's own cooldown: the operator decides.
+        assert!(s.apply(Instant::now(), Transition::AdminEnable, &cfg));
+        assert_eq!(
+            (s.health, s.rate_limit_streak, s.transient_streak),
+            (Health::Ready, 0, 0)
+        );
+        assert_eq!(s.take(Instant::now(), 0, None), Ok(PLAIN));
+        // And it brings back a key disabled as invalid without waiting for the probe.
+        s.record(Instant::now(), Outcome::InvalidCredential, PLAIN, &cfg, 0.5);
+        assert!(s.apply(Instant::now(), Transition::AdminEnable, &cfg));
+        assert_eq!(s.check(Instant::now(), 0, None), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]

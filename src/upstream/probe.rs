@@ -28,15 +28,15 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            for key in pool.due_probes() {
-                let status = match tokio::time::timeout(timeout, client.models(key.secret())).await
-                {
-                    Ok(Ok(r)) => Some(r.status().as_u16()),
-                    _ => None,
-                };
+            for ticket in pool.due_probes() {
+                let status =
+                    match tokio::time::timeout(timeout, client.models(ticket.secret())).await {
+                        Ok(Ok(r)) => Some(r.status().as_u16()),
+                        _ => None,
+                    };
                 let ok = status.is_some_and(credential_accepted);
-                tracing::info!(key = %key.id, ok, "probed a key disabled as invalid");
-                pool.probe_result(&key, ok);
+                tracing::info!(key = %ticket.id(), ok, "probed a key disabled as invalid");
+                ticket.report(ok);
             }
         }
     });
