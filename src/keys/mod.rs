@@ -1,22 +1,22 @@
 //! The key scheduler: the pool of upstream keys and everything that decides which key serves a
 //! request. One file per job, in the order a request meets them:
 //!
-//! - [`choice`]: picks a usable key by strategy (round-robin, weighted, least-in-flight), or
+//! - `choice`: picks a usable key by strategy (round-robin, weighted, least-in-flight), or
 //!   says why none can serve ([`NoKey`]) and for how long; queues when configured to.
-//! - [`lease`]: [`KeyLease`], one request's use of one key: the secret for the wire, the
+//! - `lease`: [`KeyLease`], one request's use of one key: the secret for the wire, the
 //!   upstream's verdict, the in-flight count.
-//! - [`classify`]: the one table from an upstream answer to an [`Outcome`], and the
+//! - `classify`: the one table from an upstream answer to an [`Outcome`], and the
 //!   [`FailureClass`] each failure is counted under.
-//! - [`state`]: `KeyState`, the per-key state machine, pure and driven by a clock passed in.
-//! - [`store`]: `StateStore`, the one way a key's state changes, and the local snapshot
+//! - `state`: `KeyState`, the per-key state machine, pure and driven by a clock passed in.
+//! - `store`: `StateStore`, the one way a key's state changes, and the local snapshot
 //!   (`Slot`) that choice reads synchronously; how a store shared by replicas plugs in.
-//! - [`reload`]: replaces the key list, keeping the state of keys that stay, and remembers
+//! - `reload`: replaces the key list, keeping the state of keys that stay, and remembers
 //!   removed keys so one that comes back keeps its id and state.
-//! - [`probe`]: hands the upstream probe a [`ProbeTicket`] for each key disabled as invalid
+//! - `probe`: hands the upstream probe a [`ProbeTicket`] for each key disabled as invalid
 //!   whose probe is due, and takes its verdict.
-//! - [`admin`]: the operator's side: [`KeyView`] of every key (never a secret) for the admin
+//! - `admin`: the operator's side: [`KeyView`] of every key (never a secret) for the admin
 //!   API and metrics, admin disable and enable.
-//! - [`mask`]: masking of key material in upstream text.
+//! - `mask`: masking of key material in upstream text.
 //!
 //! Invariants: no lock is held across an await (each key's state sits behind its own short
 //! `std::sync::Mutex`); choice is O(keys); a key's secret leaves this module only through

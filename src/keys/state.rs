@@ -4,8 +4,11 @@
 //!
 //! Its fields are private: choice reads it through [`KeyState::check`] and [`KeyState::take`],
 //! and every other change is a [`Transition`] applied by [`KeyState::apply`] (through the
-//! store, `super::store`). Longer than most files here because its tests are its spec: one
-//! test per row of DESIGN.md's state table and per race between overlapping requests.
+//! store, `super::store`).
+//!
+//! Why this file is longer than the rest: it is one job, the machine (under 400 lines), and
+//! its tests are its spec, kept beside it: one test per row of DESIGN.md's state table, per
+//! transition and per race between overlapping requests.
 
 use std::time::Duration;
 
