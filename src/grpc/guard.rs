@@ -4,9 +4,11 @@
 //! the code gRPC implementations give metadata over their limit).
 //!
 //! Metadata over hyper's HTTP/2 `max_header_list_size` (16 KiB by default) never reaches this
-//! layer: the h2 codec answers such a stream itself with HTTP 431 and no `grpc-status`, which
-//! gRPC clients read as UNKNOWN. [`MAX_METADATA`] sits below it so that the gateway's own limit
-//! is the one a client meets first in the common range.
+//! layer: the h2 codec answers such a stream itself with a bare HTTP 431 (no `grpc-status`),
+//! which tonic clients report as UNKNOWN ("grpc-status header missing, mapped from HTTP status
+//! code 431"). [`MAX_METADATA`] sits below that limit, so metadata from 8 to 16 KiB gets
+//! RESOURCE_EXHAUSTED here; moving the line for larger metadata needs the listener to raise
+//! h2's limit (`axum::serve` does not expose it: hyper-util's server builder does).
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
