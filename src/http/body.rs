@@ -95,3 +95,64 @@ fn check_content_encoding(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    header::HeaderName::from_static(k),
+                    header::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    fn refusal(pairs: &[(&'static str, &'static str)]) -> Option<String> {
+        let h = headers(pairs);
+        check_content_type(&h)
+            .and_then(|()| check_content_encoding(&h))
+            .err()
+            .map(|e| {
+                assert_eq!(e.http_status(), 415, "{e}");
+                e.to_string()
+            })
+    }
+
+    #[test]
+    fn json_in_utf8_uncompressed_only() {
+        let ct = "content-type";
+        let ce = "content-encoding";
+        for fine in [
+            &[(ct, "application/json")][..],
+            &[(ct, "Application/JSON; charset=UTF-8")],
+            &[(ct, "application/vnd.api+json;charset=\"utf8\"")],
+            &[(ct, "application/json"), (ce, "identity")],
+        ] {
+            assert_eq!(refusal(fine), None, "{fine:?}");
+        }
+        let missing = refusal(&[]).unwrap();
+        assert!(
+            missing.contains("-H 'Content-Type: application/json'"),
+            "{missing}"
+        );
+        assert!(refusal(&[(ct, "text/plain")])
+            .unwrap()
+            .contains("text/plain"));
+        assert!(refusal(&[(ct, "application/json; charset=latin1")])
+            .unwrap()
+            .contains("`latin1`"));
+        for (coding, named) in [
+            ("gzip", "`gzip`"),
+            ("br", "`br`"),
+            ("identity, deflate", "`deflate`"),
+        ] {
+            let message = refusal(&[(ct, "application/json"), (ce, coding)]).unwrap();
+            assert!(message.contains(named), "{coding}: {message}");
+        }
+    }
+}
