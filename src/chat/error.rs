@@ -42,7 +42,9 @@ pub enum GatewayError {
     Unauthenticated,
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("content type `{0}` is not supported: send application/json")]
+    /// The body's content type, charset or content encoding is not one the gateway reads
+    /// (415); the message says which and what to send instead.
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     NotFound(String),

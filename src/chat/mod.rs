@@ -4,6 +4,8 @@
 
 mod error;
 mod request;
+mod scan;
+mod shape;
 
 use std::fmt;
 use std::pin::Pin;
