@@ -284,7 +284,7 @@ async fn stream_whose_first_event_is_an_error_is_retried_on_the_next_key() {
         assert_no_key(case, &data.join("\n"));
         assert!(t.has_done(), "{case}: {data:?}");
         assert!(!t.events.iter().any(|e| e.is_error()), "{case}: {data:?}");
-        let attempts = parse_attempts(&t.headers["x-gateway-attempts"].to_str().unwrap());
+        let attempts = parse_attempts(t.headers["x-gateway-attempts"].to_str().unwrap());
         assert_eq!(attempts.len(), 2, "{case}: {attempts:?}");
         assert_eq!(
             attempts[1],

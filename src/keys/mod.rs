@@ -391,7 +391,7 @@ impl KeyPool {
         if n == 0 {
             return Err(NoKey::Unavailable { retry_after: None });
         }
-        let order = self.order(&keys, now);
+        let order = self.order(keys, now);
         for allow_tried in [false, true] {
             for &i in &order {
                 let key = &keys[i];
@@ -419,7 +419,7 @@ impl KeyPool {
                 break;
             }
         }
-        Err(self.why_none(&keys, now))
+        Err(self.why_none(keys, now))
     }
 
     /// Waits up to `until` for a key, when the pool is configured to queue.
