@@ -58,7 +58,8 @@ pub struct Completion {
 /// with one `Err` after the chunks already sent.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
-/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`).
+/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`,
+/// `invalid` for a 2xx that was no answer).
 #[derive(Clone, Debug)]
 pub struct Attempt {
     pub key_id: Arc<str>,

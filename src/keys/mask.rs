@@ -149,6 +149,11 @@ impl Finder {
         let Some(matcher) = &self.matcher else {
             return true;
         };
+        // The common answer, "nothing", from the automaton's fastest search (with its
+        // prefilter); only a hit is looked at again, for where `sk-` / `Bearer` stand.
+        if !matcher.is_match(text) {
+            return false;
+        }
         matcher
             .find_overlapping_iter(text)
             .any(|m| m.pattern().as_usize() >= PREFIXES.len() || starts_token(text, m.start()))
