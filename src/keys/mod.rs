@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -124,9 +125,27 @@ pub enum NoKey {
     Unavailable { retry_after: Option<Duration> },
 }
 
+/// One generation of the key list, with the masking scan built for exactly these keys (so a
+/// reload cannot leave the two out of step).
+struct KeyList {
+    keys: Arc<[Arc<Key>]>,
+    finder: mask::Finder,
+}
+
+impl KeyList {
+    fn new(keys: Arc<[Arc<Key>]>) -> KeyList {
+        let finder = mask::Finder::new(keys.iter().map(|k| k.secret.expose()));
+        KeyList { keys, finder }
+    }
+
+    fn secrets(&self) -> impl Iterator<Item = &str> + Clone {
+        self.keys.iter().map(|k| k.secret.expose())
+    }
+}
+
 /// The pool. Cheap to share (`Arc`); the key list is swapped whole on reload.
 pub struct KeyPool {
-    keys: RwLock<Arc<[Arc<Key>]>>,
+    keys: RwLock<Arc<KeyList>>,
     cursor: AtomicUsize,
     next_id: AtomicUsize,
     cfg: SchedulerSettings,
@@ -142,6 +161,8 @@ pub struct KeyPool {
 /// upstream's verdict first with [`KeyLease::report`].
 pub struct KeyLease {
     key: Arc<Key>,
+    /// The list the key was chosen from: its finder knows this key even after a reload.
+    list: Arc<KeyList>,
     pool: Arc<KeyPool>,
     ticket: Ticket,
     reported: bool,
@@ -160,9 +181,31 @@ impl KeyLease {
     /// Masks key material in upstream text: every pooled key, and this lease's own key even if
     /// a reload has removed it from the pool meanwhile.
     pub fn mask(&self, text: &str) -> String {
-        let keys = self.pool.keys();
+        if self.clean(text.as_bytes()) {
+            return text.to_owned();
+        }
+        let now = self.pool.list();
         let own = std::iter::once(self.key.secret.expose());
-        mask::mask(text, keys.iter().map(|k| k.secret.expose()).chain(own))
+        mask::mask(text, now.secrets().chain(own))
+    }
+
+    /// [`KeyLease::mask`] for upstream bytes bound for a client: the same `Bytes`, uncopied,
+    /// when they hold no key material (one scan); JSON stays JSON when masked.
+    pub fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+        if self.clean(bytes) {
+            return bytes.clone();
+        }
+        let now = self.pool.list();
+        let own = std::iter::once(self.key.secret.expose());
+        mask::mask_bytes(bytes, &mask::Finder::always(), now.secrets().chain(own))
+    }
+
+    /// Nothing to mask for the pool's keys nor this lease's own (the list it came from, when a
+    /// reload has replaced it since).
+    fn clean(&self, bytes: &[u8]) -> bool {
+        let now = self.pool.list();
+        !now.finder.may_contain(bytes)
+            && (Arc::ptr_eq(&now, &self.list) || !self.list.finder.may_contain(bytes))
     }
 
     /// Records the upstream's verdict on this key. `status` and `message` describe a failure
@@ -245,7 +288,7 @@ pub struct ReloadSummary {
 impl KeyPool {
     pub fn new(specs: &[KeySpec], cfg: SchedulerSettings) -> Arc<KeyPool> {
         let pool = KeyPool {
-            keys: RwLock::new(Arc::from(Vec::new())),
+            keys: RwLock::new(Arc::new(KeyList::new(Arc::from(Vec::new())))),
             cursor: AtomicUsize::new(0),
             next_id: AtomicUsize::new(1),
             queueing: !cfg.queue_timeout.is_zero(),
@@ -264,6 +307,10 @@ impl KeyPool {
 
     /// The current keys, in load order.
     pub fn keys(&self) -> Arc<[Arc<Key>]> {
+        self.list().keys.clone()
+    }
+
+    fn list(&self) -> Arc<KeyList> {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -280,7 +327,7 @@ impl KeyPool {
         }
         let now = Instant::now();
         let mut guard = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let old = guard.clone();
+        let old = guard.keys.clone();
         let mut next: Vec<Arc<Key>> = Vec::with_capacity(specs.len());
         let mut kept = 0;
         for spec in specs {
@@ -328,7 +375,7 @@ impl KeyPool {
         let excess = retired.len().saturating_sub(MAX_RETIRED);
         retired.drain(..excess);
         drop(retired);
-        *guard = Arc::from(next);
+        *guard = Arc::new(KeyList::new(Arc::from(next)));
         drop(guard);
         self.changed.notify_waiters();
         Ok(summary)
@@ -337,13 +384,14 @@ impl KeyPool {
     /// Hands out a usable key, preferring keys not in `tried`; falls back to a tried key only
     /// when no other can serve (a lone key may retry itself after a transient failure).
     pub fn acquire(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<KeyLease, NoKey> {
-        let keys = self.keys();
+        let list = self.list();
+        let keys = &list.keys;
         let now = Instant::now();
         let n = keys.len();
         if n == 0 {
             return Err(NoKey::Unavailable { retry_after: None });
         }
-        let order = self.order(&keys, now);
+        let order = self.order(keys, now);
         for allow_tried in [false, true] {
             for &i in &order {
                 let key = &keys[i];
@@ -360,6 +408,7 @@ impl KeyPool {
                     key.counters.requests.fetch_add(1, Ordering::Relaxed);
                     return Ok(KeyLease {
                         key: key.clone(),
+                        list: list.clone(),
                         pool: self.clone(),
                         ticket,
                         reported: false,
@@ -370,7 +419,7 @@ impl KeyPool {
                 break;
             }
         }
-        Err(self.why_none(&keys, now))
+        Err(self.why_none(keys, now))
     }
 
     /// Waits up to `until` for a key, when the pool is configured to queue.
@@ -553,8 +602,14 @@ impl KeyPool {
     /// Masks any key material (whole keys and recognisable pieces) in text bound for a client
     /// or a log.
     pub fn mask(&self, text: &str) -> String {
-        let keys = self.keys();
-        mask::mask(text, keys.iter().map(|k| k.secret.expose()))
+        let list = self.list();
+        mask::mask_str(text, &list.finder, list.secrets())
+    }
+
+    /// [`KeyPool::mask`] for bytes: the same `Bytes`, uncopied, when there is nothing to mask.
+    pub fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+        let list = self.list();
+        mask::mask_bytes(bytes, &list.finder, list.secrets())
     }
 
     /// The admin view of every key: ids and fingerprints, never secrets.
@@ -779,6 +834,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_lease_masks_its_own_key_after_a_reload_removed_it() {
+        let p = pool(
+            &["megallm-old-key-1111", "megallm-new-key-2222"],
+            Strategy::RoundRobin,
+        );
+        let lease = p.acquire(&[]).unwrap();
+        p.reload(&[KeySpec::new("megallm-new-key-2222")]).unwrap();
+        let event = Bytes::from_static(b"{\"error\":\"bad key megallm-old-key-1111\"}");
+        let masked = lease.mask_bytes(&event);
+        assert_eq!(&masked[..], b"{\"error\":\"bad key [redacted key]\"}");
+        // The pool no longer knows it; the other key is masked by both.
+        assert!(p.mask("megallm-new-key-2222").contains("[redacted key]"));
+        assert!(lease
+            .mask("megallm-new-key-2222")
+            .contains("[redacted key]"));
+        let clean = Bytes::from_static(b"{\"choices\":[]}");
+        assert_eq!(lease.mask_bytes(&clean).as_ptr(), clean.as_ptr());
+        assert_eq!(p.mask_bytes(&clean).as_ptr(), clean.as_ptr());
+    }
     #[tokio::test(start_paused = true)]
     async fn reload_keeps_state_and_ids() {
         let p = pool(&["a", "b"], Strategy::RoundRobin);
