@@ -172,6 +172,59 @@ fn starts_token(text: &[u8], at: usize) -> bool {
         || text[at.saturating_sub(6)..at].contains(&b'\\')
 }
 
+/// Whole keys in upstream *content* (a 2xx answer or chunk that is a JSON object). A model
+/// cannot know a pool key, so a key reaches content only when an upstream echoes it whole; the
+/// heuristics of [`mask`] (pieces of keys, any `sk-…` or `Bearer…` token) are for error text and
+/// would corrupt ordinary answers (`BearerTokenAuth` in generated code, a word that happens to
+/// be six letters of a key). Keys shorter than [`MIN_SEARCHED`] cannot be told from words and
+/// are left to the error-text masking.
+pub struct KeyFinder {
+    matcher: Option<AhoCorasick>,
+}
+
+impl KeyFinder {
+    pub fn new<'a>(keys: impl Iterator<Item = &'a str>) -> KeyFinder {
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        for key in keys.filter(|k| k.len() >= MIN_SEARCHED) {
+            needles.push(key.as_bytes().to_vec());
+            if key.contains('/') {
+                // JSON may escape `/` as `\/`.
+                needles.push(key.replace('/', "\\/").into_bytes());
+            }
+        }
+        let matcher = (!needles.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&needles)
+                    .ok()
+            })
+            .flatten();
+        KeyFinder { matcher }
+    }
+
+    /// `bytes` with every whole key replaced by the mask, or `None` when it holds none.
+    pub fn replace(&self, bytes: &[u8]) -> Option<Bytes> {
+        let matcher = self.matcher.as_ref()?;
+        if !matcher.is_match(bytes) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        matcher.replace_all_with_bytes(bytes, &mut out, |_, _, out| {
+            out.extend_from_slice(MASK.as_bytes());
+            true
+        });
+        Some(Bytes::from(out))
+    }
+}
+
+/// Whether upstream bytes look like a JSON object (first and last non-blank bytes), the shape
+/// of every answer and chunk; anything else is treated as error text.
+pub fn looks_like_object(bytes: &[u8]) -> bool {
+    let t = bytes.trim_ascii();
+    t.first() == Some(&b'{') && t.last() == Some(&b'}')
+}
+
 /// [`mask`] behind the [`Finder`]: no tokenizing when there is nothing to find.
 pub fn mask_str<'a>(
     text: &str,
@@ -241,6 +294,27 @@ fn mask_json<'a>(value: &mut Value, keys: &(impl Iterator<Item = &'a str> + Clon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_loses_whole_keys_and_keeps_everything_else() {
+        let keys = ["megallm-secret-123456", "k2", "sk-live-QWERTY/uiop"];
+        let finder = KeyFinder::new(keys.iter().copied());
+        let ordinary = br#"{"choices":[{"delta":{"content":"use BearerTokenAuth, sk-learn and secret-123456"}}]}"#;
+        assert!(finder.replace(ordinary).is_none(), "content untouched");
+        let echoed = br#"{"debug":"key megallm-secret-123456 and sk-live-QWERTY\/uiop","k2":1}"#;
+        let out = finder.replace(echoed).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            !text.contains("secret-123456") && !text.contains("QWERTY"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"k2\""),
+            "short keys are not searched in content: {text}"
+        );
+        serde_json::from_slice::<Value>(&out).expect("still JSON");
+        assert!(looks_like_object(b" {\"a\":1}\n") && !looks_like_object(b"<html>"));
+    }
 
     #[test]
     fn whole_and_partial_keys_are_masked() {

@@ -130,12 +130,19 @@ pub enum NoKey {
 struct KeyList {
     keys: Arc<[Arc<Key>]>,
     finder: mask::Finder,
+    /// Whole keys only, for content (see [`mask::KeyFinder`]).
+    whole: mask::KeyFinder,
 }
 
 impl KeyList {
     fn new(keys: Arc<[Arc<Key>]>) -> KeyList {
         let finder = mask::Finder::new(keys.iter().map(|k| k.secret.expose()));
-        KeyList { keys, finder }
+        let whole = mask::KeyFinder::new(keys.iter().map(|k| k.secret.expose()));
+        KeyList {
+            keys,
+            finder,
+            whole,
+        }
     }
 
     fn secrets(&self) -> impl Iterator<Item = &str> + Clone {
@@ -198,6 +205,21 @@ impl KeyLease {
         let now = self.pool.list();
         let own = std::iter::once(self.key.secret.expose());
         mask::mask_bytes(bytes, &mask::Finder::always(), now.secrets().chain(own))
+    }
+
+    /// Masking for a 2xx answer or chunk: whole keys out of a JSON object (content keeps its
+    /// words), the full masking of [`KeyLease::mask_bytes`] for anything else.
+    pub fn mask_content(&self, bytes: &Bytes) -> Bytes {
+        if !mask::looks_like_object(bytes) {
+            return self.mask_bytes(bytes);
+        }
+        let now = self.pool.list();
+        let first = self.list.whole.replace(bytes);
+        let out = first.as_ref().unwrap_or(bytes);
+        if Arc::ptr_eq(&now, &self.list) {
+            return out.clone();
+        }
+        now.whole.replace(out).unwrap_or_else(|| out.clone())
     }
 
     /// Nothing to mask for the pool's keys nor this lease's own (the list it came from, when a
@@ -604,6 +626,17 @@ impl KeyPool {
     pub fn mask(&self, text: &str) -> String {
         let list = self.list();
         mask::mask_str(text, &list.finder, list.secrets())
+    }
+
+    /// [`KeyLease::mask_content`] without a lease.
+    pub fn mask_content(&self, bytes: &Bytes) -> Bytes {
+        if !mask::looks_like_object(bytes) {
+            return self.mask_bytes(bytes);
+        }
+        self.list()
+            .whole
+            .replace(bytes)
+            .unwrap_or_else(|| bytes.clone())
     }
 
     /// [`KeyPool::mask`] for bytes: the same `Bytes`, uncopied, when there is nothing to mask.

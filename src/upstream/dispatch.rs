@@ -253,7 +253,7 @@ impl Dispatcher {
             }
             attempts.push(&key_id, status.to_string());
             lease.report(Outcome::Success, Some(status), "");
-            let body = lease.mask_bytes(&body);
+            let body = lease.mask_content(&body);
             if !stream {
                 return Ok(Won::Body(Completion { status, body }));
             }
@@ -304,7 +304,7 @@ impl Dispatcher {
         }
         attempts.push(&key_id, status.to_string());
         lease.report(Outcome::Success, Some(status), "");
-        let first = lease.mask_bytes(&first);
+        let first = lease.mask_content(&first);
         let done = is_done(&first);
         let state = StreamState {
             body,
@@ -486,10 +486,10 @@ impl StreamState {
         }
     }
 
-    fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+    fn mask_content(&self, bytes: &Bytes) -> Bytes {
         match &self.lease {
-            Some(lease) => lease.mask_bytes(bytes),
-            None => self.pool.mask_bytes(bytes),
+            Some(lease) => lease.mask_content(bytes),
+            None => self.pool.mask_content(bytes),
         }
     }
 
@@ -520,7 +520,7 @@ impl StreamState {
                     let error = self.error_event(error);
                     return Some((Err(self.broken(error)), self));
                 }
-                let event = self.mask_bytes(&event);
+                let event = self.mask_content(&event);
                 return Some((Ok(event), self));
             }
             let idle_at = (Instant::now() + self.idle).min(self.deadline);

@@ -135,7 +135,7 @@ impl Models {
             return None;
         }
         // Clients see these names: they pass the pool's masking like every upstream byte.
-        let body = lease.mask_bytes(&body);
+        let body = lease.mask_content(&body);
         let list: List = serde_json::from_slice(&body).ok()?;
         (!list.data.is_empty()).then_some(list.data)
     }
