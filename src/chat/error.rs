@@ -42,7 +42,9 @@ pub enum GatewayError {
     Unauthenticated,
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("content type `{0}` is not supported: send application/json")]
+    /// The body's content type, charset or content encoding is not one the gateway reads
+    /// (415); the message says which and what to send instead.
+    #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     NotFound(String),
@@ -62,7 +64,8 @@ pub enum GatewayError {
     /// No key can serve (all disabled, benched or at their limits).
     #[error("no upstream key can serve this request now{}", retry_hint(*retry_after))]
     NoKeyAvailable { retry_after: Option<Duration> },
-    /// The upstream failed on every attempt (5xx or connection errors).
+    /// The upstream failed on every attempt (5xx, connection errors, or a 2xx that was no
+    /// answer: then `status` is 502, the gateway's verdict on it).
     #[error("upstream unavailable: {message}")]
     UpstreamUnavailable {
         /// The upstream's last HTTP status, if it answered at all.
@@ -75,6 +78,14 @@ pub enum GatewayError {
     /// The upstream stream broke after the first byte went to the client.
     #[error("upstream stream broke: {0}")]
     StreamBroken(String),
+    /// The upstream sent an `{"error": …}` event after the first byte went to the client: a
+    /// break, with the upstream's (masked) message, type and code.
+    #[error("the upstream sent an error event: {message}")]
+    UpstreamErrorEvent {
+        message: String,
+        error_type: Option<String>,
+        code: Option<String>,
+    },
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -147,7 +158,9 @@ impl GatewayError {
                     ErrorKind::UpstreamTimeout
                 }
             },
-            GatewayError::StreamBroken(_) => ErrorKind::Unavailable,
+            GatewayError::StreamBroken(_) | GatewayError::UpstreamErrorEvent { .. } => {
+                ErrorKind::Unavailable
+            }
             GatewayError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -192,6 +205,9 @@ impl GatewayError {
             }
             GatewayError::Timeout { .. } => "timeout_error",
             GatewayError::StreamBroken(_) => "upstream_error",
+            GatewayError::UpstreamErrorEvent { error_type, .. } => {
+                error_type.as_deref().unwrap_or("upstream_error")
+            }
             GatewayError::Internal(_) => "server_error",
         }
     }
@@ -216,6 +232,9 @@ impl GatewayError {
                 TimeoutKind::Deadline => "deadline_exceeded",
             },
             GatewayError::StreamBroken(_) => "upstream_stream_broken",
+            GatewayError::UpstreamErrorEvent { code, .. } => {
+                code.as_deref().unwrap_or("upstream_stream_broken")
+            }
             GatewayError::Internal(_) => "internal_error",
         })
     }

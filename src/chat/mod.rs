@@ -4,6 +4,8 @@
 
 mod error;
 mod request;
+mod scan;
+mod shape;
 
 use std::fmt;
 use std::pin::Pin;
@@ -45,18 +47,21 @@ impl RequestContext {
     }
 }
 
-/// A whole (non-streaming) upstream answer: the 2xx body exactly as the upstream sent it.
+/// A whole (non-streaming) upstream answer: the 2xx body as the upstream sent it, already
+/// judged (a JSON object that is no `{"error": …}`) and masked (no key material).
 #[derive(Debug)]
 pub struct Completion {
     pub status: u16,
     pub body: Bytes,
 }
 
-/// The data of each upstream SSE event, in order, as it arrives; `[DONE]` ends the stream
-/// cleanly, and a broken upstream ends it with one `Err` after the chunks already sent.
+/// The data of each upstream SSE event, in order, as it arrives, masked (no key material);
+/// `[DONE]` ends the stream cleanly, and a broken upstream or an `{"error": …}` event ends it
+/// with one `Err` after the chunks already sent.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
-/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`).
+/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`,
+/// `invalid` for a 2xx that was no answer).
 #[derive(Clone, Debug)]
 pub struct Attempt {
     pub key_id: Arc<str>,

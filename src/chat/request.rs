@@ -3,13 +3,15 @@
 //!
 //! The upstream body is the client's own JSON bytes, untouched (field order, unknown fields,
 //! number formatting), with `"model"` spliced in only when the client named none. Only the
-//! fields the gateway must check are parsed; the rest is never rebuilt.
+//! fields the gateway must check are parsed; the rest is never rebuilt. Before parsing,
+//! [`super::scan`] passes over the whole body once (nesting depth, lone surrogate escapes);
+//! the shapes of `messages`, `stop`, `tools` and `tool_choice` are [`super::shape`]'s.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::GatewayError;
+use super::{scan, shape, GatewayError};
 
 /// A validated chat completion request, ready to send upstream.
 #[derive(Clone, Debug)]
@@ -45,17 +47,16 @@ struct Checked<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stop: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_choice: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
-}
-
-/// Just a message's role; the rest of the message is forwarded unread.
-#[derive(Deserialize)]
-struct MessageHead<'a> {
-    #[serde(borrow)]
-    role: Option<&'a RawValue>,
 }
 
 impl ChatRequest {
@@ -66,6 +67,7 @@ impl ChatRequest {
             param: None,
             code: "invalid_json",
         })?;
+        scan::check(&body)?;
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
             let message = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
@@ -86,7 +88,10 @@ impl ChatRequest {
                 code: "invalid_json",
             })?;
 
-        check_messages(checked.messages)?;
+        shape::messages(checked.messages)?;
+        shape::stop(checked.stop)?;
+        shape::tools(checked.tools)?;
+        shape::tool_choice(checked.tool_choice)?;
         range("temperature", checked.temperature, 0.0, 2.0)?;
         range("top_p", checked.top_p, 0.0, 1.0)?;
         range("presence_penalty", checked.presence_penalty, -2.0, 2.0)?;
@@ -160,46 +165,6 @@ fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
     }
     out.put_slice(rest);
     out.freeze()
-}
-
-fn check_messages(raw: Option<&RawValue>) -> Result<(), GatewayError> {
-    let raw = raw.ok_or_else(|| GatewayError::InvalidRequest {
-        message: "`messages` is required: a non-empty array of {role, content} objects".into(),
-        param: Some("messages".into()),
-        code: "missing_required_parameter",
-    })?;
-    let messages: Vec<&RawValue> = serde_json::from_str(raw.get())
-        .map_err(|_| GatewayError::invalid("messages", "messages must be an array"))?;
-    if messages.is_empty() {
-        return Err(GatewayError::invalid(
-            "messages",
-            "messages must contain at least one message",
-        ));
-    }
-    for (i, message) in messages.iter().enumerate() {
-        let head: MessageHead = serde_json::from_str(message.get()).map_err(|_| {
-            GatewayError::invalid(
-                format!("messages[{i}]"),
-                format!("messages[{i}] must be an object"),
-            )
-        })?;
-        match head.role {
-            None => {
-                return Err(GatewayError::invalid(
-                    format!("messages[{i}].role"),
-                    format!("messages[{i}].role is required"),
-                ))
-            }
-            Some(role) if !role.get().starts_with('"') || role.get() == "\"\"" => {
-                return Err(GatewayError::invalid(
-                    format!("messages[{i}].role"),
-                    format!("messages[{i}].role must be a non-empty string"),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 fn range(name: &str, raw: Option<&RawValue>, min: f64, max: f64) -> Result<(), GatewayError> {
@@ -289,7 +254,7 @@ mod tests {
             "messages[0].role"
         );
         assert_eq!(
-            param_of(r#"{"messages":[{"role":"user"},{"role":3}]}"#),
+            param_of(r#"{"messages":[{"role":"user","content":"a"},{"role":3}]}"#),
             "messages[1].role"
         );
         assert_eq!(param_of(r#"{"messages":[1]}"#), "messages[0]");
@@ -336,10 +301,11 @@ mod tests {
     /// Random byte edits of valid bodies never panic, and every refusal is a 400.
     #[test]
     fn mangled_bodies_are_refused_cleanly() {
-        let seeds: [&[u8]; 3] = [
+        let seeds: [&[u8]; 4] = [
             br#"{"model":"m","messages":[{"role":"user","content":"h\u00e9"}],"temperature":1,"n":2,"stream":true}"#,
             br#" {"messages":[{"role":"system","content":[{"type":"text","text":"x"}]}],"max_tokens":5}"#,
-            br#"{"messages":[{"role":"user"}],"tools":[{"type":"function"}],"top_p":0.5}"#,
+            br#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":null,"tool_calls":[]},{"role":"tool","tool_call_id":"c","content":"r"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto","stop":["a","b"],"top_p":0.5}"#,
+            br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}],"stop":"s","x":[[1]],"u":"\ud83d\ude00"}"#,
         ];
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move || {
@@ -348,7 +314,8 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let alphabet = b"{}[]\":,0123456789.-eE ntrufalsmodg\\";
+        let alphabet = b"{}[]\":,0123456789.-eE ntrufalsmodgxu\\";
+        let mut accepted = 0;
         for round in 0..20_000 {
             let mut body = seeds[round % seeds.len()].to_vec();
             for _ in 0..=(next() % 4) {
@@ -368,10 +335,16 @@ mod tests {
                             panic!("accepted a body the upstream can't parse: {e}")
                         });
                     assert!(v["model"].is_string(), "{}", String::from_utf8_lossy(&body));
+                    accepted += 1;
                 }
                 Err(e) => assert_eq!(e.http_status(), 400, "{e}"),
             }
         }
+        // The edits must leave some bodies valid, or the test checks refusals only.
+        assert!(
+            accepted > 1_000,
+            "only {accepted} of 20,000 mangled bodies were accepted"
+        );
     }
 
     #[test]

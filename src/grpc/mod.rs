@@ -12,9 +12,15 @@
 //! - [`call`]: what a call knows besides its message (request id, `grpc-timeout` deadline,
 //!   gateway token) and its one access-log line and metrics sample.
 //! - [`trailers`]: the attempt trail in the trailers of successful calls too.
+//! - [`codec`]: prost's codec, strict on requests: malformed protobuf and a second request
+//!   message are INVALID_ARGUMENT.
+//! - [`guard`]: non-gRPC content types (415) and oversized metadata (RESOURCE_EXHAUSTED),
+//!   refused before tonic sees the call.
 //! - [`health`]: keeps the health service's status in step with the key pool.
 
 mod call;
+mod codec;
+mod guard;
 mod health;
 mod request;
 mod response;
@@ -76,6 +82,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .into_axum_router()
         .layer(axum::middleware::from_fn(trailers::attempts_in_trailers))
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outermost, so it sees the client's own content type (gRPC-Web included).
+        .layer(axum::middleware::from_fn(guard::guard))
 }
 
 /// Unknown paths: UNIMPLEMENTED to gRPC clients, JSON 404 to everyone else.

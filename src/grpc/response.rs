@@ -1,20 +1,16 @@
 //! Upstream JSON → proto: a whole completion body, or the data of one SSE chunk. Fields the
 //! proto does not know are skipped, and `null` reads as unset, so a richer upstream is never
-//! an error. A top-level `"error"` object is one, though: the upstream said it failed.
+//! an error. The core hands over only bytes already masked and judged (an `{"error": …}` body
+//! or event never gets here), so nothing here masks or looks for errors.
 
 use serde_json::Value;
 
 use super::pb;
 use crate::chat::GatewayError;
-use crate::keys::KeyPool;
 
 /// A whole completion body.
-pub fn completion(body: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletion, GatewayError> {
-    let v = parse(body, pool, |message| GatewayError::UpstreamUnavailable {
-        status: None,
-        message: format!("the upstream answered with an error: {message}"),
-        retry_after: None,
-    })?;
+pub fn completion(body: &[u8]) -> Result<pb::ChatCompletion, GatewayError> {
+    let v = parse(body)?;
     Ok(pb::ChatCompletion {
         id: string(&v, "id").unwrap_or_default(),
         object: string(&v, "object").unwrap_or_default(),
@@ -38,10 +34,8 @@ pub fn completion(body: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletion, Gat
 }
 
 /// The data of one SSE event.
-pub fn chunk(data: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletionChunk, GatewayError> {
-    let v = parse(data, pool, |message| {
-        GatewayError::StreamBroken(format!("the upstream sent an error event: {message}"))
-    })?;
+pub fn chunk(data: &[u8]) -> Result<pb::ChatCompletionChunk, GatewayError> {
+    let v = parse(data)?;
     Ok(pb::ChatCompletionChunk {
         id: string(&v, "id").unwrap_or_default(),
         object: string(&v, "object").unwrap_or_default(),
@@ -61,32 +55,16 @@ pub fn chunk(data: &[u8], pool: &KeyPool) -> Result<pb::ChatCompletionChunk, Gat
     })
 }
 
-/// The JSON object in `bytes`, or the error it reports (its message masked: an upstream may
-/// quote the key it was given).
-fn parse(
-    bytes: &[u8],
-    pool: &KeyPool,
-    upstream_error: impl FnOnce(String) -> GatewayError,
-) -> Result<Value, GatewayError> {
+/// The JSON object in `bytes` (already masked by the core: its start may be quoted).
+fn parse(bytes: &[u8]) -> Result<Value, GatewayError> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
-        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into();
-        GatewayError::Internal(format!(
-            "the upstream's answer is not JSON ({e}): {}",
-            pool.mask(&start)
-        ))
+        let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+        GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
     })?;
     if !v.is_object() {
         return Err(GatewayError::Internal(
             "the upstream's answer is not a JSON object".into(),
         ));
-    }
-    if let Some(error) = v.get("error").filter(|e| !e.is_null()) {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| error.to_string());
-        return Err(upstream_error(pool.mask(&message)));
     }
     Ok(v)
 }
@@ -213,11 +191,6 @@ fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 mod tests {
     use super::*;
 
-    fn pool() -> std::sync::Arc<KeyPool> {
-        let settings = crate::Settings::for_upstream("http://127.0.0.1:1", &["k"]);
-        KeyPool::new(&settings.read_keys().unwrap(), settings.scheduler.clone())
-    }
-
     #[test]
     fn logprobs_usage_details_and_service_tier_survive() {
         let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"m","service_tier":"default",
@@ -225,7 +198,7 @@ mod tests {
                         "logprobs":{"content":[{"token":"Hi","logprob":-0.25,"top_logprobs":[]}]}}],
             "usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,
                      "prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
-        let c = completion(body, &pool()).unwrap();
+        let c = completion(body).unwrap();
         assert_eq!(c.service_tier.as_deref(), Some("default"));
         let logprobs = c.choices[0].logprobs.as_ref().expect("logprobs");
         let json = serde_json::to_string(&Value::Object(struct_json(logprobs))).unwrap();
@@ -261,7 +234,7 @@ mod tests {
     fn chunk_with_unknown_fields_and_nulls() {
         let data = br#"{"id":"c1","object":"chat.completion.chunk","created":1700000000,"model":"m","new_field":{"x":1},
             "choices":[{"index":0,"delta":{"role":"assistant","content":"Hel","tool_calls":[{"index":0,"id":"t1","type":"function","function":{"name":"f","arguments":"{"}}]},"finish_reason":null,"logprobs":null}],"usage":null}"#;
-        let c = chunk(data, &pool()).unwrap();
+        let c = chunk(data).unwrap();
         assert_eq!(
             (c.id.as_str(), c.created, c.model.as_str()),
             ("c1", 1_700_000_000, "m")
@@ -286,19 +259,17 @@ mod tests {
     }
 
     #[test]
-    fn error_chunk_is_an_error() {
-        let err = chunk(
-            br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
-            &pool(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("overloaded"), "{err}");
+    fn a_chunk_that_is_not_an_object_is_an_error() {
+        let err = chunk(b"[1]").unwrap_err();
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
+        let err = chunk(b"oops [redacted key]").unwrap_err();
+        assert!(err.to_string().contains("not JSON"), "{err}");
     }
 
     #[test]
     fn completion_with_usage_and_finish_reason() {
         let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{}}}"#;
-        let c = completion(body, &pool()).unwrap();
+        let c = completion(body).unwrap();
         assert_eq!(c.choices[0].finish_reason, pb::FinishReason::Stop as i32);
         assert_eq!(
             c.choices[0].message.as_ref().unwrap().content.as_deref(),

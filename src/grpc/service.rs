@@ -60,7 +60,6 @@ impl ChatService for ChatDoor {
                     chunks,
                     call,
                     attempts,
-                    core: self.core.clone(),
                 };
                 let mut response = Response::new(relay.into_messages());
                 *response.metadata_mut() = metadata;
@@ -103,8 +102,8 @@ impl ChatDoor {
         let completion = dispatched
             .result
             .map_err(|e| fail(e, call, Some(attempts)))?;
-        let message = response::completion(&completion.body, &self.core.pool)
-            .map_err(|e| fail(e, call, Some(attempts)))?;
+        let message =
+            response::completion(&completion.body).map_err(|e| fail(e, call, Some(attempts)))?;
         let mut response = Response::new(message);
         set_attempts(response.metadata_mut(), attempts);
         Ok(response)
@@ -183,7 +182,6 @@ struct Relay {
     chunks: ChunkStream,
     call: Call,
     attempts: Attempts,
-    core: Arc<Core>,
 }
 
 impl Relay {
@@ -193,7 +191,7 @@ impl Relay {
             |state| async move {
                 let mut relay = state?;
                 let error = match relay.chunks.next().await {
-                    Some(Ok(data)) => match response::chunk(&data, &relay.core.pool) {
+                    Some(Ok(data)) => match response::chunk(&data) {
                         Ok(message) => return Some((Ok(message), Some(relay))),
                         Err(error) => error,
                     },

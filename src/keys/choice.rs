@@ -27,13 +27,14 @@ impl KeyPool {
     /// Hands out a usable key, preferring keys not in `tried`; falls back to a tried key only
     /// when no other can serve (a lone key may retry itself after a transient failure).
     pub fn acquire(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<KeyLease, NoKey> {
-        let keys = self.keys();
+        let list = self.list();
+        let keys = &list.keys;
         let now = Instant::now();
         let n = keys.len();
         if n == 0 {
             return Err(NoKey::Unavailable { retry_after: None });
         }
-        let order = self.order(&keys, now);
+        let order = self.order(keys, now);
         for allow_tried in [false, true] {
             for &i in &order {
                 let key = &keys[i];
@@ -48,14 +49,19 @@ impl KeyPool {
                         self.cursor.store(i + 1, Ordering::Relaxed);
                     }
                     key.counters.requests.fetch_add(1, Ordering::Relaxed);
-                    return Ok(KeyLease::new(key.clone(), self.clone(), ticket));
+                    return Ok(KeyLease::new(
+                        key.clone(),
+                        list.clone(),
+                        self.clone(),
+                        ticket,
+                    ));
                 }
             }
             if tried.is_empty() {
                 break;
             }
         }
-        Err(self.why_none(&keys, now))
+        Err(self.why_none(keys, now))
     }
 
     /// Waits up to `until` for a key, when the pool is configured to queue.

@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::state::{Ticket, Transition};
-use super::{mask, unix_ms, FailureClass, Key, KeyPool, Outcome};
+use super::{mask, unix_ms, FailureClass, Key, KeyList, KeyPool, Outcome};
 use crate::config::Secret;
 
 /// The last thing that went wrong on a key, with key material already masked.
@@ -25,6 +26,8 @@ pub struct LastError {
 /// upstream's verdict first with [`KeyLease::report`].
 pub struct KeyLease {
     key: Arc<Key>,
+    /// The list the key was chosen from: its finder knows this key even after a reload.
+    list: Arc<KeyList>,
     pool: Arc<KeyPool>,
     ticket: Ticket,
     reported: bool,
@@ -32,9 +35,15 @@ pub struct KeyLease {
 
 impl KeyLease {
     /// Only choice hands out leases, for a key it has just taken.
-    pub(super) fn new(key: Arc<Key>, pool: Arc<KeyPool>, ticket: Ticket) -> KeyLease {
+    pub(super) fn new(
+        key: Arc<Key>,
+        list: Arc<KeyList>,
+        pool: Arc<KeyPool>,
+        ticket: Ticket,
+    ) -> KeyLease {
         KeyLease {
             key,
+            list,
             pool,
             ticket,
             reported: false,
@@ -53,9 +62,46 @@ impl KeyLease {
     /// Masks key material in upstream text: every pooled key, and this lease's own key even if
     /// a reload has removed it from the pool meanwhile.
     pub fn mask(&self, text: &str) -> String {
-        let keys = self.pool.keys();
+        if self.clean(text.as_bytes()) {
+            return text.to_owned();
+        }
+        let now = self.pool.list();
         let own = std::iter::once(self.key.secret.expose());
-        mask::mask(text, keys.iter().map(|k| k.secret.expose()).chain(own))
+        mask::mask(text, now.secrets().chain(own))
+    }
+
+    /// [`KeyLease::mask`] for upstream bytes bound for a client: the same `Bytes`, uncopied,
+    /// when they hold no key material (one scan); JSON stays JSON when masked.
+    pub fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+        if self.clean(bytes) {
+            return bytes.clone();
+        }
+        let now = self.pool.list();
+        let own = std::iter::once(self.key.secret.expose());
+        mask::mask_bytes(bytes, &mask::Finder::always(), now.secrets().chain(own))
+    }
+
+    /// Masking for a 2xx answer or chunk: whole keys out of a JSON object (content keeps its
+    /// words), the full masking of [`KeyLease::mask_bytes`] for anything else.
+    pub fn mask_content(&self, bytes: &Bytes) -> Bytes {
+        if !mask::looks_like_object(bytes) {
+            return self.mask_bytes(bytes);
+        }
+        let now = self.pool.list();
+        let first = self.list.whole.replace(bytes);
+        let out = first.as_ref().unwrap_or(bytes);
+        if Arc::ptr_eq(&now, &self.list) {
+            return out.clone();
+        }
+        now.whole.replace(out).unwrap_or_else(|| out.clone())
+    }
+
+    /// Nothing to mask for the pool's keys nor this lease's own (the list it came from, when a
+    /// reload has replaced it since).
+    fn clean(&self, bytes: &[u8]) -> bool {
+        let now = self.pool.list();
+        !now.finder.may_contain(bytes)
+            && (Arc::ptr_eq(&now, &self.list) || !self.list.finder.may_contain(bytes))
     }
 
     /// Records the upstream's verdict on this key. `status` and `message` describe a failure
@@ -105,5 +151,34 @@ impl Drop for KeyLease {
         if self.pool.queueing {
             self.pool.changed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use crate::config::{KeySpec, Strategy};
+    use crate::keys::test_pool as pool;
+
+    #[test]
+    fn a_lease_masks_its_own_key_after_a_reload_removed_it() {
+        let p = pool(
+            &["megallm-old-key-1111", "megallm-new-key-2222"],
+            Strategy::RoundRobin,
+        );
+        let lease = p.acquire(&[]).unwrap();
+        p.reload(&[KeySpec::new("megallm-new-key-2222")]).unwrap();
+        let event = Bytes::from_static(b"{\"error\":\"bad key megallm-old-key-1111\"}");
+        let masked = lease.mask_bytes(&event);
+        assert_eq!(&masked[..], b"{\"error\":\"bad key [redacted key]\"}");
+        // The pool no longer knows it; the other key is masked by both.
+        assert!(p.mask("megallm-new-key-2222").contains("[redacted key]"));
+        assert!(lease
+            .mask("megallm-new-key-2222")
+            .contains("[redacted key]"));
+        let clean = Bytes::from_static(b"{\"choices\":[]}");
+        assert_eq!(lease.mask_bytes(&clean).as_ptr(), clean.as_ptr());
+        assert_eq!(p.mask_bytes(&clean).as_ptr(), clean.as_ptr());
     }
 }

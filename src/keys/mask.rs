@@ -1,10 +1,32 @@
 //! Masking of key material in upstream text (error messages often echo the key, whole or as
 //! `sk-abc***xyz`), before it reaches a client, a log or the admin API.
+//!
+//! Two halves: [`mask`] rewrites a text (it tokenizes and allocates), and [`Finder`] says, in
+//! one scan of the bytes and with no allocation, whether [`mask`] could change anything at all.
+//! Every upstream byte bound for a client passes through [`mask_bytes`], which runs the
+//! [`Finder`] first: the common chunk, with nothing to hide, comes back as the same `Bytes`.
+
+use std::collections::HashSet;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use bytes::Bytes;
+use serde_json::Value;
 
 const MASK: &str = "[redacted key]";
 
 /// Shortest run of a key's characters that counts as "part of a key".
 const MIN_PIECE: usize = 6;
+
+/// Shortest key searched for inside words; shorter keys count only as a whole token.
+const MIN_SEARCHED: usize = 4;
+
+/// The prefixes of the secret-looking tokens [`mask`] replaces whatever the pool's keys.
+const PREFIXES: [&str; 2] = ["sk-", "Bearer"];
+
+/// Characters that end a token (besides whitespace).
+fn is_delimiter(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | ';' | '(' | ')' | '<' | '>')
+}
 
 /// Replaces every whitespace/quote-delimited token that contains a whole key, or a piece of
 /// at least [`MIN_PIECE`] characters of one (between `*`/`.` elisions), or looks like an
@@ -23,7 +45,7 @@ pub fn mask<'a>(text: &str, keys: impl Iterator<Item = &'a str> + Clone) -> Stri
         }
     };
     for c in text.chars() {
-        if c.is_whitespace() || matches!(c, '"' | '\'' | '`' | ',' | ';' | '(' | ')' | '<' | '>') {
+        if is_delimiter(c) {
             flush(&mut token, &mut out);
             out.push(c);
         } else {
@@ -36,11 +58,11 @@ pub fn mask<'a>(text: &str, keys: impl Iterator<Item = &'a str> + Clone) -> Stri
 
 fn is_key_material<'a>(token: &str, mut keys: impl Iterator<Item = &'a str>) -> bool {
     let bare = token.trim_end_matches(['.', ':', '!', '?']);
-    if bare.len() >= 8 && (bare.starts_with("sk-") || bare.starts_with("Bearer")) {
+    if bare.len() >= 8 && PREFIXES.iter().any(|p| bare.starts_with(p)) {
         return true;
     }
     keys.any(|key| {
-        if key.len() < 4 {
+        if key.len() < MIN_SEARCHED {
             return bare == key; // too short to search for inside words
         }
         if bare.contains(key) {
@@ -52,9 +74,247 @@ fn is_key_material<'a>(token: &str, mut keys: impl Iterator<Item = &'a str>) -> 
     })
 }
 
+/// Whether [`mask`] could change a text, answered by one scan for the bytes it looks for.
+///
+/// Exactly as strict as [`mask`], never less: every token [`mask`] replaces holds, somewhere in
+/// the text, one of these needles: a whole short key (under [`MIN_SEARCHED`] bytes); a run of
+/// `min(MIN_PIECE, len)` bytes of a longer key (a whole key or a piece of [`MIN_PIECE`]+ bytes
+/// of it contains one); or `sk-` / `Bearer` at the start of a token. A hit only means "run
+/// [`mask`]", so the finder may say yes where [`mask`] then changes nothing (`task-list`), never
+/// the other way round. Built once per key list (on load and reload), shared by every request.
+pub struct Finder {
+    matcher: Option<AhoCorasick>,
+    /// An empty key matches an empty token (`...`): such a list always takes the full mask.
+    always: bool,
+}
+
+impl Finder {
+    pub fn new<'a>(keys: impl Iterator<Item = &'a str>) -> Finder {
+        let mut needles: Vec<Vec<u8>> = PREFIXES.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut always = false;
+        for key in keys {
+            let key = key.as_bytes();
+            let run = match key.len() {
+                0 => {
+                    always = true;
+                    continue;
+                }
+                n if n < MIN_SEARCHED => n,
+                n => MIN_PIECE.min(n),
+            };
+            for window in key.windows(run) {
+                if !seen.insert(window) {
+                    continue;
+                }
+                needles.push(window.to_vec());
+                if window.contains(&b'/') {
+                    // JSON may escape `/` as `\/`; the JSON-aware masking reads the unescaped text.
+                    let escaped = window.iter().fold(Vec::new(), |mut v, &b| {
+                        if b == b'/' {
+                            v.push(b'\\');
+                        }
+                        v.push(b);
+                        v
+                    });
+                    needles.push(escaped);
+                }
+            }
+        }
+        // Duplicates stay (a key's run may equal `Bearer`): each pattern keeps its own rule.
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&needles)
+            .ok();
+        Finder {
+            always: always || matcher.is_none(),
+            matcher,
+        }
+    }
+
+    /// A finder that finds something everywhere: the full mask, for a caller that already
+    /// knows there is something to mask.
+    pub fn always() -> Finder {
+        Finder {
+            matcher: None,
+            always: true,
+        }
+    }
+
+    /// Whether `text` may hold key material (see [`Finder`]).
+    pub fn may_contain(&self, text: &[u8]) -> bool {
+        if self.always {
+            return true;
+        }
+        let Some(matcher) = &self.matcher else {
+            return true;
+        };
+        // The common answer, "nothing", from the automaton's fastest search (with its
+        // prefilter); only a hit is looked at again, for where `sk-` / `Bearer` stand.
+        if !matcher.is_match(text) {
+            return false;
+        }
+        matcher
+            .find_overlapping_iter(text)
+            .any(|m| m.pattern().as_usize() >= PREFIXES.len() || starts_token(text, m.start()))
+    }
+}
+
+/// Whether a token may start at byte `at`: at the start, after a delimiter, after a non-ASCII
+/// byte (the end of a multi-byte whitespace character, say) or close after a `\` (a JSON escape
+/// such as `\n` or `\u00a0` that decodes to a delimiter).
+fn starts_token(text: &[u8], at: usize) -> bool {
+    let Some(&before) = at.checked_sub(1).and_then(|i| text.get(i)) else {
+        return true;
+    };
+    before >= 0x80
+        || is_delimiter(before as char)
+        || text[at.saturating_sub(6)..at].contains(&b'\\')
+}
+
+/// Whole keys in upstream *content* (a 2xx answer or chunk that is a JSON object). A model
+/// cannot know a pool key, so a key reaches content only when an upstream echoes it whole; the
+/// heuristics of [`mask`] (pieces of keys, any `sk-…` or `Bearer…` token) are for error text and
+/// would corrupt ordinary answers (`BearerTokenAuth` in generated code, a word that happens to
+/// be six letters of a key). Keys shorter than [`MIN_SEARCHED`] cannot be told from words and
+/// are left to the error-text masking.
+pub struct KeyFinder {
+    matcher: Option<AhoCorasick>,
+}
+
+impl KeyFinder {
+    pub fn new<'a>(keys: impl Iterator<Item = &'a str>) -> KeyFinder {
+        let mut needles: Vec<Vec<u8>> = Vec::new();
+        for key in keys.filter(|k| k.len() >= MIN_SEARCHED) {
+            needles.push(key.as_bytes().to_vec());
+            if key.contains('/') {
+                // JSON may escape `/` as `\/`.
+                needles.push(key.replace('/', "\\/").into_bytes());
+            }
+        }
+        let matcher = (!needles.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&needles)
+                    .ok()
+            })
+            .flatten();
+        KeyFinder { matcher }
+    }
+
+    /// `bytes` with every whole key replaced by the mask, or `None` when it holds none.
+    pub fn replace(&self, bytes: &[u8]) -> Option<Bytes> {
+        let matcher = self.matcher.as_ref()?;
+        if !matcher.is_match(bytes) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        matcher.replace_all_with_bytes(bytes, &mut out, |_, _, out| {
+            out.extend_from_slice(MASK.as_bytes());
+            true
+        });
+        Some(Bytes::from(out))
+    }
+}
+
+/// Whether upstream bytes look like a JSON object (first and last non-blank bytes), the shape
+/// of every answer and chunk; anything else is treated as error text.
+pub fn looks_like_object(bytes: &[u8]) -> bool {
+    let t = bytes.trim_ascii();
+    t.first() == Some(&b'{') && t.last() == Some(&b'}')
+}
+
+/// [`mask`] behind the [`Finder`]: no tokenizing when there is nothing to find.
+pub fn mask_str<'a>(
+    text: &str,
+    finder: &Finder,
+    keys: impl Iterator<Item = &'a str> + Clone,
+) -> String {
+    if finder.may_contain(text.as_bytes()) {
+        mask(text, keys)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Upstream bytes with key material masked; the same `Bytes` (no copy) when there is none. A
+/// JSON document stays valid JSON: each of its strings (and object keys) is masked as a text.
+/// Anything else is masked as text (invalid UTF-8 then becomes U+FFFD).
+pub fn mask_bytes<'a>(
+    bytes: &Bytes,
+    finder: &Finder,
+    keys: impl Iterator<Item = &'a str> + Clone,
+) -> Bytes {
+    if !finder.may_contain(bytes) {
+        return bytes.clone();
+    }
+    if let Ok(mut value) = serde_json::from_slice::<Value>(bytes) {
+        return if mask_json(&mut value, &keys) {
+            Bytes::from(value.to_string())
+        } else {
+            bytes.clone()
+        };
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let masked = mask(&text, keys);
+    if masked == text {
+        bytes.clone()
+    } else {
+        Bytes::from(masked)
+    }
+}
+
+/// Masks every string in `value`; whether anything changed.
+fn mask_json<'a>(value: &mut Value, keys: &(impl Iterator<Item = &'a str> + Clone)) -> bool {
+    match value {
+        Value::String(s) => {
+            let masked = mask(s, keys.clone());
+            let changed = masked != *s;
+            *s = masked;
+            changed
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, v| mask_json(v, keys) | changed),
+        Value::Object(map) => {
+            let mut changed = false;
+            for (name, mut v) in std::mem::take(map) {
+                changed |= mask_json(&mut v, keys);
+                let masked = mask(&name, keys.clone());
+                changed |= masked != name;
+                map.insert(masked, v);
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_loses_whole_keys_and_keeps_everything_else() {
+        let keys = ["megallm-secret-123456", "k2", "sk-live-QWERTY/uiop"];
+        let finder = KeyFinder::new(keys.iter().copied());
+        let ordinary = br#"{"choices":[{"delta":{"content":"use BearerTokenAuth, sk-learn and secret-123456"}}]}"#;
+        assert!(finder.replace(ordinary).is_none(), "content untouched");
+        let echoed = br#"{"debug":"key megallm-secret-123456 and sk-live-QWERTY\/uiop","k2":1}"#;
+        let out = finder.replace(echoed).unwrap();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            !text.contains("secret-123456") && !text.contains("QWERTY"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"k2\""),
+            "short keys are not searched in content: {text}"
+        );
+        serde_json::from_slice::<Value>(&out).expect("still JSON");
+        assert!(looks_like_object(b" {\"a\":1}\n") && !looks_like_object(b"<html>"));
+    }
 
     #[test]
     fn whole_and_partial_keys_are_masked() {
@@ -70,6 +330,181 @@ mod tests {
         assert_eq!(
             mask("nothing to hide here", keys.iter().copied()),
             "nothing to hide here"
+        );
+    }
+
+    const KEYS: [&str; 5] = [
+        "megallm-secret-123456",
+        "k2",
+        "abcd",
+        "xBearerx",
+        "sk-live-QWERTY/uiop",
+    ];
+
+    fn fast(text: &str) -> String {
+        mask_str(
+            text,
+            &Finder::new(KEYS.iter().copied()),
+            KEYS.iter().copied(),
+        )
+    }
+
+    fn full(text: &str) -> String {
+        mask(text, KEYS.iter().copied())
+    }
+
+    #[test]
+    fn the_finder_is_exactly_as_strict_as_mask_on_known_cases() {
+        let cases = [
+            "",
+            "nothing to hide here",
+            "a task-list and a risk-free desk-lamp",
+            "Incorrect API key provided: megallm-secret-123456.",
+            "key megall***123456 rejected",
+            "key …secret…",
+            "just a secret- word",
+            "secret-123",
+            "k2",
+            "k2x",
+            "(k2)",
+            "abcd",
+            "xabcdx",
+            "a.Bearerx",
+            "Bearer abcdefgh",
+            "Bearerxyz",
+            "token sk-proj-abcdefgh!",
+            "sk-short",
+            "sk-",
+            "\u{a0}sk-proj-abcdefgh",
+            "\u{2003}sk-proj-abcdefgh",
+            "QWERTY/uiop",
+            "mega.llm-se",
+            "…",
+            "...",
+            "ünïcödé megallm-secret-123456ü",
+        ];
+        for text in cases {
+            assert_eq!(fast(text), full(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_finder_is_exactly_as_strict_as_mask_on_random_text() {
+        // Texts built from pieces of keys, heuristics' prefixes, elisions and delimiters.
+        let atoms = [
+            "megallm",
+            "-secret",
+            "-123456",
+            "secret-1",
+            "k2",
+            "ab",
+            "cd",
+            "abcd",
+            "xBearer",
+            "x",
+            "Bearer",
+            "sk-",
+            "live-",
+            "QWERTY",
+            "/uiop",
+            "*",
+            "***",
+            ".",
+            "…",
+            " ",
+            "\"",
+            "'",
+            "(",
+            ")",
+            ",",
+            ";",
+            "<",
+            ">",
+            "`",
+            ":",
+            "!",
+            "?",
+            "\n",
+            "\u{a0}",
+            "é",
+            "ta",
+            "a",
+            "1",
+            "proj-abcdefgh",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let finder = Finder::new(KEYS.iter().copied());
+        let mut masked = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 8) as usize;
+            let text: String = (0..len)
+                .map(|_| atoms[(next() % atoms.len() as u64) as usize])
+                .collect();
+            let want = full(&text);
+            assert_eq!(
+                mask_str(&text, &finder, KEYS.iter().copied()),
+                want,
+                "{text:?}"
+            );
+            if want != text {
+                masked += 1;
+            }
+        }
+        assert!(
+            masked > 1000,
+            "the corpus should exercise masking: {masked}"
+        );
+    }
+
+    #[test]
+    fn clean_bytes_come_back_uncopied() {
+        let finder = Finder::new(KEYS.iter().copied());
+        let chunk = Bytes::from_static(br#"{"choices":[{"delta":{"content":"a task-list"}}]}"#);
+        let out = mask_bytes(&chunk, &finder, KEYS.iter().copied());
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "the same bytes, not a copy");
+        assert!(!finder.may_contain(b"benign text, nothing to hide"));
+    }
+
+    #[test]
+    fn json_stays_json_when_masked() {
+        let finder = Finder::new(KEYS.iter().copied());
+        let event = Bytes::from_static(
+            br#"{"error":{"message":"bad key \"sk-proj-abcdefgh\"\nor megallm-secret-123456","code":"k2"}}"#,
+        );
+        let out = mask_bytes(&event, &finder, KEYS.iter().copied());
+        let v: Value = serde_json::from_slice(&out).expect("still JSON");
+        assert_eq!(
+            v["error"]["message"],
+            "bad key \"[redacted key]\"\nor [redacted key]"
+        );
+        assert_eq!(v["error"]["code"], "[redacted key]");
+        // Escaped `/` and an escape before `sk-` are found too.
+        let escaped = Bytes::from_static(br#"{"m":"QWERTY\/uiop","n":"\nsk-proj-abcdefgh"}"#);
+        let out = mask_bytes(&escaped, &finder, KEYS.iter().copied());
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["m"].as_str(), v["n"].as_str()),
+            (Some(MASK), Some("\n[redacted key]"))
+        );
+        // Not JSON: masked as text.
+        let raw = Bytes::from_static(b"oops megallm-secret-123456 <b>");
+        let out = mask_bytes(&raw, &finder, KEYS.iter().copied());
+        assert_eq!(&out[..], b"oops [redacted key] <b>");
+    }
+
+    #[test]
+    fn an_empty_key_always_takes_the_full_mask() {
+        let finder = Finder::new(["", "abcdefgh"].into_iter());
+        assert!(finder.may_contain(b"anything"));
+        assert_eq!(
+            mask_str("a ... b", &finder, ["", "abcdefgh"].into_iter()),
+            mask("a ... b", ["", "abcdefgh"].into_iter())
         );
     }
 }

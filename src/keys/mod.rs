@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -130,9 +131,34 @@ impl Key {
     }
 }
 
+/// One generation of the key list, with the masking scan built for exactly these keys (so a
+/// reload cannot leave the two out of step).
+struct KeyList {
+    keys: Arc<[Arc<Key>]>,
+    finder: mask::Finder,
+    /// Whole keys only, for content (see [`mask::KeyFinder`]).
+    whole: mask::KeyFinder,
+}
+
+impl KeyList {
+    fn new(keys: Arc<[Arc<Key>]>) -> KeyList {
+        let finder = mask::Finder::new(keys.iter().map(|k| k.secret.expose()));
+        let whole = mask::KeyFinder::new(keys.iter().map(|k| k.secret.expose()));
+        KeyList {
+            keys,
+            finder,
+            whole,
+        }
+    }
+
+    fn secrets(&self) -> impl Iterator<Item = &str> + Clone {
+        self.keys.iter().map(|k| k.secret.expose())
+    }
+}
+
 /// The pool. Cheap to share (`Arc`); the key list is swapped whole on reload.
 pub struct KeyPool {
-    keys: RwLock<Arc<[Arc<Key>]>>,
+    keys: RwLock<Arc<KeyList>>,
     cursor: AtomicUsize,
     next_id: AtomicUsize,
     cfg: SchedulerSettings,
@@ -149,7 +175,7 @@ pub struct KeyPool {
 impl KeyPool {
     pub fn new(specs: &[KeySpec], cfg: SchedulerSettings) -> Arc<KeyPool> {
         let pool = KeyPool {
-            keys: RwLock::new(Arc::from(Vec::new())),
+            keys: RwLock::new(Arc::new(KeyList::new(Arc::from(Vec::new())))),
             cursor: AtomicUsize::new(0),
             next_id: AtomicUsize::new(1),
             queueing: !cfg.queue_timeout.is_zero(),
@@ -169,6 +195,10 @@ impl KeyPool {
 
     /// The current keys, in load order.
     fn keys(&self) -> Arc<[Arc<Key>]> {
+        self.list().keys.clone()
+    }
+
+    fn list(&self) -> Arc<KeyList> {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -181,8 +211,25 @@ impl KeyPool {
     /// Masks any key material (whole keys and recognisable pieces) in text bound for a client
     /// or a log.
     pub fn mask(&self, text: &str) -> String {
-        let keys = self.keys();
-        mask::mask(text, keys.iter().map(|k| k.secret.expose()))
+        let list = self.list();
+        mask::mask_str(text, &list.finder, list.secrets())
+    }
+
+    /// [`KeyLease::mask_content`] without a lease.
+    pub fn mask_content(&self, bytes: &Bytes) -> Bytes {
+        if !mask::looks_like_object(bytes) {
+            return self.mask_bytes(bytes);
+        }
+        self.list()
+            .whole
+            .replace(bytes)
+            .unwrap_or_else(|| bytes.clone())
+    }
+
+    /// [`KeyPool::mask`] for bytes: the same `Bytes`, uncopied, when there is nothing to mask.
+    pub fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+        let list = self.list();
+        mask::mask_bytes(bytes, &list.finder, list.secrets())
     }
 }
 

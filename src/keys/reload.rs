@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Key, KeyPool};
+use super::{Key, KeyList, KeyPool};
 use crate::config::KeySpec;
 
 /// How many removed keys a pool remembers.
@@ -42,7 +42,7 @@ impl KeyPool {
         }
         let now = Instant::now();
         let mut guard = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let old = guard.clone();
+        let old = guard.keys.clone();
         let mut next: Vec<Arc<Key>> = Vec::with_capacity(specs.len());
         let mut kept = 0;
         for spec in specs {
@@ -90,7 +90,7 @@ impl KeyPool {
         let excess = retired.len().saturating_sub(MAX_RETIRED);
         retired.drain(..excess);
         drop(retired);
-        *guard = Arc::from(next);
+        *guard = Arc::new(KeyList::new(Arc::from(next)));
         drop(guard);
         self.changed.notify_waiters();
         Ok(summary)

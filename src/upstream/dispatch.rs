@@ -2,6 +2,11 @@
 //! retry on another key while nothing has reached the client. Streams are held back until
 //! their first event is complete, so a stream that dies before its first byte is retried too;
 //! after that, the stream is the client's and a break ends it with an error.
+//!
+//! Doors get only what [`verdict`] passed and the key pool masked: a [`Completion`] whose body
+//! is a JSON object that is no error, and chunks whose bytes hold no key material. A 2xx that
+//! is no answer (HTML, empty, not an object, `{"error": …}`, a stream whose first event is an
+//! error) is the key's transient failure, retried like a 5xx; a later error event is a break.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use http_body_util::BodyExt;
 use super::client::{Response, UpstreamClient};
 use super::sse::SseParser;
 use super::unstreamed;
+use super::verdict::{self, Bad, UpstreamErrorBody};
 use crate::chat::{
     Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
     TimeoutKind,
@@ -242,8 +248,12 @@ impl Dispatcher {
                     )))
                 }
             };
+            if let Err(bad) = verdict::check_body(&body) {
+                return Err(bad_answer(attempts, &mut lease, status, bad));
+            }
             attempts.push(&key_id, status.to_string());
             lease.report(Outcome::Success, Some(status), "");
+            let body = lease.mask_content(&body);
             if !stream {
                 return Ok(Won::Body(Completion { status, body }));
             }
@@ -288,8 +298,13 @@ impl Dispatcher {
                 &message,
             ));
         };
+        // An error as the first event: nothing reached the client, so another key may serve.
+        if let Some(error) = verdict::error_event(&first) {
+            return Err(bad_answer(attempts, &mut lease, status, Bad::Error(error)));
+        }
         attempts.push(&key_id, status.to_string());
         lease.report(Outcome::Success, Some(status), "");
+        let first = lease.mask_content(&first);
         let done = is_done(&first);
         let state = StreamState {
             body,
@@ -347,6 +362,20 @@ fn transient(
     Failed::Retry(GatewayError::UpstreamUnavailable {
         status: None,
         message: lease.mask(message),
+        retry_after: None,
+    })
+}
+
+/// A 2xx that is no answer: the upstream (or a proxy before it) failed, not the request. It
+/// counts against the key like a 5xx, and the client gets a 502 if no other try succeeds.
+fn bad_answer(attempts: &mut Attempts, lease: &mut KeyLease, status: u16, bad: Bad) -> Failed {
+    let message = bad.describe(status);
+    tracing::debug!(key = %lease.id(), error = %lease.mask(&message), "the upstream's 2xx is no answer");
+    attempts.push(lease.id(), "invalid");
+    lease.report(Outcome::Transient, Some(status), &message);
+    Failed::Retry(GatewayError::UpstreamUnavailable {
+        status: Some(502),
+        message: lease.mask(&message),
         retry_after: None,
     })
 }
@@ -435,43 +464,6 @@ async fn read_limited(response: Response, until: Instant, limit: usize) -> Bytes
     Bytes::from(out)
 }
 
-/// The parts of an upstream error body worth passing on.
-struct UpstreamErrorBody {
-    message: String,
-    error_type: Option<String>,
-    param: Option<String>,
-    code: Option<String>,
-}
-
-impl UpstreamErrorBody {
-    fn parse(body: &[u8]) -> Self {
-        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        let error = json.as_ref().map(|j| j.get("error").unwrap_or(j));
-        let text = |field: &str| {
-            error.and_then(|e| e.get(field)).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-        };
-        let message = text("message").unwrap_or_else(|| {
-            let raw = String::from_utf8_lossy(body);
-            let raw = raw.trim();
-            if raw.is_empty() {
-                "the upstream gave no error message".into()
-            } else {
-                raw.chars().take(300).collect()
-            }
-        });
-        UpstreamErrorBody {
-            message,
-            error_type: text("type"),
-            param: text("param"),
-            code: text("code"),
-        }
-    }
-}
-
 /// The live half of a stream: upstream bytes in, one event's data out per poll.
 struct StreamState {
     body: ByteStream,
@@ -494,6 +486,23 @@ impl StreamState {
         }
     }
 
+    fn mask_content(&self, bytes: &Bytes) -> Bytes {
+        match &self.lease {
+            Some(lease) => lease.mask_content(bytes),
+            None => self.pool.mask_content(bytes),
+        }
+    }
+
+    /// An error event after the first byte: the stream ends here, as a break.
+    fn error_event(&self, error: UpstreamErrorBody) -> GatewayError {
+        let mask = |field: Option<String>| field.map(|f| self.mask(&f));
+        GatewayError::UpstreamErrorEvent {
+            message: self.mask(&error.message),
+            error_type: mask(error.error_type),
+            code: mask(error.code),
+        }
+    }
+
     async fn next(mut self) -> Option<(Result<Bytes, GatewayError>, StreamState)> {
         if self.done {
             return None;
@@ -507,6 +516,11 @@ impl StreamState {
                     self.done = true;
                     return None;
                 }
+                if let Some(error) = verdict::error_event(&event) {
+                    let error = self.error_event(error);
+                    return Some((Err(self.broken(error)), self));
+                }
+                let event = self.mask_content(&event);
                 return Some((Ok(event), self));
             }
             let idle_at = (Instant::now() + self.idle).min(self.deadline);
@@ -530,11 +544,16 @@ impl StreamState {
                     "no upstream event within the idle timeout",
                 ),
             };
-            self.done = true;
-            if let Some(lease) = &self.lease {
-                lease.stream_broken(&error.to_string());
-            }
-            return Some((Err(error), self));
+            return Some((Err(self.broken(error)), self));
         }
+    }
+
+    /// Ends the stream with `error`, recorded on the key as a break.
+    fn broken(&mut self, error: GatewayError) -> GatewayError {
+        self.done = true;
+        if let Some(lease) = &self.lease {
+            lease.stream_broken(&error.to_string());
+        }
+        error
     }
 }

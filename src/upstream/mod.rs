@@ -7,6 +7,7 @@ pub mod models;
 pub mod probe;
 pub mod sse;
 mod unstreamed;
+mod verdict;
 
 pub use client::UpstreamClient;
 pub use dispatch::Dispatcher;

@@ -134,6 +134,8 @@ impl Models {
             tracing::warn!(status, key = %lease.id(), "upstream model list unavailable; serving the built-in list");
             return None;
         }
+        // Clients see these names: they pass the pool's masking like every upstream byte.
+        let body = lease.mask_content(&body);
         let list: List = serde_json::from_slice(&body).ok()?;
         (!list.data.is_empty()).then_some(list.data)
     }

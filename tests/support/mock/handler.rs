@@ -215,7 +215,7 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
         return build(
             reply.status,
             &reply.headers,
-            "application/json",
+            reply.content_type.as_deref().unwrap_or("application/json"),
             Body::from(body),
         );
     }
@@ -241,7 +241,7 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
     build(
         reply.status,
         &reply.headers,
-        "text/event-stream",
+        reply.content_type.as_deref().unwrap_or("text/event-stream"),
         Body::from_stream(s),
     )
 }

@@ -75,6 +75,12 @@ pub struct Reply {
     /// Answer a streaming request with the whole JSON completion, as an upstream that ignores
     /// `stream` does.
     pub unstreamed: bool,
+    /// A streamed answer's events, verbatim (each one's `data`), instead of the generated
+    /// chunks: for error events, malformed events, events that quote the key.
+    pub events: Option<Vec<String>>,
+    /// The `Content-Type` of the answer instead of the usual one (`text/html` for a proxy's
+    /// error page).
+    pub content_type: Option<String>,
 }
 
 impl Reply {
@@ -95,6 +101,8 @@ impl Reply {
             comments: false,
             split: false,
             unstreamed: false,
+            events: None,
+            content_type: None,
         }
     }
     /// `status` with an OpenAI error body (`"mock error <status>"`) unless [`Reply::body`] is set.
@@ -162,6 +170,17 @@ impl Reply {
     }
     pub fn unstreamed(mut self) -> Self {
         self.unstreamed = true;
+        self
+    }
+    /// Stream exactly these events' data (then `[DONE]` unless [`Reply::without_done`]).
+    pub fn events<S: Into<String>>(mut self, events: impl IntoIterator<Item = S>) -> Self {
+        let events: Vec<String> = events.into_iter().map(Into::into).collect();
+        self.chunks = events.len();
+        self.events = Some(events);
+        self
+    }
+    pub fn content_type(mut self, content_type: &str) -> Self {
+        self.content_type = Some(content_type.to_string());
         self
     }
 }

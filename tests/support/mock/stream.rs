@@ -130,7 +130,10 @@ pub(super) async fn next_chunk(
             return Some((Err(std::io::Error::other("mock breaks the stream")), st));
         }
         if i < st.reply.chunks {
-            let data = chunk_json(st.seq, &st.model, i, st.reply.chunks);
+            let data = match st.reply.events.as_ref().and_then(|events| events.get(i)) {
+                Some(event) => event.clone(),
+                None => chunk_json(st.seq, &st.model, i, st.reply.chunks),
+            };
             shared.record_stream(
                 st.seq,
                 &st.key,

@@ -1,0 +1,89 @@
+//! What a gRPC route refuses before tonic sees the call: a POST whose content type is not gRPC
+//! (415, as the gRPC HTTP/2 spec asks, in OpenAI's error JSON: such a client is likely an HTTP
+//! one at the wrong path), and request metadata over [`MAX_METADATA`] (RESOURCE_EXHAUSTED,
+//! the code gRPC implementations give metadata over their limit).
+//!
+//! Metadata over hyper's HTTP/2 `max_header_list_size` (16 KiB by default) never reaches this
+//! layer: the h2 codec answers such a stream itself with a bare HTTP 431 (no `grpc-status`),
+//! which tonic clients report as UNKNOWN ("grpc-status header missing, mapped from HTTP status
+//! code 431"). [`MAX_METADATA`] sits below that limit, so metadata from 8 to 16 KiB gets
+//! RESOURCE_EXHAUSTED here; moving the line for larger metadata needs the listener to raise
+//! h2's limit (`axum::serve` does not expose it: hyper-util's server builder does).
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::status::DOMAIN;
+use crate::chat::GatewayError;
+use crate::http::error::HttpError;
+
+/// The most request metadata a call may carry, counted as HTTP/2 counts a header list (each
+/// field's name and value plus 32 bytes, pseudo-headers included). 8 KiB is grpc-java's
+/// default; a gateway token and a request id need well under 1 KiB.
+pub const MAX_METADATA: usize = 8 * 1024;
+
+/// The layer: refuses non-gRPC POSTs and oversized metadata, passes everything else on.
+pub async fn guard(request: Request, next: Next) -> Response {
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let grpc = content_type
+        .as_ref()
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if request.method() == Method::POST && !grpc {
+        let shown = content_type
+            .as_ref()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(100)
+                    .collect()
+            })
+            .unwrap_or_else(|| "(none)".to_owned());
+        let error = GatewayError::UnsupportedMediaType(format!(
+            "content type `{shown}` is not gRPC: send application/grpc (JSON clients use POST /v1/chat/completions)"
+        ));
+        return HttpError::from(error).into_response();
+    }
+    let size = metadata_size(&request);
+    if grpc && size > MAX_METADATA {
+        let message =
+            format!("request metadata is {size} bytes, over the limit of {MAX_METADATA} bytes");
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            "METADATA_TOO_LARGE",
+            DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        let status = Status::with_error_details(Code::ResourceExhausted, message, details);
+        let mut response: Response = status.into_http();
+        if let Some(content_type) = content_type {
+            // gRPC-Web clients want their own content type back.
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
+        return response;
+    }
+    next.run(request).await
+}
+
+/// The request's header list size as HTTP/2 accounts it (RFC 9113 §6.5.2).
+fn metadata_size(request: &Request) -> usize {
+    let pseudo = [
+        request.method().as_str().len() + ":method".len(),
+        request.uri().path().len() + ":path".len(),
+        request.uri().authority().map_or(0, |a| a.as_str().len()) + ":authority".len(),
+        request.uri().scheme_str().map_or(0, str::len) + ":scheme".len(),
+    ];
+    pseudo.iter().map(|n| n + 32).sum::<usize>() + fields_size(request.headers())
+}
+
+fn fields_size(headers: &HeaderMap<HeaderValue>) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
