@@ -41,20 +41,21 @@ impl KeyPool {
             return Err("the new key list is empty; keeping the current keys".into());
         }
         let now = Instant::now();
-        let mut guard = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let old = guard.keys.clone();
+        // Reloads are serialized by the retired-keys lock (only reloads take it). The list's
+        // write lock is held for the swap alone: building the masking scans of a large list
+        // takes milliseconds, and key choice must not wait for it.
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.list().keys.clone();
         let mut next: Vec<Arc<Key>> = Vec::with_capacity(specs.len());
         let mut kept = 0;
         for spec in specs {
             if next.iter().any(|k| k.secret == spec.secret) {
                 continue; // the same key listed twice is one key
             }
-            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
             let back = retired
                 .iter()
                 .position(|k| k.secret == spec.secret)
                 .map(|i| retired.remove(i));
-            drop(retired);
             match old
                 .iter()
                 .find(|k| k.secret == spec.secret)
@@ -85,13 +86,12 @@ impl KeyPool {
             removed: removed.len(),
             total: next.len(),
         };
-        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.extend(removed);
         let excess = retired.len().saturating_sub(MAX_RETIRED);
         retired.drain(..excess);
+        let list = Arc::new(KeyList::new(Arc::from(next)));
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = list;
         drop(retired);
-        *guard = Arc::new(KeyList::new(Arc::from(next)));
-        drop(guard);
         self.changed.notify_waiters();
         Ok(summary)
     }
