@@ -15,6 +15,8 @@ pub enum TimeoutKind {
     Total,
     /// The client's own deadline (`grpc-timeout`).
     Deadline,
+    /// The client did not send its request body within `--client-body-timeout`.
+    ClientBody,
 }
 
 impl TimeoutKind {
@@ -25,6 +27,7 @@ impl TimeoutKind {
             TimeoutKind::Idle => "idle",
             TimeoutKind::Total => "total",
             TimeoutKind::Deadline => "deadline",
+            TimeoutKind::ClientBody => "client_body",
         }
     }
 }
@@ -75,6 +78,9 @@ pub enum GatewayError {
     /// The upstream stream broke after the first byte went to the client.
     #[error("upstream stream broke: {0}")]
     StreamBroken(String),
+    /// The gateway is stopping and its shutdown grace is over: what an open stream ends with.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -142,12 +148,14 @@ impl GatewayError {
                 _ => ErrorKind::Unavailable,
             },
             GatewayError::Timeout { kind, .. } => match kind {
-                TimeoutKind::Deadline | TimeoutKind::Total => ErrorKind::DeadlineExceeded,
+                TimeoutKind::Deadline | TimeoutKind::Total | TimeoutKind::ClientBody => {
+                    ErrorKind::DeadlineExceeded
+                }
                 TimeoutKind::Connect | TimeoutKind::FirstByte | TimeoutKind::Idle => {
                     ErrorKind::UpstreamTimeout
                 }
             },
-            GatewayError::StreamBroken(_) => ErrorKind::Unavailable,
+            GatewayError::StreamBroken(_) | GatewayError::ShuttingDown => ErrorKind::Unavailable,
             GatewayError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -170,6 +178,18 @@ impl GatewayError {
                 _ => 503,
             },
             ErrorKind::UpstreamInternal => 502,
+            // The client was too slow, not the upstream: 408, as for a slow request head.
+            ErrorKind::DeadlineExceeded
+                if matches!(
+                    self,
+                    GatewayError::Timeout {
+                        kind: TimeoutKind::ClientBody,
+                        ..
+                    }
+                ) =>
+            {
+                408
+            }
             ErrorKind::DeadlineExceeded | ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Internal => 500,
         }
@@ -187,9 +207,9 @@ impl GatewayError {
                 error_type.as_deref().unwrap_or("invalid_request_error")
             }
             GatewayError::RateLimited { .. } => "rate_limit_error",
-            GatewayError::NoKeyAvailable { .. } | GatewayError::UpstreamUnavailable { .. } => {
-                "service_unavailable_error"
-            }
+            GatewayError::NoKeyAvailable { .. }
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::ShuttingDown => "service_unavailable_error",
             GatewayError::Timeout { .. } => "timeout_error",
             GatewayError::StreamBroken(_) => "upstream_error",
             GatewayError::Internal(_) => "server_error",
@@ -214,8 +234,10 @@ impl GatewayError {
                 TimeoutKind::Idle => "idle_timeout",
                 TimeoutKind::Total => "total_timeout",
                 TimeoutKind::Deadline => "deadline_exceeded",
+                TimeoutKind::ClientBody => "client_body_timeout",
             },
             GatewayError::StreamBroken(_) => "upstream_stream_broken",
+            GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal(_) => "internal_error",
         })
     }

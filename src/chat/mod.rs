@@ -4,6 +4,7 @@
 
 mod error;
 mod request;
+mod shutdown;
 
 use std::fmt;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
 pub use request::ChatRequest;
+pub use shutdown::until_shutdown;
 
 /// What a door knows about a request besides its body.
 #[derive(Clone, Debug)]

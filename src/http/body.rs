@@ -1,5 +1,6 @@
 //! Reading a JSON request body: content type checked first, size bounded while reading (a
-//! declared `Content-Length` over the limit is refused before a byte is read).
+//! declared `Content-Length` over the limit is refused before a byte is read), and in time (a
+//! body that outlasts `--client-body-timeout` is 408).
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -7,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::chat::GatewayError;
+use crate::server::BodyTimeout;
 
 pub async fn read_json(
     headers: &HeaderMap,
@@ -41,10 +43,14 @@ pub async fn read_json(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(GatewayError::PayloadTooLarge { limit })
         }
-        Err(e) => Err(GatewayError::InvalidRequest {
-            message: format!("could not read the request body: {e}"),
-            param: None,
-            code: "invalid_body",
+        // Too slow a sender is 408, not a bad body.
+        Err(e) => Err(match BodyTimeout::find(&*e) {
+            Some(timeout) => timeout.error(),
+            None => GatewayError::InvalidRequest {
+                message: format!("could not read the request body: {e}"),
+                param: None,
+                code: "invalid_body",
+            },
         }),
     }
 }

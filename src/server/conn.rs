@@ -1,0 +1,308 @@
+//! One client connection from accept to close, and the clock that closes it when the peer
+//! stalls. hyper has no idle timer for HTTP/1 keep-alive and none at all for a connection that
+//! has not sent its first byte (the protocol is not even known yet), so the connection keeps
+//! its own [`Activity`] and a watchdog acts on it:
+//!
+//! | phase | the peer must, within |
+//! |---|---|
+//! | fresh (nothing read yet) or a request head begun | `--client-header-timeout`: send the whole head (h2c: the preface) |
+//! | idle (keep-alive, or h2 with no stream open) | `--client-idle-timeout`: start a request |
+//! | busy (a request or stream open) | nothing; the body has its own deadline ([`super::body::TimedBody`]) |
+//!
+//! On expiry an HTTP/1 connection is closed at once (no request is open, so nothing is lost);
+//! an HTTP/2 one gets GOAWAY and is closed for good [`GOAWAY_GRACE`] later if the peer does not
+//! finish the handshake.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::body::{TimedBody, Tracked};
+use crate::config::ClientLimits;
+
+/// How long an HTTP/2 peer has, after GOAWAY, before its connection is closed regardless.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Fresh,
+    Head,
+    Idle,
+    Busy,
+}
+
+struct State {
+    phase: Phase,
+    /// When the phase began.
+    since: Instant,
+    in_flight: usize,
+    /// Bytes of the h2c preface seen so far, while the protocol is still unknown.
+    sniffed: Option<usize>,
+    h2: bool,
+}
+
+/// What the watchdog knows of a connection. Updated on each request's start and end and on
+/// the first byte read while no request is open; nothing per byte beyond one atomic load.
+pub struct Activity {
+    /// Reads matter (they may begin a head) only while no request is open on HTTP/1.
+    watch_reads: AtomicBool,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            watch_reads: AtomicBool::new(true),
+            state: Mutex::new(State {
+                phase: Phase::Fresh,
+                since: Instant::now(),
+                in_flight: 0,
+                sniffed: Some(0),
+                h2: false,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain data, valid after any panic mid-update.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        if bytes.is_empty() || !self.watch_reads.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.state();
+        if let Some(seen) = s.sniffed {
+            let want = &H2_PREFACE[seen..];
+            let n = want.len().min(bytes.len());
+            if bytes[..n] == want[..n] {
+                if seen + n == H2_PREFACE.len() {
+                    // An h2c connection: from now on frames, not heads; idle until a stream.
+                    s.sniffed = None;
+                    s.h2 = true;
+                    if s.phase != Phase::Busy {
+                        s.phase = Phase::Idle;
+                        s.since = Instant::now();
+                    }
+                    self.watch_reads.store(false, Ordering::Relaxed);
+                    self.changed.notify_one();
+                    return;
+                }
+                s.sniffed = Some(seen + n);
+            } else {
+                s.sniffed = None;
+            }
+        }
+        if matches!(s.phase, Phase::Fresh | Phase::Idle) {
+            s.phase = Phase::Head;
+            s.since = Instant::now();
+            self.changed.notify_one();
+        }
+        if s.sniffed.is_none() {
+            self.watch_reads.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection is to be closed if nothing changes; `None` while busy.
+    fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+        let s = self.state();
+        match s.phase {
+            Phase::Fresh | Phase::Head => Some(s.since + limits.header_timeout),
+            Phase::Idle => Some(s.since + limits.idle_timeout),
+            Phase::Busy => None,
+        }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.state().h2
+    }
+}
+
+/// Marks its connection busy from a request's start until its response body is dropped.
+pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Busy {
+        let mut s = activity.state();
+        s.in_flight += 1;
+        s.phase = Phase::Busy;
+        s.sniffed = None;
+        activity.watch_reads.store(false, Ordering::Relaxed);
+        drop(s);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let mut s = activity.state();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.phase = Phase::Idle;
+            s.since = Instant::now();
+            if !s.h2 {
+                activity.watch_reads.store(true, Ordering::Relaxed);
+            }
+            activity.changed.notify_one();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client socket, telling [`Activity`] about bytes read.
+    struct Watched {
+        #[pin]
+        tcp: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let poll = this.tcp.poll_read(cx, buf);
+        if poll.is_ready() {
+            this.activity.on_read(&buf.filled()[before..]);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().tcp.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().tcp.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().tcp.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().tcp.poll_shutdown(cx)
+    }
+}
+
+/// What every connection task shares.
+pub struct Shared {
+    pub builder: auto::Builder<TokioExecutor>,
+    pub app: Router,
+    pub limits: ClientLimits,
+    /// Cancelled when the gateway stops: finish open requests, take no new ones.
+    pub stop: CancellationToken,
+    /// Cancelled when the shutdown grace (and the flush after it) is over: close now.
+    pub kill: CancellationToken,
+}
+
+/// Serves one connection until it closes, the peer stalls, or the gateway stops. `permit` is
+/// the connection's place under `--max-connections`, given back when this returns.
+pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        tcp,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        let app = shared.app.clone();
+        let body_timeout = shared.limits.body_timeout;
+        hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let busy = Busy::start(&activity);
+            let request_id = request.headers().get("x-request-id").cloned();
+            let request = request
+                .map(|body| TimedBody::new(body, Instant::now(), body_timeout, request_id));
+            let call = app.clone().oneshot(request);
+            async move {
+                let response = call.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+            }
+        })
+    };
+    let conn = shared.builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut goaway_sent = false;
+    // Set once the connection is told to close: it is dropped if still open by then.
+    let mut close_by: Option<Instant> = None;
+    loop {
+        let changed = activity.changed.notified();
+        let deadline = close_by.or_else(|| activity.deadline(&shared.limits));
+        let expiry = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = changed => {}
+            _ = expiry => {
+                if close_by.is_some() {
+                    return;
+                }
+                if activity.deadline(&shared.limits).is_some_and(|d| d <= Instant::now()) {
+                    if !activity.is_h2() {
+                        tracing::debug!("closing a stalled or idle client connection");
+                        return;
+                    }
+                    if !goaway_sent {
+                        conn.as_mut().graceful_shutdown();
+                        goaway_sent = true;
+                    }
+                    close_by = Some(Instant::now() + GOAWAY_GRACE);
+                }
+            }
+            _ = shared.stop.cancelled(), if !goaway_sent => {
+                conn.as_mut().graceful_shutdown();
+                goaway_sent = true;
+            }
+            _ = shared.kill.cancelled() => return,
+        }
+    }
+}
