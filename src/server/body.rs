@@ -7,6 +7,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +35,11 @@ impl BodyTimeout {
         let error = Self::error_for(limit);
         let status = crate::grpc::to_status(&error, &RequestContext::new(request_id), None);
         BodyTimeout { limit, status }
+    }
+
+    /// The gRPC status of a body that outlasted `limit`.
+    pub fn status_for(limit: Duration) -> tonic::Status {
+        Self::new(limit, None).status
     }
 
     fn error_for(limit: Duration) -> GatewayError {
@@ -86,6 +93,7 @@ pin_project_lite::pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         request_id: Option<http::HeaderValue>,
         fired: bool,
+        flag: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -98,7 +106,14 @@ impl<B> TimedBody<B> {
             timer: None,
             request_id,
             fired: false,
+            flag: None,
         }
+    }
+
+    /// `flag` is set when the deadline fires, for whoever needs to know after the body is gone.
+    pub fn flag_on_timeout(mut self, flag: Option<Arc<AtomicBool>>) -> Self {
+        self.flag = flag;
+        self
     }
 }
 
@@ -127,6 +142,9 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         ready!(timer.as_mut().poll(cx));
         *this.fired = true;
+        if let Some(flag) = this.flag {
+            flag.store(true, Ordering::Relaxed);
+        }
         let request_id = this.request_id.as_ref().and_then(|v| v.to_str().ok());
         let error = BodyTimeout::new(*this.limit, request_id);
         tracing::info!(error = %error, "closing a slow request body");

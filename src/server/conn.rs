@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::body::{TimedBody, Tracked};
+use super::body::{BodyTimeout, TimedBody, Tracked};
 use crate::config::ClientLimits;
 
 /// How long an HTTP/2 peer has, after GOAWAY, before its connection is closed regardless.
@@ -251,11 +251,23 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let busy = Busy::start(&activity);
             let request_id = request.headers().get("x-request-id").cloned();
-            let request = request
-                .map(|body| TimedBody::new(body, Instant::now(), body_timeout, request_id));
+            // tonic-web turns every request-body error into INTERNAL; this flag lets the status
+            // the timeout carries be put back (native gRPC keeps it without help).
+            let timed_out = is_grpc_web(&request).then(|| Arc::new(AtomicBool::new(false)));
+            let request = request.map(|body| {
+                TimedBody::new(body, Instant::now(), body_timeout, request_id)
+                    .flag_on_timeout(timed_out.clone())
+            });
             let call = app.clone().oneshot(request);
             async move {
-                let response = call.await?;
+                let mut response = call.await?;
+                if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                    let status = BodyTimeout::status_for(body_timeout);
+                    // Only a trailers-only answer can come before the body was read.
+                    if response.headers().contains_key("grpc-status") {
+                        let _ = status.add_header(response.headers_mut());
+                    }
+                }
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
             }
         })
@@ -305,4 +317,11 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
             _ = shared.kill.cancelled() => return,
         }
     }
+}
+
+fn is_grpc_web<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
 }
