@@ -27,7 +27,10 @@ fn ms(n: u64) -> Duration {
 
 /// Reads until the peer closes (EOF or reset) and returns what arrived and when it closed;
 /// panics if it is still open after `bound`.
-async fn read_until_closed(tcp: &mut (impl AsyncRead + Unpin), bound: Duration) -> (Vec<u8>, Instant) {
+async fn read_until_closed(
+    tcp: &mut (impl AsyncRead + Unpin),
+    bound: Duration,
+) -> (Vec<u8>, Instant) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let read_all = async {
@@ -52,8 +55,12 @@ struct RawResponse {
 
 impl RawResponse {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
@@ -67,7 +74,11 @@ async fn read_response(tcp: &mut (impl AsyncRead + Unpin), bound: Duration) -> R
                 break i + 4;
             }
             let n = tcp.read(&mut buf).await.expect("read a response");
-            assert!(n > 0, "closed before a whole response head: {:?}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "closed before a whole response head: {:?}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         };
         let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
@@ -114,8 +125,15 @@ async fn silent_connection_is_closed_after_the_header_timeout() {
     let mut tcp = connect(&gw).await;
     let (got, closed) = read_until_closed(&mut tcp, header + SLACK).await;
     let open_for = closed - start;
-    assert!(got.is_empty(), "unexpected bytes: {:?}", String::from_utf8_lossy(&got));
-    assert!(open_for >= header, "closed after {open_for:?}, before the header timeout");
+    assert!(
+        got.is_empty(),
+        "unexpected bytes: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        open_for >= header,
+        "closed after {open_for:?}, before the header timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +161,19 @@ async fn slow_request_head_is_closed_after_the_header_timeout() {
     });
     let (got, closed) = read_until_closed(&mut rx, header + SLACK).await;
     let open_for = closed - start;
-    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "answered a head that came too slowly: {:?}", String::from_utf8_lossy(&got));
-    assert!(open_for >= header, "closed after {open_for:?}, before the header timeout");
-    assert!(open_for < ms(50) * head.len() as u32, "closed only after the whole head: {open_for:?}");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "answered a head that came too slowly: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        open_for >= header,
+        "closed after {open_for:?}, before the header timeout"
+    );
+    assert!(
+        open_for < ms(50) * head.len() as u32,
+        "closed only after the whole head: {open_for:?}"
+    );
     writer.abort();
 }
 
@@ -171,7 +199,10 @@ async fn slow_request_body_gets_408_in_the_openai_shape() {
     let response = read_response(&mut tcp, body + SLACK).await;
     let answered = start.elapsed();
     assert_eq!(response.status, 408, "{}", response.head);
-    assert!(answered >= body, "answered after {answered:?}, before the body timeout");
+    assert!(
+        answered >= body,
+        "answered after {answered:?}, before the body timeout"
+    );
     let json = response.json();
     let error = &json["error"];
     for field in ["message", "type", "param", "code"] {
@@ -234,10 +265,20 @@ async fn slow_grpc_body_gets_deadline_exceeded() {
         headers = collected.trailers().cloned().unwrap_or_default();
     }
     let answered = start.elapsed();
-    assert_eq!(headers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]), "{headers:?}");
-    let message = headers.get("grpc-message").map(|v| v.to_str().unwrap_or("")).unwrap_or("");
+    assert_eq!(
+        headers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"4"[..]),
+        "{headers:?}"
+    );
+    let message = headers
+        .get("grpc-message")
+        .map(|v| v.to_str().unwrap_or(""))
+        .unwrap_or("");
     assert!(message.contains("client_body"), "{message}");
-    assert!(answered >= body - ms(50), "answered after {answered:?}, before the body timeout");
+    assert!(
+        answered >= body - ms(50),
+        "answered after {answered:?}, before the body timeout"
+    );
     assert_eq!(mock.chat_count(), 0);
     drop(tx);
 }
@@ -265,7 +306,10 @@ async fn slow_grpc_web_body_gets_deadline_exceeded() {
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
     // Trailers-only (in the head) or in the trailer frame: either way DEADLINE_EXCEEDED.
-    assert!(text.contains("grpc-status:4") || text.contains("grpc-status: 4"), "{text}");
+    assert!(
+        text.contains("grpc-status:4") || text.contains("grpc-status: 4"),
+        "{text}"
+    );
     assert!(text.contains("client_body"), "{text}");
     assert_eq!(mock.chat_count(), 0);
 }
@@ -291,7 +335,10 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let (got, closed) = read_until_closed(&mut tcp, idle + SLACK).await;
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     let open_for = closed - idle_from;
-    assert!(open_for >= idle - ms(100), "closed after {open_for:?}, before the idle timeout");
+    assert!(
+        open_for >= idle - ms(100),
+        "closed after {open_for:?}, before the idle timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +359,10 @@ async fn idle_h2c_connection_is_closed_after_the_idle_timeout() {
     let start = Instant::now();
     let (got, closed) = read_until_closed(&mut tcp, idle + SLACK).await;
     let open_for = closed - start;
-    assert!(open_for >= idle - ms(100), "closed after {open_for:?}, before the idle timeout");
+    assert!(
+        open_for >= idle - ms(100),
+        "closed after {open_for:?}, before the idle timeout"
+    );
     // Frames: 3 bytes length, 1 type; GOAWAY is type 7.
     let mut types = Vec::new();
     let mut rest = &got[..];
@@ -321,7 +371,10 @@ async fn idle_h2c_connection_is_closed_after_the_idle_timeout() {
         types.push(rest[3]);
         rest = &rest[(9 + len).min(rest.len())..];
     }
-    assert!(types.contains(&7), "no GOAWAY before the close; frame types {types:?}");
+    assert!(
+        types.contains(&7),
+        "no GOAWAY before the close; frame types {types:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +402,10 @@ async fn past_the_connection_cap_healthz_answers_once_silent_ones_time_out() {
     let waited = start.elapsed();
     assert_eq!(response.status, 200, "{}", response.head);
     // Not served before a place was freed: the cap holds (a gateway without one answers at once).
-    assert!(waited >= header * 3 / 5, "answered after {waited:?}, while every place was held");
+    assert!(
+        waited >= header * 3 / 5,
+        "answered after {waited:?}, while every place was held"
+    );
     // And every silent peer, those that waited behind the cap included, is closed in time.
     for mut s in silent {
         read_until_closed(&mut s, header * 2 + SLACK).await;
@@ -388,8 +444,15 @@ async fn shutdown_past_the_grace_ends_an_http_stream_with_an_error_event() {
         .expect("an error event before the end of the stream");
     assert!(last.is_error(), "{last:?}");
     assert_eq!(last.json()["error"]["code"], "shutting_down");
-    assert!(sse.next_event(PATIENCE).await.is_none(), "events after the error");
-    assert_eq!(sse.end(), Some(&StreamEnd::Clean), "the stream was cut, not ended");
+    assert!(
+        sse.next_event(PATIENCE).await.is_none(),
+        "events after the error"
+    );
+    assert_eq!(
+        sse.end(),
+        Some(&StreamEnd::Clean),
+        "the stream was cut, not ended"
+    );
     tokio::time::timeout(PATIENCE, shutdown)
         .await
         .expect("shutdown finishes")
@@ -424,7 +487,9 @@ async fn shutdown_past_the_grace_ends_a_grpc_stream_with_unavailable() {
         .expect("the stream opens")
         .expect("the stream opens")
         .into_inner();
-    let first = tokio::time::timeout(PATIENCE, stream.message()).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap();
     assert!(matches!(first, Ok(Some(_))), "{first:?}");
     let shutdown = tokio::spawn(gw.shutdown());
     let end = tokio::time::timeout(PATIENCE, stream.message())

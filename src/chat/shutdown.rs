@@ -64,7 +64,10 @@ mod tests {
         let mut s = until_shutdown(chunks, stop.clone());
         assert_eq!(&s.next().await.unwrap().unwrap()[..], b"one");
         stop.cancel();
-        assert!(matches!(s.next().await, Some(Err(GatewayError::ShuttingDown))));
+        assert!(matches!(
+            s.next().await,
+            Some(Err(GatewayError::ShuttingDown))
+        ));
         assert!(s.next().await.is_none());
     }
 }

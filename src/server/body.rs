@@ -98,7 +98,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> TimedBody<B> {
-    pub fn new(inner: B, start: Instant, limit: Duration, request_id: Option<http::HeaderValue>) -> Self {
+    pub fn new(
+        inner: B,
+        start: Instant,
+        limit: Duration,
+        request_id: Option<http::HeaderValue>,
+    ) -> Self {
         TimedBody {
             inner,
             deadline: start + limit,
