@@ -297,4 +297,25 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
         assert_eq!(json["error"]["code"], "no_key_available");
     }
+
+    #[test]
+    fn a_slow_client_body_is_408_and_shutdown_is_unavailable() {
+        let e = GatewayError::Timeout {
+            kind: TimeoutKind::ClientBody,
+            detail: String::new(),
+        };
+        assert_eq!(
+            (e.http_status(), e.kind()),
+            (408, ErrorKind::DeadlineExceeded)
+        );
+        assert_eq!(e.code(), Some("client_body_timeout"));
+        let e = GatewayError::Timeout {
+            kind: TimeoutKind::Total,
+            detail: String::new(),
+        };
+        assert_eq!(e.http_status(), 504);
+        let e = GatewayError::ShuttingDown;
+        assert_eq!((e.http_status(), e.kind()), (503, ErrorKind::Unavailable));
+        assert_eq!(e.to_string(), "shutting down");
+    }
 }

@@ -325,3 +325,68 @@ fn is_grpc_web<B>(request: &http::Request<B>) -> bool {
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ClientLimits {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
+        }
+    }
+
+    fn phase(a: &Activity) -> Phase {
+        a.state().phase
+    }
+
+    #[test]
+    fn http1_phases_follow_heads_and_requests() {
+        let a = Activity::new();
+        let fresh = a.deadline(&limits()).unwrap();
+        a.on_read(b"GE");
+        assert_eq!(phase(&a), Phase::Head);
+        assert!(!a.is_h2());
+        // Further bytes of the same head do not move its deadline.
+        let head = a.deadline(&limits()).unwrap();
+        assert!(head >= fresh);
+        a.on_read(b"T / HTTP/1.1\r\n");
+        assert_eq!(a.deadline(&limits()), Some(head));
+        let busy = Busy::start(&a);
+        assert_eq!(a.deadline(&limits()), None);
+        drop(busy);
+        assert_eq!(phase(&a), Phase::Idle);
+        a.on_read(b"P");
+        assert_eq!(
+            phase(&a),
+            Phase::Head,
+            "the next head starts a header clock"
+        );
+    }
+
+    #[test]
+    fn h2c_is_idle_once_the_preface_is_in_and_busy_while_a_stream_is_open() {
+        let a = Activity::new();
+        a.on_read(&H2_PREFACE[..10]);
+        assert_eq!(
+            phase(&a),
+            Phase::Head,
+            "a preface is a head: header timeout"
+        );
+        a.on_read(&H2_PREFACE[10..]);
+        assert!(a.is_h2());
+        assert_eq!(phase(&a), Phase::Idle);
+        let one = Busy::start(&a);
+        let two = Busy::start(&a);
+        drop(one);
+        assert_eq!(phase(&a), Phase::Busy, "a stream is still open");
+        drop(two);
+        assert_eq!(phase(&a), Phase::Idle);
+        // Frames on an idle h2 connection (PING, SETTINGS) do not start a header clock.
+        a.on_read(b"\x00\x00\x08\x06");
+        assert_eq!(phase(&a), Phase::Idle);
+    }
+}
