@@ -137,7 +137,7 @@ async fn silent_connection_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_request_head_is_closed_after_the_header_timeout() {
+async fn slow_request_head_gets_408_and_a_close_after_the_header_timeout() {
     let mock = MockUpstream::start().await;
     let header = ms(400);
     let gw = spawn_gateway(&mock, &["k"], |s| {
@@ -161,11 +161,20 @@ async fn slow_request_head_is_closed_after_the_header_timeout() {
     });
     let (got, closed) = read_until_closed(&mut rx, header + SLACK).await;
     let open_for = closed - start;
+    let text = String::from_utf8_lossy(&got);
     assert!(
-        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
-        "answered a head that came too slowly: {:?}",
-        String::from_utf8_lossy(&got)
+        text.starts_with("HTTP/1.1 408"),
+        "want 408 for a head that came too slowly: {text:?}"
     );
+    let body = &text[text.find("\r\n\r\n").expect("a whole head") + 4..];
+    let json: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    for field in ["message", "type", "param", "code"] {
+        assert!(
+            json["error"].get(field).is_some(),
+            "no error.{field} in {json}"
+        );
+    }
+    assert_eq!(json["error"]["code"], "client_header_timeout", "{json}");
     assert!(
         open_for >= header,
         "closed after {open_for:?}, before the header timeout"

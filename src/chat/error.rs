@@ -15,6 +15,8 @@ pub enum TimeoutKind {
     Total,
     /// The client's own deadline (`grpc-timeout`).
     Deadline,
+    /// The client did not send its request head within `--client-header-timeout`.
+    ClientHeader,
     /// The client did not send its request body within `--client-body-timeout`.
     ClientBody,
 }
@@ -27,6 +29,7 @@ impl TimeoutKind {
             TimeoutKind::Idle => "idle",
             TimeoutKind::Total => "total",
             TimeoutKind::Deadline => "deadline",
+            TimeoutKind::ClientHeader => "client_header",
             TimeoutKind::ClientBody => "client_body",
         }
     }
@@ -148,9 +151,10 @@ impl GatewayError {
                 _ => ErrorKind::Unavailable,
             },
             GatewayError::Timeout { kind, .. } => match kind {
-                TimeoutKind::Deadline | TimeoutKind::Total | TimeoutKind::ClientBody => {
-                    ErrorKind::DeadlineExceeded
-                }
+                TimeoutKind::Deadline
+                | TimeoutKind::Total
+                | TimeoutKind::ClientHeader
+                | TimeoutKind::ClientBody => ErrorKind::DeadlineExceeded,
                 TimeoutKind::Connect | TimeoutKind::FirstByte | TimeoutKind::Idle => {
                     ErrorKind::UpstreamTimeout
                 }
@@ -178,12 +182,12 @@ impl GatewayError {
                 _ => 503,
             },
             ErrorKind::UpstreamInternal => 502,
-            // The client was too slow, not the upstream: 408, as for a slow request head.
+            // The client was too slow sending its request, not the upstream answering: 408.
             ErrorKind::DeadlineExceeded
                 if matches!(
                     self,
                     GatewayError::Timeout {
-                        kind: TimeoutKind::ClientBody,
+                        kind: TimeoutKind::ClientHeader | TimeoutKind::ClientBody,
                         ..
                     }
                 ) =>
@@ -234,6 +238,7 @@ impl GatewayError {
                 TimeoutKind::Idle => "idle_timeout",
                 TimeoutKind::Total => "total_timeout",
                 TimeoutKind::Deadline => "deadline_exceeded",
+                TimeoutKind::ClientHeader => "client_header_timeout",
                 TimeoutKind::ClientBody => "client_body_timeout",
             },
             GatewayError::StreamBroken(_) => "upstream_stream_broken",

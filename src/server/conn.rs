@@ -10,8 +10,10 @@
 //! | busy (a request or stream open) | nothing; the body has its own deadline ([`super::body::TimedBody`]) |
 //!
 //! On expiry an HTTP/1 connection is closed at once (no request is open, so nothing is lost);
-//! an HTTP/2 one gets GOAWAY and is closed for good [`GOAWAY_GRACE`] later if the peer does not
-//! finish the handshake.
+//! one whose head had begun is first answered 408 in OpenAI's error shape, written here because
+//! hyper has no timeout answer of its own (its socket comes back from hyper's connection as it
+//! is dropped, see [`Watched`]). An HTTP/2 connection gets GOAWAY and is closed for good
+//! [`GOAWAY_GRACE`] later if the peer does not finish the handshake.
 
 use std::convert::Infallible;
 use std::io;
@@ -27,16 +29,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::body::{BodyTimeout, TimedBody, Tracked};
+use crate::chat::{GatewayError, TimeoutKind};
 use crate::config::ClientLimits;
 
 /// How long an HTTP/2 peer has, after GOAWAY, before its connection is closed regardless.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the 408 for a slow head may take to write, and the peer's leftover bytes to be
+/// read after it (closing with unread input would reset the connection and lose the answer).
+const SLOW_HEAD_ANSWER: Duration = Duration::from_secs(1);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -56,6 +63,8 @@ struct State {
     /// Bytes of the h2c preface seen so far, while the protocol is still unknown.
     sniffed: Option<usize>,
     h2: bool,
+    /// Set when the watchdog wants the socket back from hyper to answer a slow head.
+    reclaim: Option<oneshot::Sender<TcpStream>>,
 }
 
 /// What the watchdog knows of a connection. Updated on each request's start and end and on
@@ -77,6 +86,7 @@ impl Activity {
                 in_flight: 0,
                 sniffed: Some(0),
                 h2: false,
+                reclaim: None,
             }),
             changed: Notify::new(),
         })
@@ -136,6 +146,18 @@ impl Activity {
     fn is_h2(&self) -> bool {
         self.state().h2
     }
+
+    /// When an HTTP/1 head has begun and stalled: a receiver for the socket, which comes back
+    /// once hyper's connection is dropped (if hyper left no response half written).
+    fn reclaim_for_slow_head(&self) -> Option<oneshot::Receiver<TcpStream>> {
+        let mut s = self.state();
+        if s.phase != Phase::Head || s.h2 || s.sniffed.is_some() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        s.reclaim = Some(tx);
+        Some(rx)
+    }
 }
 
 /// Marks its connection busy from a request's start until its response body is dropped.
@@ -169,12 +191,28 @@ impl Drop for Busy {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The client socket, telling [`Activity`] about bytes read.
-    struct Watched {
-        #[pin]
-        tcp: TcpStream,
-        activity: Arc<Activity>,
+/// The client socket, telling [`Activity`] about bytes read, and handing itself back when
+/// [`Activity::reclaim_for_slow_head`] asked for it.
+struct Watched {
+    /// `Some` until dropped.
+    tcp: Option<TcpStream>,
+    activity: Arc<Activity>,
+    /// Bytes written and not yet flushed: a response is half way out.
+    unflushed: bool,
+}
+
+impl Watched {
+    fn tcp(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.tcp.as_mut().expect("the socket is taken only on drop"))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let reclaim = self.activity.state().reclaim.take();
+        if let (Some(tx), Some(tcp), false) = (reclaim, self.tcp.take(), self.unflushed) {
+            let _ = tx.send(tcp);
+        }
     }
 }
 
@@ -184,9 +222,9 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = this.tcp.poll_read(cx, buf);
+        let poll = this.tcp().poll_read(cx, buf);
         if poll.is_ready() {
             this.activity.on_read(&buf.filled()[before..]);
         }
@@ -200,7 +238,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().tcp.poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = this.tcp().poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.unflushed = true;
+        }
+        poll
     }
 
     fn poll_write_vectored(
@@ -208,19 +251,29 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().tcp.poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = this.tcp().poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.unflushed = true;
+        }
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.tcp.as_ref().is_some_and(|t| t.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().tcp.poll_flush(cx)
+        let this = self.get_mut();
+        let poll = this.tcp().poll_flush(cx);
+        if matches!(poll, Poll::Ready(Ok(()))) {
+            this.unflushed = false;
+        }
+        poll
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().tcp.poll_shutdown(cx)
+        self.get_mut().tcp().poll_shutdown(cx)
     }
 }
 
@@ -241,8 +294,9 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
     let _permit = permit;
     let activity = Activity::new();
     let io = TokioIo::new(Watched {
-        tcp,
+        tcp: Some(tcp),
         activity: activity.clone(),
+        unflushed: false,
     });
     let service = {
         let activity = activity.clone();
@@ -272,51 +326,91 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
             }
         })
     };
-    let conn = shared.builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    let mut goaway_sent = false;
-    // Set once the connection is told to close: it is dropped if still open by then.
-    let mut close_by: Option<Instant> = None;
-    loop {
-        let changed = activity.changed.notified();
-        let deadline = close_by.or_else(|| activity.deadline(&shared.limits));
-        let expiry = async move {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+    // The connection lives in this block, so that it is dropped (and the socket, if asked for,
+    // handed back) when the block ends.
+    let reclaimed = async {
+        let conn = shared.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut goaway_sent = false;
+        // Set once the connection is told to close: it is dropped if still open by then.
+        let mut close_by: Option<Instant> = None;
+        loop {
+            let changed = activity.changed.notified();
+            let deadline = close_by.or_else(|| activity.deadline(&shared.limits));
+            let expiry = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                return;
-            }
-            _ = changed => {}
-            _ = expiry => {
-                if close_by.is_some() {
-                    return;
-                }
-                if activity.deadline(&shared.limits).is_some_and(|d| d <= Instant::now()) {
-                    if !activity.is_h2() {
-                        tracing::debug!("closing a stalled or idle client connection");
-                        return;
+            };
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "client connection ended with an error");
                     }
-                    if !goaway_sent {
-                        conn.as_mut().graceful_shutdown();
-                        goaway_sent = true;
-                    }
-                    close_by = Some(Instant::now() + GOAWAY_GRACE);
+                    return None;
                 }
+                _ = changed => {}
+                _ = expiry => {
+                    if close_by.is_some() {
+                        return None;
+                    }
+                    if activity.deadline(&shared.limits).is_some_and(|d| d <= Instant::now()) {
+                        if !activity.is_h2() {
+                            tracing::debug!("closing a stalled or idle client connection");
+                            return activity.reclaim_for_slow_head();
+                        }
+                        if !goaway_sent {
+                            conn.as_mut().graceful_shutdown();
+                            goaway_sent = true;
+                        }
+                        close_by = Some(Instant::now() + GOAWAY_GRACE);
+                    }
+                }
+                _ = shared.stop.cancelled(), if !goaway_sent => {
+                    conn.as_mut().graceful_shutdown();
+                    goaway_sent = true;
+                }
+                _ = shared.kill.cancelled() => return None,
             }
-            _ = shared.stop.cancelled(), if !goaway_sent => {
-                conn.as_mut().graceful_shutdown();
-                goaway_sent = true;
-            }
-            _ = shared.kill.cancelled() => return,
         }
     }
+    .await;
+    if let Some(rx) = reclaimed {
+        // No socket back when hyper had a response half written: then a close is all we can do.
+        if let Ok(tcp) = rx.await {
+            answer_slow_head(tcp, shared.limits.header_timeout).await;
+        }
+    }
+}
+
+/// 408 with OpenAI's error JSON to a peer whose request head did not arrive in time, then a
+/// lingering close: the peer's late bytes are read and dropped for a moment so that the close
+/// does not reset the connection before the answer is read.
+async fn answer_slow_head(mut tcp: TcpStream, limit: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let error = GatewayError::Timeout {
+        kind: TimeoutKind::ClientHeader,
+        detail: format!(
+            "the request head did not arrive within {}",
+            humantime::format_duration(limit)
+        ),
+    };
+    let body = error.to_openai_json();
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let answer = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(SLOW_HEAD_ANSWER, answer).await;
 }
 
 fn is_grpc_web<B>(request: &http::Request<B>) -> bool {
