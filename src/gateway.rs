@@ -186,6 +186,7 @@ impl Gateway {
         let app = crate::server::app(core.clone());
         let shutdown = crate::server::Shutdown {
             stop: stop.clone(),
+            drain: drain.clone(),
             kill: CancellationToken::new(),
         };
         let kill = shutdown.kill.clone();

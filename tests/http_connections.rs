@@ -512,3 +512,50 @@ async fn shutdown_past_the_grace_ends_a_grpc_stream_with_unavailable() {
         .expect("shutdown finishes")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_ends_a_health_watch_with_unavailable() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mock = MockUpstream::start().await;
+    let gw = spawn_gateway(&mock, &["k"], |s| s.shutdown_grace = ms(300)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects");
+    let mut client = HealthClient::new(channel);
+    // A watch never ends by itself: only the shutdown can end it.
+    let mut watch = tokio::time::timeout(
+        PATIENCE,
+        client.watch(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("the watch opens")
+    .expect("the watch opens")
+    .into_inner();
+    let first = tokio::time::timeout(PATIENCE, watch.message())
+        .await
+        .unwrap();
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    let shutdown = tokio::spawn(gw.shutdown());
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, watch.message())
+            .await
+            .expect("the watch ends")
+        {
+            Ok(Some(_)) => continue, // a status change (NOT_SERVING) is fine on the way out
+            Ok(None) => panic!("the watch ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "shutting down");
+    tokio::time::timeout(PATIENCE, shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+}

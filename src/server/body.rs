@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::conn::Busy;
 use crate::chat::{GatewayError, RequestContext, TimeoutKind};
@@ -167,17 +168,34 @@ where
 
 pin_project_lite::pin_project! {
     /// A response body that keeps its connection marked busy until it is done or dropped, so
-    /// that the idle timeout never cuts a response (a long stream included).
+    /// that the idle timeout never cuts a response (a long stream included). A gRPC one also
+    /// ends with UNAVAILABLE "shutting down" trailers once the shutdown grace is over, should
+    /// its service not end it first (chat streams do, through `chat::until_shutdown`; health
+    /// `Watch` and reflection streams would otherwise be cut with their connection).
     pub struct Tracked<B> {
         #[pin]
         inner: B,
         busy: Busy,
+        #[pin]
+        drain: Option<WaitForCancellationFutureOwned>,
+        ended: bool,
     }
 }
 
 impl<B> Tracked<B> {
     pub fn new(inner: B, busy: Busy) -> Self {
-        Tracked { inner, busy }
+        Tracked {
+            inner,
+            busy,
+            drain: None,
+            ended: false,
+        }
+    }
+
+    /// Ends the body with a gRPC UNAVAILABLE status once `drain` is cancelled.
+    pub fn grpc_until(mut self, drain: Option<&CancellationToken>) -> Self {
+        self.drain = drain.map(|d| d.child_token().cancelled_owned());
+        self
     }
 }
 
@@ -189,11 +207,31 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let poll = this.inner.poll_frame(cx);
+        if poll.is_pending() {
+            if let Some(drain) = this.drain.as_pin_mut() {
+                if drain.poll(cx).is_ready() {
+                    *this.ended = true;
+                    let status = crate::grpc::to_status(
+                        &GatewayError::ShuttingDown,
+                        &RequestContext::new(None),
+                        None,
+                    );
+                    let mut trailers = http::HeaderMap::new();
+                    let _ = status.add_header(&mut trailers);
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -284,6 +284,8 @@ pub struct Shared {
     pub limits: ClientLimits,
     /// Cancelled when the gateway stops: finish open requests, take no new ones.
     pub stop: CancellationToken,
+    /// Cancelled when the shutdown grace is over: open gRPC streams end with UNAVAILABLE.
+    pub drain: CancellationToken,
     /// Cancelled when the shutdown grace (and the flush after it) is over: close now.
     pub kill: CancellationToken,
 }
@@ -302,8 +304,10 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
         let activity = activity.clone();
         let app = shared.app.clone();
         let body_timeout = shared.limits.body_timeout;
+        let drain = shared.drain.clone();
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let busy = Busy::start(&activity);
+            let grpc = is_grpc(&request);
             let request_id = request.headers().get("x-request-id").cloned();
             // tonic-web turns every request-body error into INTERNAL; this flag lets the status
             // the timeout carries be put back (native gRPC keeps it without help).
@@ -313,6 +317,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
                     .flag_on_timeout(timed_out.clone())
             });
             let call = app.clone().oneshot(request);
+            let drain = grpc.then(|| drain.clone());
             async move {
                 let mut response = call.await?;
                 if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
@@ -322,7 +327,9 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
                         let _ = status.add_header(response.headers_mut());
                     }
                 }
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+                Ok::<_, Infallible>(
+                    response.map(|body| Tracked::new(body, busy).grpc_until(drain.as_ref())),
+                )
             }
         })
     };
@@ -411,6 +418,15 @@ async fn answer_slow_head(mut tcp: TcpStream, limit: Duration) {
         io::Result::Ok(())
     };
     let _ = tokio::time::timeout(SLOW_HEAD_ANSWER, answer).await;
+}
+
+/// Native gRPC (over HTTP/2, status in HTTP trailers), not gRPC-Web.
+fn is_grpc<B>(request: &http::Request<B>) -> bool {
+    let Some(v) = request.headers().get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    v.starts_with(b"application/grpc") && !v.starts_with(b"application/grpc-web")
 }
 
 fn is_grpc_web<B>(request: &http::Request<B>) -> bool {

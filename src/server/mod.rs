@@ -63,10 +63,12 @@ pub fn app(core: Arc<Core>) -> Router {
 }
 
 /// How the server stops: `stop` ends accepting and asks every connection to finish its open
-/// requests and close; `kill` closes whatever is still open.
+/// requests and close; `drain` (the grace is over) ends open gRPC streams with UNAVAILABLE;
+/// `kill` closes whatever is still open.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     pub stop: CancellationToken,
+    pub drain: CancellationToken,
     pub kill: CancellationToken,
 }
 
@@ -94,6 +96,7 @@ pub async fn serve(
         app,
         limits,
         stop: shutdown.stop.clone(),
+        drain: shutdown.drain.clone(),
         kill: shutdown.kill.clone(),
     });
     let places = Arc::new(Semaphore::new(max_connections));
