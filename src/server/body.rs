@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::conn::Busy;
+use super::activity::Busy;
 use crate::chat::{GatewayError, RequestContext, TimeoutKind};
 
 type BoxError = Box<dyn StdError + Send + Sync>;

@@ -6,7 +6,8 @@
 //!   `--max-connections` (else it waits in the kernel's backlog); running out of descriptors
 //!   pauses accepting instead of spinning on the error.
 //! - [`conn`]: one connection, and the watchdog that closes it when the peer stalls before or
-//!   between requests (`--client-header-timeout`, `--client-idle-timeout`).
+//!   between requests (`--client-header-timeout`, `--client-idle-timeout`); [`activity`]: what
+//!   the watchdog knows (the connection's phase, kept by the socket and the requests).
 //! - [`body`]: the request body's deadline (`--client-body-timeout`, [`BodyTimeout`]) and the
 //!   response body that keeps its connection busy.
 //! - [`fd`]: the open-files limit and the connection cap derived from it.
@@ -16,6 +17,7 @@
 //! with `content-length: 0`, then the connection closes: hyper has no hook to give them a body,
 //! so they carry no OpenAI error JSON.
 
+mod activity;
 mod body;
 mod conn;
 mod fd;
