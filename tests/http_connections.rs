@@ -351,6 +351,34 @@ async fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_second_head_on_keep_alive_gets_408_at_the_header_timeout() {
+    let mock = MockUpstream::start().await;
+    let header = ms(300);
+    let idle = Duration::from_secs(20);
+    let gw = spawn_gateway(&mock, &["k"], |s| {
+        s.client.header_timeout = header;
+        s.client.idle_timeout = idle;
+    })
+    .await;
+
+    let mut tcp = connect(&gw).await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut tcp, PATIENCE).await;
+    assert_eq!(first.status, 200, "{}", first.head);
+    // Half a head, then nothing: the header clock, not the idle one, must run.
+    let start = Instant::now();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.unwrap();
+    let second = read_response(&mut tcp, header + SLACK).await;
+    let answered = start.elapsed();
+    assert_eq!(second.status, 408, "{}", second.head);
+    assert_eq!(second.json()["error"]["code"], "client_header_timeout");
+    assert!(answered >= header - ms(50), "answered after {answered:?}");
+    read_until_closed(&mut tcp, SLACK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2c_connection_is_closed_after_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     let idle = ms(900);
