@@ -126,11 +126,20 @@ impl From<String> for StartError {
     }
 }
 
+/// After the shutdown grace, open streams are told to end (an error event, a gRPC status);
+/// this is how long their last words get to reach the clients before connections are closed.
+const FLUSH_AFTER_GRACE: Duration = Duration::from_secs(2);
+
 /// A started gateway.
 pub struct Gateway {
     addr: SocketAddr,
     core: Arc<Core>,
+    /// Cancelled on shutdown: background tasks end, the server stops accepting.
     stop: CancellationToken,
+    /// Cancelled once the grace is over: open streams end with `ShuttingDown`.
+    drain: CancellationToken,
+    /// Cancelled last: the server closes the connections still open.
+    kill: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     grace: Duration,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -142,6 +151,7 @@ impl Gateway {
     pub async fn start(mut settings: Settings) -> Result<Gateway, StartError> {
         settings.validate()?;
         let stop = CancellationToken::new();
+        let drain = CancellationToken::new();
         if settings.demo {
             let demo = crate::demo::start(stop.clone()).await?;
             settings.upstream = demo.upstream;
@@ -161,7 +171,8 @@ impl Gateway {
             settings.max_attempts,
             settings.timeouts.clone(),
             &settings.scheduler,
-        );
+        )
+        .with_shutdown(drain.clone());
         let models = Models::new(
             client.clone(),
             pool.clone(),
@@ -193,8 +204,31 @@ impl Gateway {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", core.settings.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let open_files = crate::server::raise_nofile_limit();
+        let max_connections = core
+            .settings
+            .client
+            .max_connections
+            .unwrap_or_else(|| crate::server::default_max_connections(open_files));
+        tracing::info!(
+            open_files_limit = open_files,
+            max_connections,
+            "client connection cap"
+        );
         let app = crate::server::app(core.clone());
-        let server = tokio::spawn(crate::server::serve(listener, app, stop.clone()));
+        let shutdown = crate::server::Shutdown {
+            stop: stop.clone(),
+            drain: drain.clone(),
+            kill: CancellationToken::new(),
+        };
+        let kill = shutdown.kill.clone();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            core.settings.client.clone(),
+            max_connections,
+            shutdown,
+        ));
         tracing::info!(%addr, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
         if !core.auth_tokens.is_empty() && core.settings.metrics_token.is_none() {
             tracing::warn!("clients need a gateway token but /metrics is open to anyone who reaches this address; set --metrics-token to close it");
@@ -203,6 +237,8 @@ impl Gateway {
             addr,
             core,
             stop,
+            drain,
+            kill,
             server,
             grace,
             _watcher: watcher,
@@ -217,14 +253,25 @@ impl Gateway {
         &self.core
     }
 
-    /// Stops accepting, lets in-flight requests finish within the grace period, then stops.
+    /// Stops accepting, lets in-flight requests finish within the grace period, then ends the
+    /// streams still open with an error of their door (HTTP error event, gRPC UNAVAILABLE
+    /// "shutting down"), gives those a moment to reach the clients, and closes what is left.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let mut server = self.server;
-        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
-            tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period; closing them");
-            server.abort();
+        if tokio::time::timeout(self.grace, &mut server).await.is_ok() {
+            return;
         }
+        tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period; ending them");
+        self.drain.cancel();
+        if tokio::time::timeout(FLUSH_AFTER_GRACE, &mut server)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        self.kill.cancel();
+        let _ = server.await;
     }
 
     /// Resolves when the server task ends on its own (it should not).

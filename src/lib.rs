@@ -13,7 +13,8 @@
 //! - [`keys`]: the key scheduler: pool, per-key state machine, outcome classification, choice
 //!   strategies, leases, masking of key material.
 //! - [`gateway`]: the shared [`gateway::Core`] and the [`Gateway`] handle (start, address,
-//!   shutdown, key reloads); [`server`]: the one listener; [`config`]: settings;
+//!   shutdown, key reloads); [`server`]: the one listener and the limits every client
+//!   connection lives under (cap, header, body and idle timeouts); [`config`]: settings;
 //!   [`metrics`]; [`demo`]: the embedded simulated upstream behind `--demo`.
 
 pub mod chat;

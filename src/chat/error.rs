@@ -15,6 +15,10 @@ pub enum TimeoutKind {
     Total,
     /// The client's own deadline (`grpc-timeout`).
     Deadline,
+    /// The client did not send its request head within `--client-header-timeout`.
+    ClientHeader,
+    /// The client did not send its request body within `--client-body-timeout`.
+    ClientBody,
 }
 
 impl TimeoutKind {
@@ -25,6 +29,8 @@ impl TimeoutKind {
             TimeoutKind::Idle => "idle",
             TimeoutKind::Total => "total",
             TimeoutKind::Deadline => "deadline",
+            TimeoutKind::ClientHeader => "client_header",
+            TimeoutKind::ClientBody => "client_body",
         }
     }
 }
@@ -86,6 +92,9 @@ pub enum GatewayError {
         error_type: Option<String>,
         code: Option<String>,
     },
+    /// The gateway is stopping and its shutdown grace is over: what an open stream ends with.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("internal gateway error: {0}")]
     Internal(String),
 }
@@ -153,14 +162,17 @@ impl GatewayError {
                 _ => ErrorKind::Unavailable,
             },
             GatewayError::Timeout { kind, .. } => match kind {
-                TimeoutKind::Deadline | TimeoutKind::Total => ErrorKind::DeadlineExceeded,
+                TimeoutKind::Deadline
+                | TimeoutKind::Total
+                | TimeoutKind::ClientHeader
+                | TimeoutKind::ClientBody => ErrorKind::DeadlineExceeded,
                 TimeoutKind::Connect | TimeoutKind::FirstByte | TimeoutKind::Idle => {
                     ErrorKind::UpstreamTimeout
                 }
             },
-            GatewayError::StreamBroken(_) | GatewayError::UpstreamErrorEvent { .. } => {
-                ErrorKind::Unavailable
-            }
+            GatewayError::StreamBroken(_)
+            | GatewayError::UpstreamErrorEvent { .. }
+            | GatewayError::ShuttingDown => ErrorKind::Unavailable,
             GatewayError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -183,6 +195,18 @@ impl GatewayError {
                 _ => 503,
             },
             ErrorKind::UpstreamInternal => 502,
+            // The client was too slow sending its request, not the upstream answering: 408.
+            ErrorKind::DeadlineExceeded
+                if matches!(
+                    self,
+                    GatewayError::Timeout {
+                        kind: TimeoutKind::ClientHeader | TimeoutKind::ClientBody,
+                        ..
+                    }
+                ) =>
+            {
+                408
+            }
             ErrorKind::DeadlineExceeded | ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Internal => 500,
         }
@@ -200,9 +224,9 @@ impl GatewayError {
                 error_type.as_deref().unwrap_or("invalid_request_error")
             }
             GatewayError::RateLimited { .. } => "rate_limit_error",
-            GatewayError::NoKeyAvailable { .. } | GatewayError::UpstreamUnavailable { .. } => {
-                "service_unavailable_error"
-            }
+            GatewayError::NoKeyAvailable { .. }
+            | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::ShuttingDown => "service_unavailable_error",
             GatewayError::Timeout { .. } => "timeout_error",
             GatewayError::StreamBroken(_) => "upstream_error",
             GatewayError::UpstreamErrorEvent { error_type, .. } => {
@@ -230,11 +254,14 @@ impl GatewayError {
                 TimeoutKind::Idle => "idle_timeout",
                 TimeoutKind::Total => "total_timeout",
                 TimeoutKind::Deadline => "deadline_exceeded",
+                TimeoutKind::ClientHeader => "client_header_timeout",
+                TimeoutKind::ClientBody => "client_body_timeout",
             },
             GatewayError::StreamBroken(_) => "upstream_stream_broken",
             GatewayError::UpstreamErrorEvent { code, .. } => {
                 code.as_deref().unwrap_or("upstream_stream_broken")
             }
+            GatewayError::ShuttingDown => "shutting_down",
             GatewayError::Internal(_) => "internal_error",
         })
     }
@@ -293,5 +320,26 @@ mod tests {
         assert_eq!(e.http_status(), 503);
         let json: serde_json::Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
         assert_eq!(json["error"]["code"], "no_key_available");
+    }
+
+    #[test]
+    fn a_slow_client_body_is_408_and_shutdown_is_unavailable() {
+        let e = GatewayError::Timeout {
+            kind: TimeoutKind::ClientBody,
+            detail: String::new(),
+        };
+        assert_eq!(
+            (e.http_status(), e.kind()),
+            (408, ErrorKind::DeadlineExceeded)
+        );
+        assert_eq!(e.code(), Some("client_body_timeout"));
+        let e = GatewayError::Timeout {
+            kind: TimeoutKind::Total,
+            detail: String::new(),
+        };
+        assert_eq!(e.http_status(), 504);
+        let e = GatewayError::ShuttingDown;
+        assert_eq!((e.http_status(), e.kind()), (503, ErrorKind::Unavailable));
+        assert_eq!(e.to_string(), "shutting down");
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod request;
 mod scan;
 mod shape;
+mod shutdown;
 
 use std::fmt;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
 pub use request::ChatRequest;
+pub use shutdown::until_shutdown;
 
 /// What a door knows about a request besides its body.
 #[derive(Clone, Debug)]

@@ -37,6 +37,9 @@ use axum::Router;
 
 use crate::gateway::Core;
 
+/// For errors made below the service (a request body too slow to arrive).
+pub(crate) use status::to_status;
+
 /// The types and client/server stubs generated from `proto/megallm/v1/chat.proto`.
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

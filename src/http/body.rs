@@ -1,6 +1,7 @@
 //! Reading a JSON request body: content type (JSON, UTF-8) and content encoding (none) checked
 //! first, size bounded while reading (a declared `Content-Length` over the limit is refused
-//! before a byte is read). The bytes are returned as they came: the core forwards them as is.
+//! before a byte is read), and in time (a body that outlasts `--client-body-timeout` is 408).
+//! The bytes are returned as they came: the core forwards them as is.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::chat::GatewayError;
+use crate::server::BodyTimeout;
 
 pub async fn read_json(
     headers: &HeaderMap,
@@ -28,10 +30,14 @@ pub async fn read_json(
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(GatewayError::PayloadTooLarge { limit })
         }
-        Err(e) => Err(GatewayError::InvalidRequest {
-            message: format!("could not read the request body: {e}"),
-            param: None,
-            code: "invalid_body",
+        // Too slow a sender is 408, not a bad body.
+        Err(e) => Err(match BodyTimeout::find(&*e) {
+            Some(timeout) => timeout.error(),
+            None => GatewayError::InvalidRequest {
+                message: format!("could not read the request body: {e}"),
+                param: None,
+                code: "invalid_body",
+            },
         }),
     }
 }

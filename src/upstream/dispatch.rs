@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
 use http_body_util::BodyExt;
 
@@ -38,6 +39,8 @@ pub struct Dispatcher {
     max_attempts: u32,
     timeouts: Timeouts,
     queue_timeout: Duration,
+    /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
+    shutdown: CancellationToken,
 }
 
 /// What a successful attempt hands back.
@@ -70,7 +73,14 @@ impl Dispatcher {
             max_attempts: max_attempts.max(1),
             timeouts,
             queue_timeout: scheduler.queue_timeout,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Streams handed out end with [`GatewayError::ShuttingDown`] once `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     pub fn pool(&self) -> &Arc<KeyPool> {
@@ -98,7 +108,7 @@ impl Dispatcher {
         let (result, attempts) = self.run(req, ctx, true).await;
         Dispatched {
             result: result.map(|won| match won {
-                Won::Stream(stream) => stream,
+                Won::Stream(stream) => crate::chat::until_shutdown(stream, self.shutdown.clone()),
                 Won::Body(_) => unreachable!("streaming attempt returned a body"),
             }),
             attempts,

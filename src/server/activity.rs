@@ -1,0 +1,326 @@
+//! What a connection's watchdog knows: the phase of the connection ([`Activity`]), kept by
+//! the socket wrapper ([`Watched`]: the first byte of a head, the h2c preface) and by the
+//! request guard ([`Busy`]: a request or stream open). See [`super::conn`] for what the
+//! watchdog does with it.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::config::ClientLimits;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Fresh,
+    Head,
+    Idle,
+    Busy,
+}
+
+struct State {
+    phase: Phase,
+    /// When the phase began.
+    since: Instant,
+    in_flight: usize,
+    /// Bytes of the h2c preface seen so far, while the protocol is still unknown.
+    sniffed: Option<usize>,
+    h2: bool,
+    /// Set when the watchdog wants the socket back from hyper to answer a slow head.
+    reclaim: Option<oneshot::Sender<TcpStream>>,
+}
+
+/// What the watchdog knows of a connection. Updated on each request's start and end and on
+/// the first byte read while no request is open; nothing per byte beyond one atomic load.
+pub struct Activity {
+    /// Reads matter (they may begin a head) only while no request is open on HTTP/1.
+    watch_reads: AtomicBool,
+    state: Mutex<State>,
+    pub changed: Notify,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            watch_reads: AtomicBool::new(true),
+            state: Mutex::new(State {
+                phase: Phase::Fresh,
+                since: Instant::now(),
+                in_flight: 0,
+                sniffed: Some(0),
+                h2: false,
+                reclaim: None,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain data, valid after any panic mid-update.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        if bytes.is_empty() || !self.watch_reads.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut s = self.state();
+        if let Some(seen) = s.sniffed {
+            let want = &H2_PREFACE[seen..];
+            let n = want.len().min(bytes.len());
+            if bytes[..n] == want[..n] {
+                if seen + n == H2_PREFACE.len() {
+                    // An h2c connection: from now on frames, not heads; idle until a stream.
+                    s.sniffed = None;
+                    s.h2 = true;
+                    if s.phase != Phase::Busy {
+                        s.phase = Phase::Idle;
+                        s.since = Instant::now();
+                    }
+                    self.watch_reads.store(false, Ordering::Relaxed);
+                    self.changed.notify_one();
+                    return;
+                }
+                s.sniffed = Some(seen + n);
+            } else {
+                s.sniffed = None;
+            }
+        }
+        if matches!(s.phase, Phase::Fresh | Phase::Idle) {
+            s.phase = Phase::Head;
+            s.since = Instant::now();
+            self.changed.notify_one();
+        }
+        if s.sniffed.is_none() {
+            self.watch_reads.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection is to be closed if nothing changes; `None` while busy.
+    pub fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+        let s = self.state();
+        match s.phase {
+            Phase::Fresh | Phase::Head => Some(s.since + limits.header_timeout),
+            Phase::Idle => Some(s.since + limits.idle_timeout),
+            Phase::Busy => None,
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.state().h2
+    }
+
+    /// When an HTTP/1 head has begun and stalled: a receiver for the socket, which comes back
+    /// once hyper's connection is dropped (if hyper left no response half written).
+    pub fn reclaim_for_slow_head(&self) -> Option<oneshot::Receiver<TcpStream>> {
+        let mut s = self.state();
+        if s.phase != Phase::Head || s.h2 || s.sniffed.is_some() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        s.reclaim = Some(tx);
+        Some(rx)
+    }
+}
+
+/// Marks its connection busy from a request's start until its response body is dropped.
+pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    pub fn start(activity: &Arc<Activity>) -> Busy {
+        let mut s = activity.state();
+        s.in_flight += 1;
+        s.phase = Phase::Busy;
+        s.sniffed = None;
+        activity.watch_reads.store(false, Ordering::Relaxed);
+        drop(s);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let mut s = activity.state();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.phase = Phase::Idle;
+            s.since = Instant::now();
+            if !s.h2 {
+                activity.watch_reads.store(true, Ordering::Relaxed);
+            }
+            activity.changed.notify_one();
+        }
+    }
+}
+
+/// The client socket, telling [`Activity`] about bytes read, and handing itself back when
+/// [`Activity::reclaim_for_slow_head`] asked for it.
+pub struct Watched {
+    /// `Some` until dropped.
+    tcp: Option<TcpStream>,
+    activity: Arc<Activity>,
+    /// Bytes written and not yet flushed: a response is half way out.
+    unflushed: bool,
+}
+
+impl Watched {
+    pub fn new(tcp: TcpStream, activity: Arc<Activity>) -> Self {
+        Watched {
+            tcp: Some(tcp),
+            activity,
+            unflushed: false,
+        }
+    }
+}
+
+impl Watched {
+    fn tcp(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.tcp.as_mut().expect("the socket is taken only on drop"))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let reclaim = self.activity.state().reclaim.take();
+        if let (Some(tx), Some(tcp), false) = (reclaim, self.tcp.take(), self.unflushed) {
+            let _ = tx.send(tcp);
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = this.tcp().poll_read(cx, buf);
+        if poll.is_ready() {
+            this.activity.on_read(&buf.filled()[before..]);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = this.tcp().poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.unflushed = true;
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = this.tcp().poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            this.unflushed = true;
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.as_ref().is_some_and(|t| t.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = this.tcp().poll_flush(cx);
+        if matches!(poll, Poll::Ready(Ok(()))) {
+            this.unflushed = false;
+        }
+        poll
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits() -> ClientLimits {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
+        }
+    }
+
+    fn phase(a: &Activity) -> Phase {
+        a.state().phase
+    }
+
+    #[test]
+    fn http1_phases_follow_heads_and_requests() {
+        let a = Activity::new();
+        let fresh = a.deadline(&limits()).unwrap();
+        a.on_read(b"GE");
+        assert_eq!(phase(&a), Phase::Head);
+        assert!(!a.is_h2());
+        // Further bytes of the same head do not move its deadline.
+        let head = a.deadline(&limits()).unwrap();
+        assert!(head >= fresh);
+        a.on_read(b"T / HTTP/1.1\r\n");
+        assert_eq!(a.deadline(&limits()), Some(head));
+        let busy = Busy::start(&a);
+        assert_eq!(a.deadline(&limits()), None);
+        drop(busy);
+        assert_eq!(phase(&a), Phase::Idle);
+        a.on_read(b"P");
+        assert_eq!(
+            phase(&a),
+            Phase::Head,
+            "the next head starts a header clock"
+        );
+    }
+
+    #[test]
+    fn h2c_is_idle_once_the_preface_is_in_and_busy_while_a_stream_is_open() {
+        let a = Activity::new();
+        a.on_read(&H2_PREFACE[..10]);
+        assert_eq!(
+            phase(&a),
+            Phase::Head,
+            "a preface is a head: header timeout"
+        );
+        a.on_read(&H2_PREFACE[10..]);
+        assert!(a.is_h2());
+        assert_eq!(phase(&a), Phase::Idle);
+        let one = Busy::start(&a);
+        let two = Busy::start(&a);
+        drop(one);
+        assert_eq!(phase(&a), Phase::Busy, "a stream is still open");
+        drop(two);
+        assert_eq!(phase(&a), Phase::Idle);
+        // Frames on an idle h2 connection (PING, SETTINGS) do not start a header clock.
+        a.on_read(b"\x00\x00\x08\x06");
+        assert_eq!(phase(&a), Phase::Idle);
+    }
+}

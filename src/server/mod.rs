@@ -1,0 +1,157 @@
+//! One listener for both doors: HTTP/1.1 and h2c (gRPC included) on the same port, the gRPC
+//! routes merged into the HTTP router, the limits that keep any peer from starving the gateway,
+//! and graceful shutdown.
+//!
+//! - [`serve`]: the accept loop. A connection is accepted only with a free place under
+//!   `--max-connections` (else it waits in the kernel's backlog); running out of descriptors
+//!   pauses accepting instead of spinning on the error.
+//! - [`conn`]: one connection, and the watchdog that closes it when the peer stalls before or
+//!   between requests (`--client-header-timeout`, `--client-idle-timeout`); [`activity`]: what
+//!   the watchdog knows (the connection's phase, kept by the socket and the requests).
+//! - [`body`]: the request body's deadline (`--client-body-timeout`, [`BodyTimeout`]) and the
+//!   response body that keeps its connection busy.
+//! - [`fd`]: the open-files limit and the connection cap derived from it.
+//!
+//! Errors hyper makes before a request exists (a bad request line → 400, a URI over 64 KiB →
+//! 414, too many or too large headers → 431) are written by hyper itself as a bare status line
+//! with `content-length: 0`, then the connection closes: hyper has no hook to give them a body,
+//! so they carry no OpenAI error JSON.
+
+mod activity;
+mod body;
+mod conn;
+mod fd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use body::BodyTimeout;
+pub use fd::{default_max_connections, raise_nofile_limit};
+
+use crate::config::ClientLimits;
+use crate::gateway::Core;
+
+/// Streams one HTTP/2 connection may have open at once: enough for a busy gRPC channel, few
+/// enough that one peer cannot hold more upstream calls than a modest pool of keys can serve.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// An HTTP/2 peer that has been silent this long is sent a PING...
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and its connection is closed if the PING is not answered in this time: a peer that
+/// vanished (no FIN, no RST) does not hold its streams and sockets for ever.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long accepting pauses after the process ran out of descriptors (or memory): long enough
+/// for closing connections to free some, short enough that a new client hardly notices.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The whole application: HTTP routes, gRPC services, fallbacks and the access layer.
+pub fn app(core: Arc<Core>) -> Router {
+    crate::http::router(core.clone())
+        .merge(crate::grpc::router(core.clone()))
+        .fallback(crate::grpc::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            core,
+            crate::http::access_layer,
+        ))
+}
+
+/// How the server stops: `stop` ends accepting and asks every connection to finish its open
+/// requests and close; `drain` (the grace is over) ends open gRPC streams with UNAVAILABLE;
+/// `kill` closes whatever is still open.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub stop: CancellationToken,
+    pub drain: CancellationToken,
+    pub kill: CancellationToken,
+}
+
+/// Serves until `shutdown.stop` is cancelled, then stops accepting and returns once every
+/// connection has closed (or `shutdown.kill` closed them).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ClientLimits,
+    max_connections: usize,
+    shutdown: Shutdown,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The connection's watchdog times the head (hyper's own header timer would also cut
+    // keep-alive connections after the header timeout rather than the idle timeout).
+    builder.http1().header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let shared = Arc::new(conn::Shared {
+        builder,
+        app,
+        limits,
+        stop: shutdown.stop.clone(),
+        drain: shutdown.drain.clone(),
+        kill: shutdown.kill.clone(),
+    });
+    let places = Arc::new(Semaphore::new(max_connections));
+    let tracker = TaskTracker::new();
+    let mut full_log = fd::Throttle::new(Duration::from_secs(1));
+    let mut error_log = fd::Throttle::new(Duration::from_secs(1));
+    let stop = &shutdown.stop;
+    loop {
+        let permit = match places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(suppressed) = full_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        max_connections,
+                        suppressed,
+                        "connection cap reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = places.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _peer)) => tcp,
+            Err(e) if fd::is_resource_exhaustion(&e) => {
+                if let Some(suppressed) = error_log.allow(Instant::now()) {
+                    tracing::error!(error = %e, suppressed, "cannot accept connections: pausing");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+            // This one connection failed (reset before it was accepted): take the next.
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        // Every response is small and latency-bound: send it now, not after Nagle's delay.
+        let _ = tcp.set_nodelay(true);
+        tracker.spawn(conn::serve(tcp, shared.clone(), permit));
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
