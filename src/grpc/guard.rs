@@ -3,12 +3,10 @@
 //! one at the wrong path), and request metadata over [`MAX_METADATA`] (RESOURCE_EXHAUSTED,
 //! the code gRPC implementations give metadata over their limit).
 //!
-//! Metadata over hyper's HTTP/2 `max_header_list_size` (16 KiB by default) never reaches this
-//! layer: the h2 codec answers such a stream itself with a bare HTTP 431 (no `grpc-status`),
-//! which tonic clients report as UNKNOWN ("grpc-status header missing, mapped from HTTP status
-//! code 431"). [`MAX_METADATA`] sits below that limit, so metadata from 8 to 16 KiB gets
-//! RESOURCE_EXHAUSTED here; moving the line for larger metadata needs the listener to raise
-//! h2's limit (`axum::serve` does not expose it: hyper-util's server builder does).
+//! Metadata over the listener's HTTP/2 header-list limit (`server::H2_MAX_HEADER_LIST`, 64 KiB)
+//! never reaches this layer: the h2 codec answers such a stream itself with a bare HTTP 431 (no
+//! `grpc-status`), which tonic clients report as UNKNOWN. [`MAX_METADATA`] sits well below that
+//! limit, so everything between the two gets a proper RESOURCE_EXHAUSTED here.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
@@ -22,9 +20,10 @@ use crate::chat::GatewayError;
 use crate::http::error::HttpError;
 
 /// The most request metadata a call may carry, counted as HTTP/2 counts a header list (each
-/// field's name and value plus 32 bytes, pseudo-headers included). 8 KiB is grpc-java's
-/// default; a gateway token and a request id need well under 1 KiB.
-pub const MAX_METADATA: usize = 8 * 1024;
+/// field's name and value plus 32 bytes, pseudo-headers included). 16 KiB is what hyper's h2
+/// accepted before this limit existed (so no call that worked is refused); a gateway token and
+/// a request id need well under 1 KiB.
+pub const MAX_METADATA: usize = 16 * 1024;
 
 /// The layer: refuses non-gRPC POSTs and oversized metadata, passes everything else on.
 pub async fn guard(request: Request, next: Next) -> Response {

@@ -42,6 +42,10 @@ use crate::gateway::Core;
 /// Streams one HTTP/2 connection may have open at once: enough for a busy gRPC channel, few
 /// enough that one peer cannot hold more upstream calls than a modest pool of keys can serve.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The largest HTTP/2 header list a peer may send. Above hyper's 16 KiB default so that gRPC
+/// metadata between the gateway's own limit (`grpc::guard::MAX_METADATA`) and this one gets a
+/// RESOURCE_EXHAUSTED status rather than h2's bare 431.
+pub const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// An HTTP/2 peer that has been silent this long is sent a PING...
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -91,6 +95,7 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let shared = Arc::new(conn::Shared {
