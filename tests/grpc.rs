@@ -6,39 +6,10 @@ mod support;
 use std::time::Duration;
 
 use megallm_gateway::grpc::pb;
-use megallm_gateway::grpc::pb::chat_service_client::ChatServiceClient;
 use serde_json::{json, Value};
 use support::*;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-async fn client(gw: &TestGateway) -> ChatServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gRPC connects");
-    ChatServiceClient::new(channel)
-}
-
-fn text(role: &str, text: &str) -> pb::Message {
-    pb::Message {
-        role: role.into(),
-        content: vec![pb::ContentPart {
-            part: Some(pb::content_part::Part::Text(text.into())),
-        }],
-        ..Default::default()
-    }
-}
-
-/// `{"messages":[{"role":"user","content":"hi"}]}` as a proto request.
-fn hi() -> pb::ChatCompletionRequest {
-    pb::ChatCompletionRequest {
-        messages: vec![text("user", "hi")],
-        ..Default::default()
-    }
-}
 
 /// `message` with a `grpc-timeout` header written by hand: tonic's client would also enforce
 /// its own `set_timeout` and answer CANCELLED first, hiding what the server does.
@@ -49,13 +20,6 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
         .metadata_mut()
         .insert("grpc-timeout", value.parse().unwrap());
     request
-}
-
-/// Bounds every await on the gateway so a broken door fails instead of hanging.
-async fn patient<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in {PATIENCE:?}"))
 }
 
 fn reason(status: &Status) -> String {
@@ -116,7 +80,7 @@ fn assert_chunk_eq(got: &pb::ChatCompletionChunk, sent: &str, i: usize) {
 async fn unary_answer_is_the_upstream_answer() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let mut request = tonic::Request::new(pb::ChatCompletionRequest {
         model: "m1".into(),
@@ -296,7 +260,7 @@ fn full_request() -> (pb::ChatCompletionRequest, Value) {
 async fn upstream_sees_the_same_body_as_from_the_http_door() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     // Defaults: no model named → the default model, and nothing the client did not set.
     patient("unary", c.create_chat_completion(hi()))
@@ -361,7 +325,7 @@ async fn stream_relays_each_chunk_in_order_then_ok_with_trailers() {
     let mock = MockUpstream::start().await;
     mock.set_chat("key-a", Reply::ok().chunks(6));
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let response = patient("stream", c.stream_chat_completion(hi()))
         .await
@@ -399,7 +363,7 @@ async fn first_chunk_arrives_while_the_upstream_holds_the_next() {
     let gate = Gate::new();
     mock.set_chat("key-a", Reply::ok().chunks(3).hold_after(1, &gate));
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let mut stream = patient("stream", c.stream_chat_completion(hi()))
         .await
@@ -434,7 +398,7 @@ async fn upstream_break_mid_stream_ends_with_an_error_after_the_chunks() {
     let mock = MockUpstream::start().await;
     mock.set_chat("key-a", Reply::ok().chunks(5).break_after(2));
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let mut stream = patient("stream", c.stream_chat_completion(hi()))
         .await
@@ -463,7 +427,7 @@ async fn cancelling_a_stream_closes_the_upstream_connection() {
     let gate = Gate::new();
     mock.set_chat("key-a", Reply::ok().chunks(3).hold_after(1, &gate));
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let mut stream = patient("stream", c.stream_chat_completion(hi()))
         .await
@@ -487,7 +451,7 @@ async fn list_models_is_the_upstream_list() {
     let mock = MockUpstream::start().await;
     mock.set_model_ids(&["alpha", "beta"]);
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let list = patient("models", c.list_models(pb::ListModelsRequest {}))
         .await
         .expect("OK")
@@ -502,7 +466,7 @@ async fn list_models_is_the_upstream_list() {
 async fn each_invalid_field_is_invalid_argument_naming_it() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let no_part = pb::ContentPart { part: None };
     let cases: Vec<(&str, pb::ChatCompletionRequest)> = vec![
         ("messages", pb::ChatCompletionRequest::default()),
@@ -632,7 +596,7 @@ async fn gateway_tokens_are_checked_on_authorization_metadata() {
         s.auth_tokens = vec![Secret::new("tok-1".into())]
     })
     .await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let status = patient("no token", c.create_chat_completion(hi()))
         .await
         .unwrap_err();
@@ -657,7 +621,7 @@ async fn gateway_tokens_are_checked_on_authorization_metadata() {
 async fn upstream_errors_map_by_code_proto() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["key-a", "key-b"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     // The request's own fault (400), passed through as INVALID_ARGUMENT on the first key.
     mock.push_chat_once("key-a", Reply::error(400, "bad tool schema"));
@@ -719,7 +683,7 @@ async fn upstream_401_is_unavailable_never_unauthenticated() {
     );
     // Each call meets a fresh key's 401 (not a pool already known to be empty).
     let gw = spawn_gateway(&mock, &["key-a", "key-b"], |s| s.max_attempts = 1).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let status = patient("401", c.stream_chat_completion(hi()))
         .await
         .map(|_| ())
@@ -740,7 +704,7 @@ async fn an_upstream_message_that_echoes_a_key_is_masked() {
         Reply::error(400, "bad request for key-secret-abcdef"),
     );
     let gw = spawn_gateway(&mock, &["key-secret-abcdef"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let status = patient("400", c.create_chat_completion(hi()))
         .await
         .unwrap_err();
@@ -753,15 +717,6 @@ async fn an_upstream_message_that_echoes_a_key_is_masked() {
         !format!("{status:?}").contains("secret-abcdef"),
         "the key leaked: {status:?}"
     );
-}
-
-/// One gRPC message frame: flag 0 (uncompressed), 4-byte big-endian length, the message.
-fn frame(message: &impl prost::Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
 }
 
 /// `CreateChatCompletion(hi())` as a raw h2c call with a `grpc-timeout` header: tonic's own
@@ -830,7 +785,7 @@ async fn stream_deadline_cuts_the_stream_and_the_upstream() {
             .pause_after(1, Duration::from_secs(10)),
     );
     let gw = spawn_gateway(&mock, &["key-a"], |_| {}).await;
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
 
     let started = std::time::Instant::now();
     let request = with_timeout(hi(), Duration::from_millis(1500));
@@ -867,7 +822,7 @@ async fn a_deadline_that_ends_while_queued_for_a_key_is_deadline_exceeded() {
     })
     .await;
     // The one slot is held by a stream the mock keeps open.
-    let mut c = client(&gw).await;
+    let mut c = grpc_client(&gw).await;
     let mut held = patient("stream", c.stream_chat_completion(hi()))
         .await
         .expect("OK")

@@ -12,20 +12,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-async fn channel(gw: &TestGateway) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gRPC connects")
-}
-
-async fn patient<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in {PATIENCE:?}"))
-}
-
 /// Service names listed by reflection v1, and the file that declares `megallm.v1.ChatService`.
 async fn reflect_v1(channel: Channel) -> (Vec<String>, Vec<prost_types::FileDescriptorProto>) {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -246,17 +232,7 @@ async fn health_goes_not_serving_when_the_upstream_refuses_every_key() {
     );
 
     let mut chat = pb::chat_service_client::ChatServiceClient::new(ch);
-    let request = pb::ChatCompletionRequest {
-        messages: vec![pb::Message {
-            role: "user".into(),
-            content: vec![pb::ContentPart {
-                part: Some(pb::content_part::Part::Text("hi".into())),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let status = patient("chat", chat.create_chat_completion(request))
+    let status = patient("chat", chat.create_chat_completion(hi()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -303,28 +279,6 @@ fn mock_reply_content(mock: &MockUpstream, n: usize) -> Option<String> {
     body["choices"][0]["message"]["content"]
         .as_str()
         .map(str::to_owned)
-}
-
-/// One gRPC(-Web) data frame.
-fn frame(message: &impl Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
-}
-
-/// Splits a gRPC-Web body into its frames: `(flag, payload)`.
-fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while body.len() >= 5 {
-        let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
-        assert!(body.len() >= 5 + len, "truncated gRPC-Web frame");
-        out.push((body[0], body[5..5 + len].to_vec()));
-        body = &body[5 + len..];
-    }
-    assert!(body.is_empty(), "trailing bytes after the gRPC-Web frames");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

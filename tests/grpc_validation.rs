@@ -5,50 +5,14 @@
 mod support;
 
 use megallm_gateway::grpc::pb;
-use megallm_gateway::grpc::pb::chat_service_client::ChatServiceClient;
 use prost::Message;
 use support::*;
-use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const UNARY: &str = "/megallm.v1.ChatService/CreateChatCompletion";
 const STREAM: &str = "/megallm.v1.ChatService/StreamChatCompletion";
 const GRPC: [(&str, &str); 2] = [("content-type", "application/grpc"), ("te", "trailers")];
-
-async fn client(gw: &TestGateway) -> ChatServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gRPC connects");
-    ChatServiceClient::new(channel)
-}
-
-fn text(role: &str, text: &str) -> pb::Message {
-    pb::Message {
-        role: role.into(),
-        content: vec![pb::ContentPart {
-            part: Some(pb::content_part::Part::Text(text.into())),
-        }],
-        ..Default::default()
-    }
-}
-
-fn hi() -> pb::ChatCompletionRequest {
-    pb::ChatCompletionRequest {
-        messages: vec![text("user", "hi")],
-        ..Default::default()
-    }
-}
-
-/// One gRPC length-prefixed message frame around `payload`.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// The `grpc-status` of a trailers-only answer (the status rides in the headers).
 fn grpc_status(resp: &HttpResponse) -> Option<String> {
@@ -59,7 +23,7 @@ fn grpc_status(resp: &HttpResponse) -> Option<String> {
 async fn malformed_requests_are_invalid_argument_naming_the_field() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["k"], |_| {}).await;
-    let mut chat = client(&gw).await;
+    let mut chat = grpc_client(&gw).await;
     let cases = [
         (
             pb::ChatCompletionRequest {
@@ -136,7 +100,7 @@ async fn malformed_protobuf_is_invalid_argument() {
     // field with wire type 7, which does not exist.
     for garbage in [&[0x12u8, 100, 1, 2][..], &[0x0f, 0x01]] {
         for path in [UNARY, STREAM] {
-            let resp = h2.post_raw(path, &GRPC, frame(garbage)).await;
+            let resp = h2.post_raw(path, &GRPC, frame_bytes(garbage)).await;
             assert_eq!(resp.status, 200, "{}", resp.text());
             assert_eq!(
                 grpc_status(&resp).as_deref(),
@@ -154,7 +118,7 @@ async fn a_second_request_message_is_refused() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["k"], |_| {}).await;
     let h2 = HttpClient::new_h2c(gw.addr);
-    let one = frame(&hi().encode_to_vec());
+    let one = frame_bytes(&hi().encode_to_vec());
     let two = [one.clone(), one.clone()].concat();
     for path in [UNARY, STREAM] {
         let resp = h2.post_raw(path, &GRPC, two.clone()).await;
@@ -188,7 +152,7 @@ async fn non_grpc_content_types_are_415() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["k"], |_| {}).await;
     let json = chat_body().to_string();
-    let proto = frame(&hi().encode_to_vec());
+    let proto = frame_bytes(&hi().encode_to_vec());
     for client in [HttpClient::new_h2c(gw.addr), gw.http.clone()] {
         for (content_type, body) in [
             (Some("application/json"), json.as_bytes().to_vec()),
@@ -217,7 +181,7 @@ async fn non_grpc_content_types_are_415() {
 async fn metadata_over_the_limit_is_resource_exhausted() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["k"], |_| {}).await;
-    let mut chat = client(&gw).await;
+    let mut chat = grpc_client(&gw).await;
     // Over the gateway's 16 KiB, under the listener's HTTP/2 header list limit (64 KiB): before
     // the listener raised that limit, hyper answered a bare 431 (UNKNOWN to clients).
     let mut request = tonic::Request::new(hi());

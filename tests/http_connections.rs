@@ -10,8 +10,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use megallm_gateway::grpc::pb;
-use megallm_gateway::grpc::pb::chat_service_client::ChatServiceClient;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -503,23 +501,8 @@ async fn shutdown_past_the_grace_ends_a_grpc_stream_with_unavailable() {
     mock.set_chat("k", Reply::ok().chunks(3).hold_after(1, &gate));
     let gw = spawn_gateway(&mock, &["k"], |s| s.shutdown_grace = ms(300)).await;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("gRPC connects");
-    let mut client = ChatServiceClient::new(channel);
-    let request = pb::ChatCompletionRequest {
-        messages: vec![pb::Message {
-            role: "user".into(),
-            content: vec![pb::ContentPart {
-                part: Some(pb::content_part::Part::Text("hi".into())),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let mut stream = tokio::time::timeout(PATIENCE, client.stream_chat_completion(request))
+    let mut client = grpc_client(&gw).await;
+    let mut stream = tokio::time::timeout(PATIENCE, client.stream_chat_completion(hi()))
         .await
         .expect("the stream opens")
         .expect("the stream opens")
@@ -548,12 +531,7 @@ async fn shutdown_past_the_grace_ends_a_health_watch_with_unavailable() {
 
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &["k"], |s| s.shutdown_grace = ms(300)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .unwrap()
-        .connect()
-        .await
-        .expect("gRPC connects");
-    let mut client = HealthClient::new(channel);
+    let mut client = HealthClient::new(channel(&gw).await);
     // A watch never ends by itself: only the shutdown can end it.
     let mut watch = tokio::time::timeout(
         PATIENCE,

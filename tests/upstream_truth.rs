@@ -6,19 +6,12 @@
 
 mod support;
 
-use megallm_gateway::grpc::pb;
-use megallm_gateway::grpc::pb::chat_service_client::ChatServiceClient;
 use serde_json::{json, Value};
 use support::*;
 use tonic::Code;
 
 const KEY1: &str = "megallm-truth-FIRST0a1b2c3d4e5f";
 const KEY2: &str = "megallm-truth-SECOND9z8y7x6w5v";
-const ADMIN: &str = "truth-admin-token";
-
-fn with_admin(s: &mut Settings) {
-    s.admin_token = Some(Secret::new(ADMIN.into()));
-}
 
 /// An upstream error object that quotes the key it was given, as OpenAI's 401 text does.
 fn error_quoting(key: &str) -> String {
@@ -45,34 +38,6 @@ fn assert_no_key(what: &str, text: &str) {
             "{what} carries part of a key: {text}"
         );
     }
-}
-
-async fn grpc_client(gw: &TestGateway) -> ChatServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gRPC connects");
-    ChatServiceClient::new(channel)
-}
-
-fn hi() -> pb::ChatCompletionRequest {
-    pb::ChatCompletionRequest {
-        messages: vec![pb::Message {
-            role: "user".into(),
-            content: vec![pb::ContentPart {
-                part: Some(pb::content_part::Part::Text("hi".into())),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-async fn patient<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer in {PATIENCE:?}"))
 }
 
 // ---- item 2: masking on every door and path ----

@@ -51,6 +51,7 @@
 //! when it runs out, so a broken gateway fails a test instead of hanging it.
 #![allow(dead_code)]
 
+pub mod grpc;
 mod http_client;
 mod keys_file;
 pub mod mock;
@@ -63,6 +64,8 @@ use http::Method;
 use serde_json::{json, Value};
 
 // Everything a test needs, under `support::`. Each test binary uses part of it.
+#[allow(unused_imports)]
+pub use grpc::{channel, frame, frame_bytes, frames, grpc_client, hi, patient, text};
 #[allow(unused_imports)]
 pub use http_client::{parse_attempts, HttpClient, HttpResponse};
 #[allow(unused_imports)]
