@@ -58,6 +58,20 @@ macro_rules! settings_table {
                 &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )*]
             }
         }
+
+        /// Every setting as `gateway.example.toml` documents it.
+        #[cfg(test)]
+        pub const ROWS: &[Row] = &[
+            $( Row { name: stringify!($rf), default: Some($rd), help: $rh, list: false }, )*
+            $( Row { name: stringify!($of), default: None, help: $oh, list: false }, )*
+            $( Row { name: stringify!($lf), default: None, help: $lh, list: true }, )*
+        ];
+
+        /// What `--help` says after the flags: the settings the command line does not take.
+        pub const ENV_ONLY_HELP: &str = concat!(
+            "Environment only (also TOML arrays in --config):\n",
+            $( "  ", $lenv, "\n          ", $lh, "\n", )*
+        );
     };
 }
 
@@ -116,7 +130,7 @@ settings_table! {
     optional {
         #[arg(long, env = "MEGALLM_KEYS_FILE")]
         keys_file: PathBuf, "Keys file: one key a line, `#` comments; re-read on change and on SIGHUP";
-        #[arg(long)]
+        #[arg(long, env = "GATEWAY_AUTH_TOKENS_FILE")]
         auth_tokens_file: PathBuf, "File of gateway tokens clients must present as `Authorization: Bearer <token>`";
         #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Secret, "Token for the admin API; the admin API answers 404 unless this is set";
@@ -126,14 +140,55 @@ settings_table! {
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
     }
     lists {
-        api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas (environment only); joined with the keys file's";
-        auth_tokens, "GATEWAY_AUTH_TOKENS", "Gateway tokens separated by commas (environment only)";
+        api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";
+        auth_tokens, "GATEWAY_AUTH_TOKENS", "Gateway tokens clients must present, separated by commas";
+    }
+}
+
+/// One row of the settings table, for the example file.
+#[cfg(test)]
+pub struct Row {
+    pub name: &'static str,
+    /// The default as written on the command line; `None` for a setting that may stay unset.
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+    /// A comma list in the environment, an array in TOML.
+    pub list: bool,
+}
+
+/// `gateway.example.toml`: every setting with its help line and its default (settings with
+/// none are commented out). A test keeps the committed file equal to this.
+#[cfg(test)]
+pub fn example_toml() -> String {
+    let mut out = String::from(
+        "# megallm-gateway settings: every one, with its default. Pass this file with\n\
+         # --config FILE (or GATEWAY_CONFIG); flags and environment variables win over it.\n\
+         # Durations take 30s, 500ms, 2m or a number of seconds.\n",
+    );
+    for row in ROWS {
+        out.push_str(&format!("\n# {}\n", row.help));
+        match row.default {
+            Some(default) => out.push_str(&format!("{} = {}\n", row.name, toml_value(default))),
+            None if row.list => out.push_str(&format!("# {} = [\"…\", \"…\"]\n", row.name)),
+            None => out.push_str(&format!("# {} = …\n", row.name)),
+        }
+    }
+    out
+}
+
+/// A default as TOML: numbers and booleans bare, everything else a string.
+#[cfg(test)]
+fn toml_value(default: &str) -> String {
+    if default.parse::<f64>().is_ok() || default == "true" || default == "false" {
+        default.to_owned()
+    } else {
+        format!("\"{default}\"")
     }
 }
 
 /// The command line: the settings layer and where to find the TOML file.
 #[derive(Parser, Debug, Default)]
-#[command(name = "megallm-gateway", version, about)]
+#[command(name = "megallm-gateway", version, about, after_help = ENV_ONLY_HELP)]
 pub struct Cli {
     /// TOML file with any of the settings below (keys named like the flags, with underscores).
     #[arg(long, env = "GATEWAY_CONFIG")]
@@ -210,6 +265,42 @@ mod tests {
             assert!(
                 help.contains(needle),
                 "{needle} missing from --help:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_names_the_environment_only_settings() {
+        let help = Cli::command().render_help().to_string();
+        for needle in [
+            "MEGALLM_API_KEYS",
+            "GATEWAY_AUTH_TOKENS",
+            "GATEWAY_AUTH_TOKENS_FILE",
+        ] {
+            assert!(
+                help.contains(needle),
+                "{needle} missing from --help:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_file_is_the_table() {
+        let expected = example_toml();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.example.toml");
+        if std::env::var_os("UPDATE_EXAMPLE").is_some() {
+            std::fs::write(path, &expected).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap();
+        assert!(
+            committed == expected,
+            "gateway.example.toml is out of date with the settings table: run UPDATE_EXAMPLE=1 cargo test --lib the_example_file"
+        );
+        for name in Layer::names() {
+            assert!(
+                committed.contains(&format!("\n{name} = "))
+                    || committed.contains(&format!("\n# {name} = ")),
+                "{name} is not in gateway.example.toml"
             );
         }
     }

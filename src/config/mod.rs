@@ -526,6 +526,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let cli = Cli {
+            config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.example.toml").into()),
+            ..Cli::default()
+        };
+        let from_example = Settings::from_cli(cli).unwrap();
+        assert_eq!(
+            format!("{from_example:?}"),
+            format!("{:?}", Settings::default())
+        );
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let s = Settings::default();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
