@@ -159,6 +159,11 @@ impl Drop for MockUpstream {
 impl MockUpstream {
     /// Binds `127.0.0.1:0` and serves until dropped.
     pub async fn start() -> MockUpstream {
+        MockUpstream::start_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// Binds `addr` (an upstream that comes back on its old port) and serves until dropped.
+    pub async fn start_on(addr: SocketAddr) -> MockUpstream {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 model_ids: vec!["mock-model-a".into(), "mock-model-b".into()],
@@ -166,7 +171,7 @@ impl MockUpstream {
             }),
             changed: Notify::new(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("mock binds");
         let addr = listener.local_addr().expect("mock addr");
