@@ -23,6 +23,7 @@ use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics};
+pub use crate::upstream::ModelInfo;
 use crate::upstream::{Dispatcher, Models};
 
 /// Shared by both doors; one per gateway.

@@ -10,7 +10,7 @@ use super::auth::ClientAuth;
 use super::error::HttpError;
 use crate::chat::GatewayError;
 use crate::core::Core;
-use crate::upstream::ModelInfo;
+use crate::core::ModelInfo;
 
 fn object(m: &ModelInfo) -> serde_json::Value {
     json!({"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by})
