@@ -1,112 +1,18 @@
-//! The running gateway: [`Core`] (what both doors share: settings, key pool, dispatcher, model
-//! list, metrics, client tokens) and [`Gateway`] (start it, find its address, stop it). Key
-//! reloads (file watch, SIGHUP, admin) all funnel into [`Core::reload_keys`].
+//! The running gateway: [`Gateway`] (start it, find its address, stop it). Start builds the
+//! [`Core`] both doors share and hands it to the server; key reloads by file watch and SIGHUP
+//! (and the admin API's) all funnel into [`Core::reload_keys`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::{ChatRequest, GatewayError};
-use crate::config::{Secret, Settings, SettingsError};
-use crate::keys::{KeyPool, ReloadSummary};
-use crate::metrics::Metrics;
+use crate::config::{Settings, SettingsError};
+use crate::core::Core;
+use crate::keys::KeyPool;
 use crate::upstream::{probe, Dispatcher, Models, UpstreamClient};
-
-/// Shared by both doors; one per gateway.
-pub struct Core {
-    pub settings: Settings,
-    pub pool: Arc<KeyPool>,
-    pub dispatcher: Dispatcher,
-    pub models: Models,
-    pub metrics: Metrics,
-    auth_tokens: Vec<Secret>,
-}
-
-impl Core {
-    /// Validates a chat body (the one validation both doors use).
-    pub fn chat_request(&self, body: Bytes) -> Result<ChatRequest, GatewayError> {
-        ChatRequest::from_json(body, &self.settings.default_model)
-    }
-
-    /// Checks a client's `Authorization` value when gateway tokens are configured.
-    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), GatewayError> {
-        if self.auth_tokens.is_empty() {
-            return Ok(());
-        }
-        let token = authorization
-            .and_then(bearer_token)
-            .ok_or(GatewayError::Unauthenticated)?;
-        // Check every token so the time taken does not say which one nearly matched.
-        let ok = self
-            .auth_tokens
-            .iter()
-            .fold(false, |ok, t| t.matches(token) | ok);
-        if ok {
-            Ok(())
-        } else {
-            Err(GatewayError::Unauthenticated)
-        }
-    }
-
-    /// `None` when the admin API is off; else whether `authorization` carries the admin token.
-    pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> Option<bool> {
-        let admin = self.settings.admin_token.as_ref()?;
-        Some(
-            authorization
-                .and_then(bearer_token)
-                .is_some_and(|t| admin.matches(t)),
-        )
-    }
-
-    /// Re-reads the configured keys (direct ones and the keys file) into the pool. Whatever
-    /// the outcome, it is logged once and counted, so an operator sees a refused file.
-    pub fn reload_keys(&self) -> Result<ReloadSummary, String> {
-        if self.settings.demo {
-            return Err("demo mode uses fixed demo keys; there is nothing to reload".into());
-        }
-        let result = self
-            .settings
-            .read_keys()
-            .map_err(|e| e.to_string())
-            .and_then(|specs| self.pool.reload(&specs));
-        self.metrics.key_reload(result.is_ok());
-        match &result {
-            Ok(s) => tracing::info!(
-                kept = s.kept,
-                added = s.added,
-                removed = s.removed,
-                total = s.total,
-                "keys reloaded"
-            ),
-            Err(e) => tracing::warn!(error = %e, "key reload refused; keeping the current keys"),
-        }
-        result
-    }
-
-    /// `None` when `/metrics` is open; else whether `authorization` carries the metrics token.
-    pub fn metrics_authorized(&self, authorization: Option<&[u8]>) -> Option<bool> {
-        let token = self.settings.metrics_token.as_ref()?;
-        Some(
-            authorization
-                .and_then(bearer_token)
-                .is_some_and(|t| token.matches(t)),
-        )
-    }
-}
-
-/// `Bearer <token>` → token. The scheme is case-insensitive (RFC 9110 §11.1).
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
-}
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +39,6 @@ const FLUSH_AFTER_GRACE: Duration = Duration::from_secs(2);
 /// A started gateway.
 pub struct Gateway {
     addr: SocketAddr,
-    core: Arc<Core>,
     /// Cancelled on shutdown: background tasks end, the server stops accepting.
     stop: CancellationToken,
     /// Cancelled once the grace is over: open streams end with `ShuttingDown`.
@@ -187,14 +92,7 @@ impl Gateway {
         );
         let grace = settings.shutdown_grace;
         let keys_file = settings.keys_file.clone();
-        let core = Arc::new(Core {
-            settings,
-            pool,
-            dispatcher,
-            models,
-            metrics: Metrics::default(),
-            auth_tokens,
-        });
+        let core = Arc::new(Core::new(settings, pool, dispatcher, models, auth_tokens));
         let watcher = match keys_file {
             Some(path) => Some(watch_keys_file(core.clone(), path, stop.clone())?),
             None => None,
@@ -230,12 +128,11 @@ impl Gateway {
             shutdown,
         ));
         tracing::info!(%addr, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
-        if !core.auth_tokens.is_empty() && core.settings.metrics_token.is_none() {
+        if core.client_tokens_required() && core.settings.metrics_token.is_none() {
             tracing::warn!("clients need a gateway token but /metrics is open to anyone who reaches this address; set --metrics-token to close it");
         }
         Ok(Gateway {
             addr,
-            core,
             stop,
             drain,
             kill,
@@ -245,12 +142,9 @@ impl Gateway {
         })
     }
 
+    /// The address the gateway listens on (the port chosen, if the settings said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, then ends the
@@ -272,11 +166,6 @@ impl Gateway {
         }
         self.kill.cancel();
         let _ = server.await;
-    }
-
-    /// Resolves when the server task ends on its own (it should not).
-    pub async fn stopped(&self) {
-        self.stop.cancelled().await
     }
 }
 
@@ -358,17 +247,6 @@ fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token(b"Bearer tok"), Some(&b"tok"[..]));
-        assert_eq!(bearer_token(b"BEARER tok "), Some(&b"tok"[..]));
-        assert_eq!(bearer_token(b"bEaReR  tok"), Some(&b"tok"[..]));
-        assert_eq!(bearer_token(b"Bearer "), None);
-        assert_eq!(bearer_token(b"Basic dG9rOg=="), None);
-        assert_eq!(bearer_token(b"Bear"), None);
-        assert_eq!(bearer_token(b"Bearertok"), None);
-    }
 
     #[test]
     fn only_content_changes_reload() {

@@ -2,32 +2,49 @@
 //!
 //! A request meets these modules in this order:
 //!
-//! - [`http`] and [`grpc`]: the two doors. Each turns its wire format into the core's
-//!   [`chat::ChatRequest`] and renders the core's answer (a body or a chunk stream) and errors
-//!   ([`chat::GatewayError`]) back. Nothing else lives in a door.
-//! - [`chat`]: the transport-neutral core types: validated request, request context, chunk
-//!   stream, attempt trail, the one error enum.
-//! - [`upstream`]: the dispatcher (attempt loop with retries before the first byte), the one
+//! - `server`: the one listener where the doors meet: both doors' routes on one router, the
+//!   fallback for unknown paths, and the limits every client connection lives under (cap,
+//!   header, body and idle timeouts).
+//! - `http` and [`grpc`]: the two doors. Each turns its wire format into the core's
+//!   `chat::ChatRequest` and renders the core's answer (a body or a chunk stream) and errors
+//!   (`chat::GatewayError`) back. Nothing else lives in a door.
+//! - `core`: `Core`, what both doors share (settings, the key pool behind its methods, the
+//!   dispatcher, the model list, metrics), and the token checks. No door is imported by it.
+//! - `upstream`: the dispatcher (attempt loop with retries before the first byte), the one
 //!   hyper client (TLS by rustls), the incremental SSE parser, the model list, the revoked-key
 //!   probe.
-//! - [`keys`]: the key scheduler: pool, per-key state machine, outcome classification, choice
+//! - `keys`: the key scheduler: pool, per-key state machine, outcome classification, choice
 //!   strategies, leases, masking of key material.
-//! - [`gateway`]: the shared [`gateway::Core`] and the [`Gateway`] handle (start, address,
-//!   shutdown, key reloads); [`server`]: the one listener and the limits every client
-//!   connection lives under (cap, header, body and idle timeouts); [`config`]: settings;
-//!   [`metrics`]; [`demo`]: the embedded simulated upstream behind `--demo`.
+//! - `chat`: the transport-neutral types: validated request, request context, chunk stream,
+//!   attempt trail, the one error enum, the header names the gateway defines.
+//!
+//! Around them: `gateway` at the top (the [`Gateway`] handle: start, address, shutdown, key
+//! reloads by file watch and SIGHUP); [`config`]: [`Settings`]; `metrics`; `demo`: the
+//! embedded simulated upstream behind `--demo`; [`telemetry`]: logging.
+//!
+//! The public surface is what `main` and the integration tests use: [`Gateway`],
+//! [`Settings`] (and [`config`]'s types), the generated gRPC types ([`grpc::pb`]) and
+//! [`telemetry::init`].
 
-pub mod chat;
+mod chat;
 pub mod config;
-pub mod demo;
-pub mod gateway;
+mod core;
+mod demo;
+mod gateway;
 pub mod grpc;
-pub mod http;
-pub mod keys;
-pub mod metrics;
-pub mod server;
+mod http;
+// Private since the narrowing of the public surface, which showed items nothing uses:
+// re-exports in `keys/mod.rs` (`Failures`, `parse_go_duration`, `reset_after`, `ProbeTicket`),
+// `keys::Outcome::retryable` and `upstream::SseParser::has_partial` (their tests only). Both
+// modules are being reworked on other branches, so those removals (and these `allow`s) are
+// left to them.
+#[allow(unused_imports, dead_code)]
+mod keys;
+mod metrics;
+mod server;
 pub mod telemetry;
-pub mod upstream;
+#[allow(dead_code)]
+mod upstream;
 
 pub use config::Settings;
-pub use gateway::Gateway;
+pub use gateway::{Gateway, StartError};

@@ -14,6 +14,27 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
 ];
 
+/// The door a request came in by: the `door` label of the request metrics and a field of
+/// every access-log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    Http,
+    Grpc,
+}
+
+impl Door {
+    /// In the order the metrics list them.
+    pub const ALL: [Door; 2] = [Door::Http, Door::Grpc];
+
+    /// The one spelling of the door, as labels and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Http => "http",
+            Door::Grpc => "grpc",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Histogram {
     counts: [AtomicU64; BUCKETS.len()],
@@ -35,26 +56,24 @@ impl Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Counts by door name and status (the name, so the text lists doors alphabetically).
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    http_latency: Histogram,
-    grpc_latency: Histogram,
+    /// Time to the response head, one histogram per door, indexed by `Door as usize`.
+    latency: [Histogram; Door::ALL.len()],
     /// Key reloads by outcome: `[applied, refused]`.
     key_reloads: [AtomicU64; 2],
 }
 
 impl Metrics {
     /// Records one finished request (for streams: the time to the response head).
-    pub fn record(&self, door: &'static str, status: u16, elapsed: Duration) {
+    pub fn record(&self, door: Door, status: u16, elapsed: Duration) {
         *self
             .requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((door, status))
+            .entry((door.name(), status))
             .or_default() += 1;
-        match door {
-            "grpc" => self.grpc_latency.observe(elapsed),
-            _ => self.http_latency.observe(elapsed),
-        }
+        self.latency[door as usize].observe(elapsed);
     }
 
     /// Counts one key reload (file watch, SIGHUP or admin), applied or refused.
@@ -79,7 +98,9 @@ impl Metrics {
         }
         out.push_str("# HELP gateway_request_duration_seconds Time to the response head.\n");
         out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
-        for (door, h) in [("http", &self.http_latency), ("grpc", &self.grpc_latency)] {
+        for door in Door::ALL {
+            let h = &self.latency[door as usize];
+            let door = door.name();
             let mut cumulative = 0;
             for (bound, count) in BUCKETS.iter().zip(&h.counts) {
                 cumulative += count.load(Ordering::Relaxed);

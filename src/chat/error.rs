@@ -9,6 +9,9 @@ use bytes::Bytes;
 /// Which named timeout fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutKind {
+    /// Made by no path today (hyper's connector reports its connect timeout as a connect
+    /// error, an `UpstreamUnavailable`); kept, named, for the dispatcher being reworked.
+    #[allow(dead_code)]
     Connect,
     FirstByte,
     Idle,

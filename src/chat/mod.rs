@@ -3,6 +3,7 @@
 //! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
 
 mod error;
+pub mod headers;
 mod request;
 mod scan;
 mod shape;
@@ -80,10 +81,6 @@ impl Attempts {
             key_id: key_id.clone(),
             outcome: outcome.into(),
         });
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {

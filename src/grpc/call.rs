@@ -9,8 +9,8 @@ use std::time::Duration;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use crate::chat::{Attempts, GatewayError, RequestContext};
-use crate::gateway::Core;
+use crate::chat::{headers, Attempts, GatewayError, RequestContext};
+use crate::core::{Core, Door};
 
 /// One gRPC call in flight.
 pub struct Call {
@@ -39,7 +39,7 @@ impl Call {
                 RequestContext::new(
                     request
                         .metadata()
-                        .get("x-request-id")
+                        .get(headers::REQUEST_ID)
                         .and_then(|v| v.to_str().ok()),
                 )
             });
@@ -94,10 +94,11 @@ impl Drop for Call {
         let elapsed = self.start.elapsed();
         self.core
             .metrics
-            .record("grpc", code as u16, self.head.unwrap_or(elapsed));
+            .record(Door::Grpc, code as u16, self.head.unwrap_or(elapsed));
         let attempts = self.attempts.as_ref();
         tracing::info!(
             target: "megallm_gateway::access",
+            door = Door::Grpc.name(),
             request_id = %self.ctx.request_id,
             method = self.method,
             model = self.model.as_deref().unwrap_or(""),

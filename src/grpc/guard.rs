@@ -11,13 +11,13 @@
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::status::DOMAIN;
 use crate::chat::GatewayError;
-use crate::http::error::HttpError;
+use crate::core::error_response;
 
 /// The most request metadata a call may carry, counted as HTTP/2 counts a header list (each
 /// field's name and value plus 32 bytes, pseudo-headers included). 16 KiB is what hyper's h2
@@ -44,7 +44,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
         let error = GatewayError::UnsupportedMediaType(format!(
             "content type `{shown}` is not gRPC: send application/grpc (JSON clients use POST /v1/chat/completions)"
         ));
-        return HttpError::from(error).into_response();
+        return error_response(&error);
     }
     let size = metadata_size(&request);
     if grpc && size > MAX_METADATA {

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::gateway::Core;
+use crate::core::Core;
 
 /// How often the pool is asked. Fast enough for a load balancer's health checks, cheap enough
 /// to be invisible (one pass over the keys).
@@ -49,7 +49,7 @@ pub fn spawn(core: Weak<Core>, reporter: HealthReporter) {
 }
 
 fn status(core: &Core) -> ServingStatus {
-    if core.pool.can_serve_now() {
+    if core.can_serve_now() {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing

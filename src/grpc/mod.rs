@@ -3,7 +3,7 @@
 //! into the one axum server.
 //!
 //! - [`service`]: the `ChatService` handlers. Each chat call builds the same OpenAI JSON body
-//!   the HTTP door would receive and goes through the same [`Core::chat_request`] and
+//!   the HTTP door would receive and goes through the same [`Core::validate_chat`] and
 //!   dispatcher; nothing about keys, retries or validation lives here.
 //! - [`request`]: proto request → OpenAI JSON bytes.
 //! - [`response`]: upstream JSON (whole body, or one SSE chunk) → proto messages.
@@ -30,12 +30,9 @@ mod trailers;
 
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::gateway::Core;
+use crate::core::Core;
 
 /// For errors made below the service (a request body too slow to arrive).
 pub(crate) use status::to_status;
@@ -47,15 +44,15 @@ pub mod pb {
 }
 
 /// The encoded descriptor set of `chat.proto` and its imports, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
+const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/megallm_descriptor.bin"));
 
 /// The fully qualified name of the chat service, as health checks and reflection know it.
-pub const SERVICE_NAME: &str = "megallm.v1.ChatService";
+const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
 /// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
 /// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched.
-pub fn router(core: Arc<Core>) -> Router {
+pub(crate) fn router(core: Arc<Core>) -> Router {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::spawn(Arc::downgrade(&core), reporter);
     let reflection = || {
@@ -87,27 +84,4 @@ pub fn router(core: Arc<Core>) -> Router {
         .layer(tonic_web::GrpcWebLayer::new())
         // Outermost, so it sees the client's own content type (gRPC-Web included).
         .layer(axum::middleware::from_fn(guard::guard))
-}
-
-/// Unknown paths: UNIMPLEMENTED to gRPC clients, JSON 404 to everyone else.
-pub async fn fallback(request: Request) -> Response {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .filter(|v| v.as_bytes().starts_with(b"application/grpc"))
-        .cloned();
-    let Some(content_type) = content_type else {
-        return crate::http::not_found(request).await;
-    };
-    // A trailers-only answer: the status rides in the headers, which gRPC and gRPC-Web
-    // clients both read; the content type echoes theirs (`application/grpc-web+proto`, …).
-    let mut response = StatusCode::OK.into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, content_type);
-    h.insert("grpc-status", HeaderValue::from_static("12"));
-    h.insert(
-        "grpc-message",
-        HeaderValue::from_static("unknown%20service%20or%20method"),
-    );
-    response
 }

@@ -1,5 +1,5 @@
 //! Proto request → the OpenAI JSON body the HTTP door would have received for the same
-//! request. The result goes through [`crate::gateway::Core::chat_request`] like any HTTP body,
+//! request. The result goes through [`crate::core::Core::validate_chat`] like any HTTP body,
 //! so ranges, defaults and the model are checked in one place. Only fields the client set are
 //! written: an unset `optional` stays absent, never 0.
 

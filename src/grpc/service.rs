@@ -15,7 +15,7 @@ use super::request::{self, Mode};
 use super::status::{set_attempts, to_status};
 use super::{pb, response};
 use crate::chat::{Attempts, ChatRequest, ChunkStream, GatewayError};
-use crate::gateway::Core;
+use crate::core::Core;
 
 /// The chat service: a handle on the shared core, nothing more.
 pub struct ChatDoor {
@@ -139,7 +139,7 @@ impl ChatDoor {
         call.authorize(request.metadata())
             .map_err(|e| fail(e, call))?;
         let body = request::to_json(request.get_ref(), mode).map_err(|e| fail(e, call))?;
-        let chat = self.core.chat_request(body).map_err(|e| fail(e, call))?;
+        let chat = self.core.validate_chat(body).map_err(|e| fail(e, call))?;
         call.set_model(chat.model());
         tracing::Span::current().record("model", chat.model());
         Ok(chat)

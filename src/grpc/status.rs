@@ -17,13 +17,10 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::chat::{Attempts, ErrorKind, GatewayError, RequestContext};
+use crate::chat::{headers, Attempts, ErrorKind, GatewayError, RequestContext};
 
 /// `ErrorInfo.domain` of every error the gateway gives.
 pub const DOMAIN: &str = "megallm-gateway";
-
-/// Trailing (and for unary calls, initial) metadata that carries the attempt trail.
-pub const ATTEMPTS_METADATA: &str = "x-gateway-attempts";
 
 /// The one table: a core error's kind → a gRPC code.
 pub fn code(error: &GatewayError) -> Code {
@@ -120,7 +117,7 @@ pub fn to_status(
 /// Puts the attempt trail (`key-2:429,key-3:200`) in `metadata`.
 pub fn set_attempts(metadata: &mut MetadataMap, attempts: &Attempts) {
     if let Ok(value) = MetadataValue::try_from(attempts.to_string()) {
-        metadata.insert(ATTEMPTS_METADATA, value);
+        metadata.insert(headers::ATTEMPTS, value);
     }
 }
 

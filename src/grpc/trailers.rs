@@ -10,11 +10,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
 
-use super::status::ATTEMPTS_METADATA;
+use crate::chat::headers::ATTEMPTS;
 
 pub async fn attempts_in_trailers(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    let Some(attempts) = response.headers().get(ATTEMPTS_METADATA).cloned() else {
+    let Some(attempts) = response.headers().get(ATTEMPTS).cloned() else {
         return response;
     };
     response.map(|body| Body::new(body.map_frame(move |frame| add(frame, &attempts))))
@@ -25,9 +25,7 @@ fn add(
     attempts: &HeaderValue,
 ) -> http_body::Frame<bytes::Bytes> {
     if let Some(trailers) = frame.trailers_mut() {
-        trailers
-            .entry(ATTEMPTS_METADATA)
-            .or_insert_with(|| attempts.clone());
+        trailers.entry(ATTEMPTS).or_insert_with(|| attempts.clone());
     }
     frame
 }

@@ -1,37 +1,24 @@
 //! The admin API over the key pool: list, reload, disable, enable. Off (404) unless an admin
-//! token is configured; 401 for a wrong token (compared in constant time).
+//! token is configured; 401 for a wrong token (compared in constant time). Every handler
+//! takes [`AdminAuth`] first, so nothing else about the request is looked at before.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
+use super::auth::AdminAuth;
 use super::error::HttpError;
 use crate::chat::GatewayError;
-use crate::gateway::Core;
+use crate::core::Core;
 
-/// The refusal, if the caller may not use the admin API.
-fn deny(core: &Core, headers: &HeaderMap) -> Option<Response> {
-    match core.admin_authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        None => Some(HttpError::from(GatewayError::NotFound("not found".into())).into_response()),
-        Some(false) => Some(HttpError::from(GatewayError::Unauthenticated).into_response()),
-        Some(true) => None,
-    }
+pub async fn keys(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
+    Json(json!({"keys": core.key_view()})).into_response()
 }
 
-pub async fn keys(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    if let Some(r) = deny(&core, &headers) {
-        return r;
-    }
-    Json(json!({"keys": core.pool.view()})).into_response()
-}
-
-pub async fn reload(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    if let Some(r) = deny(&core, &headers) {
-        return r;
-    }
+pub async fn reload(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
     match core.reload_keys() {
         Ok(summary) => Json(json!({"reloaded": summary})).into_response(),
         Err(message) => (
@@ -43,35 +30,32 @@ pub async fn reload(State(core): State<Arc<Core>>, headers: HeaderMap) -> Respon
 }
 
 pub async fn disable(
+    _: AdminAuth,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    set_state(&core, &headers, &id, false)
+    set_state(&core, &id, false)
 }
 
 pub async fn enable(
+    _: AdminAuth,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    set_state(&core, &headers, &id, true)
+    set_state(&core, &id, true)
 }
 
-fn set_state(core: &Core, headers: &HeaderMap, id: &str, enable: bool) -> Response {
-    if let Some(r) = deny(core, headers) {
-        return r;
-    }
+fn set_state(core: &Core, id: &str, enable: bool) -> Response {
     let found = if enable {
-        core.pool.enable(id)
+        core.enable_key(id)
     } else {
-        core.pool.disable(id)
+        core.disable_key(id)
     };
     if !found {
         return HttpError::from(GatewayError::NotFound(format!("no key with id `{id}`")))
             .into_response();
     }
     tracing::info!(key = id, enable, "admin changed a key");
-    let view = core.pool.view().into_iter().find(|k| k.id == id);
+    let view = core.key_view().into_iter().find(|k| k.id == id);
     Json(json!({"key": view})).into_response()
 }

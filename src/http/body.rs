@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::chat::GatewayError;
-use crate::server::BodyTimeout;
+use crate::core::BodyTimeout;
 
 pub async fn read_json(
     headers: &HeaderMap,

@@ -10,13 +10,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::error::{set_attempts, HttpError};
+use super::auth::ClientAuth;
+use super::error::HttpError;
 use super::{body, RequestNote};
 use crate::chat::{ChunkStream, GatewayError, RequestContext};
-use crate::gateway::Core;
+use crate::core::{set_attempts, Core};
 
+/// The token is checked ([`ClientAuth`]) before a byte of the body is read.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub async fn completions(
+    _: ClientAuth,
     State(core): State<Arc<Core>>,
     Extension(ctx): Extension<RequestContext>,
     headers: HeaderMap,
@@ -38,9 +41,8 @@ async fn handle(
     body: Body,
     note: &mut RequestNote,
 ) -> Result<Response, HttpError> {
-    core.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
     let bytes = body::read_json(headers, body, core.settings.max_body_bytes).await?;
-    let request = core.chat_request(bytes)?;
+    let request = core.validate_chat(bytes)?;
     note.model = Some(request.model().to_owned());
     if request.stream() {
         let dispatched = core.dispatcher.stream(&request, ctx).await;

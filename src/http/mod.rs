@@ -1,10 +1,12 @@
-//! The OpenAI-compatible HTTP door: routes, the request-id and access-log layer, and the
-//! rendering of core answers and errors. No key, retry or validation logic lives here.
+//! The OpenAI-compatible HTTP door: routes, the request-id and access-log layer, the token
+//! checks as extractors ([`auth`]), and the rendering of core answers and errors. No key,
+//! retry or validation logic lives here.
 
 mod admin;
+mod auth;
 mod body;
 mod chat;
-pub mod error;
+mod error;
 mod models;
 mod ops;
 
@@ -18,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::chat::{Attempts, GatewayError, RequestContext};
-use crate::gateway::Core;
+use crate::chat::{headers, Attempts, GatewayError, RequestContext};
+use crate::core::{Core, Door};
 use error::HttpError;
 
 /// What a handler tells the access log about a request it served.
@@ -29,7 +31,8 @@ pub struct RequestNote {
     pub attempts: Option<Attempts>,
 }
 
-/// The HTTP routes, with their fallbacks in OpenAI's error shape.
+/// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
+/// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
@@ -57,16 +60,6 @@ async fn method_not_allowed(method: Method) -> Response {
     response
 }
 
-/// Unknown paths: JSON 404 for HTTP clients (gRPC clients are answered by the gRPC door).
-pub async fn not_found(request: Request) -> Response {
-    let error = GatewayError::NotFound(format!(
-        "no route for {} {}",
-        request.method(),
-        request.uri().path()
-    ));
-    HttpError::from(error).into_response()
-}
-
 /// Gives every request a [`RequestContext`] (request id in and out) and writes one log line
 /// and one metrics sample per HTTP request. gRPC calls log in their own door.
 pub async fn access_layer(
@@ -78,7 +71,7 @@ pub async fn access_layer(
     let ctx = RequestContext::new(
         request
             .headers()
-            .get("x-request-id")
+            .get(headers::REQUEST_ID)
             .and_then(|v| v.to_str().ok()),
     );
     let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
@@ -91,14 +84,16 @@ pub async fn access_layer(
     request.extensions_mut().insert(ctx);
     let mut response = next.run(request).await;
     if let Some(id) = request_id {
-        response.headers_mut().insert("x-request-id", id.clone());
+        response
+            .headers_mut()
+            .insert(headers::REQUEST_ID, id.clone());
     }
     if grpc {
         return response;
     }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    core.metrics.record("http", status, elapsed);
+    core.metrics.record(Door::Http, status, elapsed);
     let note = response
         .extensions()
         .get::<RequestNote>()
@@ -107,6 +102,7 @@ pub async fn access_layer(
     let attempts = note.attempts.as_ref();
     tracing::info!(
         target: "megallm_gateway::access",
+        door = Door::Http.name(),
         request_id = request_id_str(&response),
         %method,
         path,
@@ -123,7 +119,7 @@ pub async fn access_layer(
 fn request_id_str(response: &Response) -> &str {
     response
         .headers()
-        .get("x-request-id")
+        .get(headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
 }

@@ -3,36 +3,26 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
+use super::auth::ClientAuth;
 use super::error::HttpError;
 use crate::chat::GatewayError;
-use crate::gateway::Core;
-use crate::upstream::ModelInfo;
+use crate::core::Core;
+use crate::core::ModelInfo;
 
 fn object(m: &ModelInfo) -> serde_json::Value {
     json!({"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by})
 }
 
-pub async fn list(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    if let Err(e) = core.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        return HttpError::from(e).into_response();
-    }
+pub async fn list(_: ClientAuth, State(core): State<Arc<Core>>) -> Response {
     let models = core.models.list().await;
     Json(json!({"object": "list", "data": models.iter().map(object).collect::<Vec<_>>()}))
         .into_response()
 }
 
-pub async fn get(
-    State(core): State<Arc<Core>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = core.authorize(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        return HttpError::from(e).into_response();
-    }
+pub async fn get(_: ClientAuth, State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
     match core.models.get(&id).await {
         Some(model) => Json(object(&model)).into_response(),
         None => HttpError::from(GatewayError::NotFound(format!(

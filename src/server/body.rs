@@ -1,10 +1,10 @@
 //! The bodies the connection layer wraps around every request and response: [`TimedBody`]
 //! gives a request body its `client_body` deadline (both doors read through it, so a body sent
-//! a byte a second fails the same way for HTTP and gRPC), and [`Tracked`] holds the
+//! a byte a second fails the same way for HTTP and gRPC; it fails with
+//! [`crate::core::BodyTimeout`]), and [`Tracked`] holds the
 //! connection's "a request is open" mark until the response body is done.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,69 +18,18 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::activity::Busy;
-use crate::chat::{GatewayError, RequestContext, TimeoutKind};
+use crate::chat::{GatewayError, RequestContext};
+use crate::core::BodyTimeout;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The request body did not arrive whole within `--client-body-timeout`. The HTTP door finds it
-/// in the error chain ([`BodyTimeout::find`]) and answers 408; tonic finds the `tonic::Status`
-/// it carries as its source and answers with that.
-#[derive(Debug)]
-pub struct BodyTimeout {
-    limit: Duration,
-    status: tonic::Status,
-}
-
-impl BodyTimeout {
-    fn new(limit: Duration, request_id: Option<&str>) -> Self {
-        let error = Self::error_for(limit);
-        let status = crate::grpc::to_status(&error, &RequestContext::new(request_id), None);
-        BodyTimeout { limit, status }
-    }
-
-    /// The gRPC status of a body that outlasted `limit`.
-    pub fn status_for(limit: Duration) -> tonic::Status {
-        Self::new(limit, None).status
-    }
-
-    fn error_for(limit: Duration) -> GatewayError {
-        GatewayError::Timeout {
-            kind: TimeoutKind::ClientBody,
-            detail: format!(
-                "the request body did not arrive within {}",
-                humantime::format_duration(limit)
-            ),
-        }
-    }
-
-    /// The core error for this timeout.
-    pub fn error(&self) -> GatewayError {
-        Self::error_for(self.limit)
-    }
-
-    /// A `BodyTimeout` anywhere in `error`'s source chain.
-    pub fn find<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a BodyTimeout> {
-        let mut next = Some(error);
-        while let Some(e) = next {
-            if let Some(found) = e.downcast_ref::<BodyTimeout>() {
-                return Some(found);
-            }
-            next = e.source();
-        }
-        None
-    }
-}
-
-impl fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.error().fmt(f)
-    }
-}
-
-impl StdError for BodyTimeout {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.status)
-    }
+/// The gRPC status of a body that outlasted `limit` (tonic answers with it).
+pub fn timeout_status(limit: Duration, request_id: Option<&str>) -> tonic::Status {
+    crate::grpc::to_status(
+        &BodyTimeout::error_for(limit),
+        &RequestContext::new(request_id),
+        None,
+    )
 }
 
 pin_project_lite::pin_project! {
@@ -152,7 +101,7 @@ where
             flag.store(true, Ordering::Relaxed);
         }
         let request_id = this.request_id.as_ref().and_then(|v| v.to_str().ok());
-        let error = BodyTimeout::new(*this.limit, request_id);
+        let error = BodyTimeout::new(*this.limit, timeout_status(*this.limit, request_id));
         tracing::info!(error = %error, "closing a slow request body");
         Poll::Ready(Some(Err(Box::new(error))))
     }

@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::activity::{Activity, Busy, Watched};
-use super::body::{BodyTimeout, TimedBody, Tracked};
-use crate::chat::{GatewayError, TimeoutKind};
+use super::body::{timeout_status, TimedBody, Tracked};
+use crate::chat::{headers, GatewayError, TimeoutKind};
 use crate::config::ClientLimits;
 
 /// How long an HTTP/2 peer has, after GOAWAY, before its connection is closed regardless.
@@ -70,7 +70,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let busy = Busy::start(&activity);
             let grpc = is_grpc(&request);
-            let request_id = request.headers().get("x-request-id").cloned();
+            let request_id = request.headers().get(headers::REQUEST_ID).cloned();
             // tonic-web turns every request-body error into INTERNAL; this flag lets the status
             // the timeout carries be put back (native gRPC keeps it without help).
             let timed_out = is_grpc_web(&request).then(|| Arc::new(AtomicBool::new(false)));
@@ -83,9 +83,9 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
             async move {
                 let mut response = call.await?;
                 if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
-                    let status = BodyTimeout::status_for(body_timeout);
+                    let status = timeout_status(body_timeout, None);
                     // Only a trailers-only answer can come before the body was read.
-                    if response.headers().contains_key("grpc-status") {
+                    if response.headers().contains_key(super::GRPC_STATUS) {
                         let _ = status.add_header(response.headers_mut());
                     }
                 }

@@ -8,9 +8,10 @@
 //! - [`conn`]: one connection, and the watchdog that closes it when the peer stalls before or
 //!   between requests (`--client-header-timeout`, `--client-idle-timeout`); [`activity`]: what
 //!   the watchdog knows (the connection's phase, kept by the socket and the requests).
-//! - [`body`]: the request body's deadline (`--client-body-timeout`, [`BodyTimeout`]) and the
+//! - [`body`]: the request body's deadline (`--client-body-timeout`, `core::BodyTimeout`) and the
 //!   response body that keeps its connection busy.
 //! - [`fd`]: the open-files limit and the connection cap derived from it.
+//! - [`fallback`]: unknown paths (JSON 404, or UNIMPLEMENTED to gRPC clients).
 //!
 //! Errors hyper makes before a request exists (a bad request line → 400, a URI over 64 KiB →
 //! 414, too many or too large headers → 431) are written by hyper itself as a bare status line
@@ -20,6 +21,7 @@
 mod activity;
 mod body;
 mod conn;
+mod fallback;
 mod fd;
 
 use std::sync::Arc;
@@ -33,19 +35,21 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use body::BodyTimeout;
 pub use fd::{default_max_connections, raise_nofile_limit};
 
 use crate::config::ClientLimits;
-use crate::gateway::Core;
+use crate::core::Core;
+
+/// The header (HTTP/2 trailer, or header of a trailers-only answer) carrying a gRPC status.
+const GRPC_STATUS: &str = "grpc-status";
 
 /// Streams one HTTP/2 connection may have open at once: enough for a busy gRPC channel, few
 /// enough that one peer cannot hold more upstream calls than a modest pool of keys can serve.
-pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// The largest HTTP/2 header list a peer may send. Above hyper's 16 KiB default so that gRPC
 /// metadata between the gateway's own limit (`grpc::guard::MAX_METADATA`) and this one gets a
 /// RESOURCE_EXHAUSTED status rather than h2's bare 431.
-pub const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// An HTTP/2 peer that has been silent this long is sent a PING...
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -61,7 +65,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub fn app(core: Arc<Core>) -> Router {
     crate::http::router(core.clone())
         .merge(crate::grpc::router(core.clone()))
-        .fallback(crate::grpc::fallback)
+        .fallback(fallback::unknown_path)
         .layer(axum::middleware::from_fn_with_state(
             core,
             crate::http::access_layer,

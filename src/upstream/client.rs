@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::chat::headers;
 use crate::config::{Secret, Settings};
 
 pub type Response = http::Response<hyper::body::Incoming>;
@@ -80,7 +81,7 @@ impl UpstreamClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone());
         if let Ok(id) = HeaderValue::from_str(request_id) {
-            request = request.header("x-request-id", id);
+            request = request.header(headers::REQUEST_ID, id);
         }
         self.send(request, body).await
     }
