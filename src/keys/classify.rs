@@ -293,6 +293,27 @@ mod tests {
     }
 
     #[test]
+    fn only_an_error_objects_own_message_is_read() {
+        let none = HeaderMap::new();
+        // A bare string error or a body that is no JSON says nothing the table reads.
+        for body in [
+            &br#"{"error":"Request too large for gpt-4 on tokens per min"}"#[..],
+            b"Request too large for gpt-4 on tokens per min",
+        ] {
+            let outcome = classify(429, &none, body);
+            assert_eq!(outcome, Outcome::RateLimited { reset: None }, "{body:?}");
+        }
+        assert_eq!(
+            classify(
+                403,
+                &none,
+                br#"{"error":{"code":503,"type":"server_error"}}"#
+            ),
+            Outcome::InvalidCredential
+        );
+    }
+
+    #[test]
     fn failure_classes_are_listed_in_index_order() {
         for (i, class) in FailureClass::ALL.into_iter().enumerate() {
             assert_eq!(class.index(), i, "{class:?}");

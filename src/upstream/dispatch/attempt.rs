@@ -156,7 +156,8 @@ impl Try<'_> {
         let masked = self.lease.mask(&message);
         tracing::debug!(key = %self.lease.id(), error = %masked, "the upstream's 2xx is no answer");
         self.attempts.push(self.lease.id(), AttemptOutcome::Invalid);
-        self.lease.report(Outcome::Transient, Some(status), &message);
+        self.lease
+            .report(Outcome::Transient, Some(status), &message);
         Failed::Retry(GatewayError::UpstreamUnavailable {
             status: Some(502),
             message: masked,
