@@ -63,12 +63,54 @@ pub struct Completion {
 /// with one `Err` after the chunks already sent.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
-/// One upstream try: which key, and what came of it (`200`, `429`, `connect`, `timeout`,
-/// `invalid` for a 2xx that was no answer).
+/// One upstream try: which key, and what came of it.
 #[derive(Clone, Debug)]
 pub struct Attempt {
     pub key_id: Arc<str>,
-    pub outcome: Arc<str>,
+    pub outcome: AttemptOutcome,
+}
+
+/// What came of one upstream try: the status the upstream answered, or why there was none to
+/// go by. [`AttemptOutcome::name`] is the one spelling of each named outcome, as
+/// `x-gateway-attempts` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The upstream's status: a 2xx that passed judgment, or the non-2xx it refused with.
+    Status(u16),
+    /// No connection to the upstream (connect, DNS or TLS failure).
+    Connect,
+    /// The request failed after connecting, or reading a whole answer failed.
+    Error,
+    /// A stream broke (or grew past the parser's limit) before its first event was complete.
+    Broken,
+    /// No response head, or no first event, before the `first_byte` timeout.
+    Timeout,
+    /// A 2xx that is no answer (not a JSON object, `{"error": …}`, an error as first event).
+    Invalid,
+}
+
+impl AttemptOutcome {
+    /// The name of an outcome that is no status; `None` for [`AttemptOutcome::Status`].
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            AttemptOutcome::Status(_) => return None,
+            AttemptOutcome::Connect => "connect",
+            AttemptOutcome::Error => "error",
+            AttemptOutcome::Broken => "broken",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Invalid => "invalid",
+        })
+    }
+}
+
+/// The status (`429`) or the outcome's name (`timeout`).
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let AttemptOutcome::Status(status) = self {
+            return write!(f, "{status}");
+        }
+        f.write_str(self.name().unwrap_or_default())
+    }
 }
 
 /// Every try of one request, rendered as `key-2:429,key-3:200` in `x-gateway-attempts`.
@@ -76,10 +118,10 @@ pub struct Attempt {
 pub struct Attempts(pub Vec<Attempt>);
 
 impl Attempts {
-    pub fn push(&mut self, key_id: &Arc<str>, outcome: impl Into<Arc<str>>) {
+    pub fn push(&mut self, key_id: &Arc<str>, outcome: AttemptOutcome) {
         self.0.push(Attempt {
             key_id: key_id.clone(),
-            outcome: outcome.into(),
+            outcome,
         });
     }
 
@@ -109,4 +151,30 @@ impl fmt::Display for Attempts {
 pub struct Dispatched<T> {
     pub result: Result<T, GatewayError>,
     pub attempts: Attempts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attempts_header_text() {
+        let (one, two): (Arc<str>, Arc<str>) = ("key-1".into(), "key-2".into());
+        let mut attempts = Attempts::default();
+        attempts.push(&one, AttemptOutcome::Status(429));
+        attempts.push(&two, AttemptOutcome::Status(200));
+        assert_eq!(attempts.to_string(), "key-1:429,key-2:200");
+        let named = [
+            (AttemptOutcome::Connect, "connect"),
+            (AttemptOutcome::Error, "error"),
+            (AttemptOutcome::Broken, "broken"),
+            (AttemptOutcome::Timeout, "timeout"),
+            (AttemptOutcome::Invalid, "invalid"),
+        ];
+        for (outcome, text) in named {
+            let mut attempts = Attempts::default();
+            attempts.push(&one, outcome);
+            assert_eq!(attempts.to_string(), format!("key-1:{text}"));
+        }
+    }
 }

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
+use crate::upstream::UpstreamErrorBody;
+
 /// What an upstream answer means for the key (not for the request: see `dispatch`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outcome {
@@ -88,20 +90,21 @@ impl serde::Serialize for FailureClass {
     }
 }
 
-/// Classifies an upstream HTTP answer. `body` is the (possibly partial) error body.
-pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
+/// Classifies an upstream HTTP answer. `error` is its (possibly partial) error body, as
+/// `upstream` parsed it once; `None` where there is no error body to read (a 2xx).
+pub fn classify(status: u16, headers: &HeaderMap, error: Option<&UpstreamErrorBody>) -> Outcome {
     match status {
         200..=299 => Outcome::Success,
         401 => Outcome::InvalidCredential,
         402 => Outcome::QuotaExhausted,
-        403 if says_quota(body) => Outcome::QuotaExhausted,
+        403 if says_quota(error) => Outcome::QuotaExhausted,
         // OpenAI-style upstreams also answer 403 for a model the project may not use: that is
         // the request's fault, and blaming the key would let one request bench the pool.
-        403 if says_request_fault(body) => Outcome::CallerFault,
+        403 if says_request_fault(error) => Outcome::CallerFault,
         403 => Outcome::InvalidCredential,
-        429 if says_quota(body) => Outcome::QuotaExhausted,
+        429 if says_quota(error) => Outcome::QuotaExhausted,
         // "Request too large for … tokens per min": no key of the tier can take it.
-        429 if says_request_too_large(body) => Outcome::CallerFault,
+        429 if says_request_too_large(error) => Outcome::CallerFault,
         429 => Outcome::RateLimited {
             reset: reset_after(headers, SystemTime::now()),
         },
@@ -112,47 +115,47 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
     }
 }
 
-/// The lower-cased `code`, `type` and `message` of an OpenAI-shaped error body.
-fn error_fields(body: &[u8]) -> Option<[String; 3]> {
-    let json = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    let error = json.get("error").unwrap_or(&json);
-    let field = |name: &str| {
-        error
-            .get(name)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_ascii_lowercase()
+/// The lower-cased `code`, `type` and `message` of an upstream error, empty where absent. Only
+/// an error object's own `message` counts: not a bare string error, nor a body that is no JSON.
+fn lowered(error: Option<&UpstreamErrorBody>) -> [String; 3] {
+    let Some(error) = error else {
+        return Default::default();
     };
-    Some([field("code"), field("type"), field("message")])
+    let field = |f: &Option<String>| f.as_deref().unwrap_or("").to_ascii_lowercase();
+    let message = if error.message_is_field {
+        error.message.to_ascii_lowercase()
+    } else {
+        String::new()
+    };
+    [field(&error.code), field(&error.error_type), message]
 }
 
 /// True when the error's `code` or `type` speaks of quota, billing or credit.
-fn says_quota(body: &[u8]) -> bool {
-    error_fields(body).is_some_and(|[code, kind, _]| {
-        [
-            "quota",
-            "billing",
-            "credit",
-            "payment",
-            "insufficient_funds",
-        ]
-        .iter()
-        .any(|w| code.contains(w) || kind.contains(w))
-    })
+fn says_quota(error: Option<&UpstreamErrorBody>) -> bool {
+    let [code, kind, _] = lowered(error);
+    [
+        "quota",
+        "billing",
+        "credit",
+        "payment",
+        "insufficient_funds",
+    ]
+    .iter()
+    .any(|w| code.contains(w) || kind.contains(w))
 }
 
 /// True when a 403 names the request (its model), not the credential.
-fn says_request_fault(body: &[u8]) -> bool {
-    error_fields(body).is_some_and(|[code, kind, _]| {
-        let about_key = ["key", "auth", "token", "credential", "permission_denied"]
-            .iter()
-            .any(|w| code.contains(w) || kind.contains(w));
-        !about_key && (code.contains("model_not_found") || kind == "invalid_request_error")
-    })
+fn says_request_fault(error: Option<&UpstreamErrorBody>) -> bool {
+    let [code, kind, _] = lowered(error);
+    let about_key = ["key", "auth", "token", "credential", "permission_denied"]
+        .iter()
+        .any(|w| code.contains(w) || kind.contains(w));
+    !about_key && (code.contains("model_not_found") || kind == "invalid_request_error")
 }
 
-fn says_request_too_large(body: &[u8]) -> bool {
-    error_fields(body).is_some_and(|[_, _, message]| message.starts_with("request too large"))
+fn says_request_too_large(error: Option<&UpstreamErrorBody>) -> bool {
+    let [_, _, message] = lowered(error);
+    message.starts_with("request too large")
 }
 
 /// Longest cooldown the upstream may ask for; anything longer is read as this.
@@ -241,6 +244,12 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// The table as the dispatcher reads it: the body parsed once, in `upstream`, and its
+    /// fields handed to the real [`super::classify`] (this shadows the glob import).
+    fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
+        super::classify(status, headers, Some(&UpstreamErrorBody::parse(body)))
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -281,6 +290,27 @@ mod tests {
         for s in [500, 502, 503, 504, 408, 301, 308] {
             assert_eq!(classify(s, &none, b""), Outcome::Transient, "{s}");
         }
+    }
+
+    #[test]
+    fn only_an_error_objects_own_message_is_read() {
+        let none = HeaderMap::new();
+        // A bare string error or a body that is no JSON says nothing the table reads.
+        for body in [
+            &br#"{"error":"Request too large for gpt-4 on tokens per min"}"#[..],
+            b"Request too large for gpt-4 on tokens per min",
+        ] {
+            let outcome = classify(429, &none, body);
+            assert_eq!(outcome, Outcome::RateLimited { reset: None }, "{body:?}");
+        }
+        assert_eq!(
+            classify(
+                403,
+                &none,
+                br#"{"error":{"code":503,"type":"server_error"}}"#
+            ),
+            Outcome::InvalidCredential
+        );
     }
 
     #[test]

@@ -23,6 +23,26 @@ pub type Error = hyper_util::client::legacy::Error;
 /// one connection: hyper's default (8 KiB, growing) costs memory per stream for no speed.
 const READ_BUFFER: usize = 4 * 1024;
 
+/// Why the upstream client cannot be built; each message is a sentence a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("--upstream `{base}` is not a valid URL: {source}")]
+    InvalidUrl {
+        base: String,
+        source: http::uri::InvalidUri,
+    },
+    #[error("cannot set up TLS for the upstream: {source}")]
+    Tls { source: rustls::Error },
+}
+
+/// The gateway does not start without its upstream client; `StartError` carries the sentence.
+/// (A `#[from]` variant of `StartError` can take this over where `StartError` lives.)
+impl From<ClientSetupError> for crate::gateway::StartError {
+    fn from(error: ClientSetupError) -> Self {
+        crate::gateway::StartError::Setup(error.to_string())
+    }
+}
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -32,7 +52,7 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(settings: &Settings) -> Result<Self, String> {
+    pub fn new(settings: &Settings) -> Result<Self, ClientSetupError> {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(settings.timeouts.connect));
         tcp.set_nodelay(true);
@@ -54,7 +74,10 @@ impl UpstreamClient {
         let uri = |path: &str| {
             format!("{base}/{path}")
                 .parse::<Uri>()
-                .map_err(|e| format!("--upstream `{base}` is not a valid URL: {e}"))
+                .map_err(|source| ClientSetupError::InvalidUrl {
+                    base: base.to_owned(),
+                    source,
+                })
         };
         Ok(UpstreamClient {
             http,
@@ -106,7 +129,7 @@ impl UpstreamClient {
 
 /// TLS to the upstream trusts the system's CA store (and `SSL_CERT_FILE`/`SSL_CERT_DIR`), so a
 /// corporate proxy's CA works, plus Mozilla's roots, so a bare container works too.
-fn tls_config() -> Result<rustls::ClientConfig, String> {
+fn tls_config() -> Result<rustls::ClientConfig, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -115,7 +138,7 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS for the upstream: {e}"))?
+        .map_err(|source| ClientSetupError::Tls { source })?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }

@@ -9,6 +9,7 @@ pub mod sse;
 mod unstreamed;
 mod verdict;
 
-pub use client::UpstreamClient;
+pub use client::{ClientSetupError, UpstreamClient};
 pub use dispatch::Dispatcher;
 pub use models::{ModelInfo, Models};
+pub use verdict::UpstreamErrorBody;

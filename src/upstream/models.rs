@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
 use super::client::UpstreamClient;
+use super::verdict::UpstreamErrorBody;
 use crate::keys::{classify, KeyPool};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,9 +129,11 @@ impl Models {
             .ok()?
             .ok()?
             .to_bytes();
-        let outcome = classify(status, &headers, &body);
+        let ok = (200..300).contains(&status);
+        let error = (!ok).then(|| UpstreamErrorBody::parse(&body));
+        let outcome = classify(status, &headers, error.as_ref());
         lease.report(outcome, Some(status), "GET /models failed");
-        if !(200..300).contains(&status) {
+        if !ok {
             tracing::warn!(status, key = %lease.id(), "upstream model list unavailable; serving the built-in list");
             return None;
         }

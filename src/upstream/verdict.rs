@@ -9,11 +9,18 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The parts of an upstream error worth passing on (unmasked: whoever shows them masks them).
+/// A non-2xx body is parsed into this once, and both the key's verdict (`keys::classify`) and
+/// the client's error are read from it.
+#[derive(Debug)]
 pub struct UpstreamErrorBody {
+    /// The error's `message`, a bare string error, or the start of a body that has neither.
     pub message: String,
     pub error_type: Option<String>,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// Whether `message` is the error object's own `message` field: only that one is read for
+    /// what it says (`classify`'s "request too large"); a bare string or a body's text is not.
+    pub message_is_field: bool,
 }
 
 impl UpstreamErrorBody {
@@ -36,11 +43,11 @@ impl UpstreamErrorBody {
                 _ => None,
             })
         };
-        let message = match error {
-            Value::String(s) => Some(s.clone()),
-            _ => text("message"),
-        };
-        let message = message.unwrap_or_else(|| {
+        // A bare string has no fields: it is the message itself.
+        let field = text("message");
+        let message_is_field = field.is_some();
+        let bare = || error.as_str().map(str::to_owned);
+        let message = field.or_else(bare).unwrap_or_else(|| {
             let raw = String::from_utf8_lossy(raw);
             let raw = raw.trim();
             if raw.is_empty() {
@@ -54,6 +61,7 @@ impl UpstreamErrorBody {
             error_type: text("type"),
             param: text("param"),
             code: text("code"),
+            message_is_field,
         }
     }
 }

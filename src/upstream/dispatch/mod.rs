@@ -1,0 +1,287 @@
+//! The attempt loop: borrow a key, call the upstream, let [`classify`] judge the answer, and
+//! retry on another key while nothing has reached the client. Streams are held back until
+//! their first event is complete, so a stream that dies before its first byte is retried too;
+//! after that, the stream is the client's and a break ends it with an error.
+//!
+//! Doors get only what [`verdict`] passed and the key pool masked: a [`Completion`] whose body
+//! is a JSON object that is no error, and chunks whose bytes hold no key material. A 2xx that
+//! is no answer (HTML, empty, not an object, `{"error": …}`, a stream whose first event is an
+//! error) is the key's transient failure, retried like a 5xx; a later error event is a break.
+//!
+//! One attempt is a few steps, each in its own file: [`attempt`] sends the request and judges
+//! the status (a non-2xx ends the attempt) and reads a whole answer; [`stream`] primes a stream
+//! (holds it back until its first event) and runs it live. [`Mode`] is the one step where a
+//! whole answer and a stream differ; [`Budget`] is what the request may still spend.
+//!
+//! [`classify`]: crate::keys::classify
+//! [`verdict`]: super::verdict
+
+mod attempt;
+mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream as futures_stream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::attempt::{Failed, Try};
+use super::client::{Response, UpstreamClient};
+use super::unstreamed;
+use crate::chat::{
+    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
+    TimeoutKind,
+};
+use crate::config::{SchedulerSettings, Timeouts};
+use crate::keys::{KeyLease, KeyPool, NoKey};
+
+pub struct Dispatcher {
+    pool: Arc<KeyPool>,
+    client: UpstreamClient,
+    max_attempts: u32,
+    timeouts: Timeouts,
+    queue_timeout: Duration,
+    /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn new(
+        pool: Arc<KeyPool>,
+        client: UpstreamClient,
+        max_attempts: u32,
+        timeouts: Timeouts,
+        scheduler: &SchedulerSettings,
+    ) -> Self {
+        Dispatcher {
+            pool,
+            client,
+            max_attempts: max_attempts.max(1),
+            timeouts,
+            queue_timeout: scheduler.queue_timeout,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Streams handed out end with [`GatewayError::ShuttingDown`] once `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// A whole (non-streaming) completion.
+    pub async fn complete(
+        &self,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+    ) -> Dispatched<Completion> {
+        self.run::<Whole>(req, ctx).await
+    }
+
+    /// A streaming completion: the chunk stream starts with the first upstream event.
+    pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        let Dispatched { result, attempts } = self.run::<Streamed>(req, ctx).await;
+        Dispatched {
+            result: result.map(|chunks| crate::chat::until_shutdown(chunks, self.shutdown.clone())),
+            attempts,
+        }
+    }
+
+    async fn run<M: Mode>(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<M::Output> {
+        let deadline = Deadline::of(ctx, Instant::now() + self.timeouts.total);
+        let mut budget = Budget::new(self.max_attempts, deadline);
+        let mut attempts = Attempts::default();
+        let result = self.tries::<M>(req, ctx, &mut budget, &mut attempts).await;
+        Dispatched { result, attempts }
+    }
+
+    /// One attempt after another until one wins, one fails for good, or the budget is spent;
+    /// then the last failure is the client's.
+    async fn tries<M: Mode>(
+        &self,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+        budget: &mut Budget,
+        attempts: &mut Attempts,
+    ) -> Result<M::Output, GatewayError> {
+        loop {
+            let lease = self.lease(budget).await?;
+            budget.charge(lease.id());
+            let attempt = Try {
+                lease,
+                attempts: &mut *attempts,
+                first_byte_at: (Instant::now() + self.timeouts.first_byte).min(budget.deadline.at),
+                idle: self.timeouts.idle,
+                deadline: budget.deadline,
+            };
+            match self.attempt::<M>(attempt, req, ctx).await {
+                Ok(output) => return Ok(output),
+                Err(Failed::Final(error)) => return Err(error),
+                Err(Failed::Retry(_)) if budget.deadline.passed() => {
+                    return Err(budget.deadline.timeout(""))
+                }
+                Err(Failed::Retry(error)) if budget.spent() => return Err(error),
+                Err(Failed::Retry(_)) => {}
+            }
+        }
+    }
+
+    /// The next key to try (none of those tried already), waiting up to the queue timeout for
+    /// one to be usable.
+    async fn lease(&self, budget: &Budget) -> Result<KeyLease, GatewayError> {
+        const WAITING: &str = "waiting for a usable key";
+        let queue_until = (Instant::now() + self.queue_timeout).min(budget.deadline.at);
+        match self.pool.acquire_wait(&budget.tried, queue_until).await {
+            Err(_) if budget.deadline.passed() => Err(budget.deadline.timeout(WAITING)),
+            // The pool's own state says more than the last failure: when every key is
+            // cooling, the client learns when to come back.
+            Err(NoKey::AllRateLimited { retry_after }) => {
+                Err(GatewayError::RateLimited { retry_after })
+            }
+            Err(NoKey::Unavailable { retry_after }) => {
+                Err(GatewayError::NoKeyAvailable { retry_after })
+            }
+            Ok(_) if budget.deadline.passed() => Err(budget.deadline.timeout(WAITING)),
+            Ok(lease) => Ok(lease),
+        }
+    }
+
+    /// One attempt on one key: send, judge, then the mode's last step.
+    async fn attempt<M: Mode>(
+        &self,
+        mut attempt: Try<'_>,
+        req: &ChatRequest,
+        ctx: &RequestContext,
+    ) -> Result<M::Output, Failed> {
+        let response = attempt.send(&self.client, req, ctx).await?;
+        let response = attempt.judge(response).await?;
+        M::finish(attempt, response).await
+    }
+}
+
+/// What a door asked for: the last step of an attempt, after a 2xx head, is where a whole
+/// answer and a stream differ (the steps before are shared).
+trait Mode {
+    type Output;
+
+    fn finish(
+        attempt: Try<'_>,
+        response: Response,
+    ) -> impl Future<Output = Result<Self::Output, Failed>> + Send;
+}
+
+/// [`Dispatcher::complete`]: the whole body, judged and masked.
+struct Whole;
+
+impl Mode for Whole {
+    type Output = Completion;
+
+    async fn finish(attempt: Try<'_>, response: Response) -> Result<Completion, Failed> {
+        attempt.read_whole(response).await
+    }
+}
+
+/// [`Dispatcher::stream`]: the stream once primed; or a whole JSON answer from an upstream that
+/// ignores `stream`, recast as chunks (the key not blamed).
+struct Streamed;
+
+impl Mode for Streamed {
+    type Output = ChunkStream;
+
+    async fn finish(attempt: Try<'_>, response: Response) -> Result<ChunkStream, Failed> {
+        if !attempt::is_json(&response) {
+            return Ok(stream::prime(attempt, response).await?.into_chunks());
+        }
+        let completion = attempt.read_whole(response).await?;
+        let events = unstreamed::completion_to_chunks(&completion.body);
+        Ok(Box::pin(futures_stream::iter(events.into_iter().map(Ok))))
+    }
+}
+
+/// What one request may still spend: tries and time. Every try is charged here, so a rule on
+/// which failures cost a try (a key's own fault, an upstream that is down) is a change to this
+/// type, not to the loop.
+struct Budget {
+    /// The keys tried so far, each offered once per request.
+    tried: Vec<Arc<str>>,
+    /// Tries charged so far.
+    charged: u32,
+    /// `--max-attempts` (at least 1).
+    max: u32,
+    deadline: Deadline,
+}
+
+impl Budget {
+    fn new(max: u32, deadline: Deadline) -> Self {
+        Budget {
+            tried: Vec::new(),
+            charged: 0,
+            max,
+            deadline,
+        }
+    }
+
+    /// A try on `key` is about to be made.
+    fn charge(&mut self, key: &Arc<str>) {
+        self.tried.push(key.clone());
+        self.charged += 1;
+    }
+
+    /// No try is left: the last failure goes to the client.
+    fn spent(&self) -> bool {
+        self.charged >= self.max
+    }
+}
+
+/// When the request's time is up: the client's deadline, or the gateway's `total` when that
+/// comes first. Its kind names the one that ends the request in the timeout error.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    kind: TimeoutKind,
+}
+
+impl Deadline {
+    fn of(ctx: &RequestContext, total: Instant) -> Self {
+        match ctx.deadline {
+            Some(at) if at < total => Deadline {
+                at,
+                kind: TimeoutKind::Deadline,
+            },
+            _ => Deadline {
+                at: total,
+                kind: TimeoutKind::Total,
+            },
+        }
+    }
+
+    fn passed(self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The request's time ran out while `detail`.
+    fn timeout(self, detail: &str) -> GatewayError {
+        timeout(self.kind, detail)
+    }
+}
+
+fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
+    GatewayError::Timeout {
+        kind,
+        detail: detail.to_owned(),
+    }
+}
+
+/// An error's chain as one line (a client error's top-level message alone says little).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

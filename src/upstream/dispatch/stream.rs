@@ -1,0 +1,167 @@
+//! A stream's two phases. [`prime`] holds the answer back until its first event is complete and
+//! judged, so a stream that dies before its first byte is still the attempt's failure and can
+//! be retried; it hands over a [`Primed`] stream, `{ first, rest }`. From then on [`Live`]
+//! forwards one event per poll, and a break, an error event or a timeout ends the stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{stream, Stream, StreamExt};
+use http_body_util::BodyExt;
+use tokio::time::{timeout_at, Instant};
+
+use super::attempt::{Failed, Try};
+use super::{describe, timeout, Deadline};
+use crate::chat::{AttemptOutcome, ChunkStream, GatewayError, TimeoutKind};
+use crate::keys::KeyLease;
+use crate::upstream::client::Response;
+use crate::upstream::sse::{SseParser, MAX_PENDING};
+use crate::upstream::verdict::{self, Bad, UpstreamErrorBody};
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+
+/// A stream whose first event is complete, judged and masked. Nothing of it has reached the
+/// client yet; once it does, nothing is retried.
+pub(super) struct Primed {
+    pub first: Bytes,
+    pub rest: Live,
+}
+
+impl Primed {
+    /// The chunks a door renders: `first`, then the live events. A `[DONE]` first is an empty
+    /// stream (the key still held until the door drops it).
+    pub fn into_chunks(mut self) -> ChunkStream {
+        if is_done(&self.first) {
+            self.rest.done = true;
+            return Box::pin(stream::unfold(self.rest, Live::next));
+        }
+        let first = stream::once(std::future::ready(Ok(self.first)));
+        Box::pin(first.chain(stream::unfold(self.rest, Live::next)))
+    }
+}
+
+/// The last step of a stream: read until its first event is complete (by the `first_byte`
+/// timeout), and judge it. An error as the first event is the key's failure: nothing reached
+/// the client, so another key may serve.
+pub(super) async fn prime(mut attempt: Try<'_>, response: Response) -> Result<Primed, Failed> {
+    let status = response.status().as_u16();
+    let mut body: ByteStream = Box::pin(response.into_body().into_data_stream());
+    let mut parser = SseParser::new();
+    let first = loop {
+        if let Some(event) = parser.next_event() {
+            break event;
+        }
+        let message = match timeout_at(attempt.first_byte_at, body.next()).await {
+            Ok(Some(Ok(bytes))) if !parser.overflowed() => {
+                parser.push(&bytes);
+                continue;
+            }
+            Ok(Some(Ok(_))) => oversized(),
+            Ok(Some(Err(e))) => format!(
+                "the upstream stream broke before its first event: {}",
+                describe(&e)
+            ),
+            Ok(None) => "the upstream stream ended before its first event".to_owned(),
+            Err(_) => return Err(attempt.timed_out()),
+        };
+        return Err(attempt.transient(AttemptOutcome::Broken, Some(status), &message));
+    };
+    if let Some(error) = verdict::error_event(&first) {
+        return Err(attempt.bad_answer(status, Bad::Error(error)));
+    }
+    attempt.won(status);
+    let first = attempt.lease.mask_content(&first);
+    let rest = Live {
+        body,
+        parser,
+        done: false,
+        lease: attempt.lease,
+        idle: attempt.idle,
+        deadline: attempt.deadline,
+    };
+    Ok(Primed { first, rest })
+}
+
+/// The live half of a stream: upstream bytes in, one event's data out per poll.
+pub(super) struct Live {
+    body: ByteStream,
+    parser: SseParser,
+    /// Set at `[DONE]` and at a break: the stream yields nothing more.
+    done: bool,
+    /// Held for the stream's life so the key's in-flight count covers it.
+    lease: KeyLease,
+    idle: Duration,
+    deadline: Deadline,
+}
+
+impl Live {
+    async fn next(mut self) -> Option<(Result<Bytes, GatewayError>, Live)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                if is_done(&event) {
+                    self.done = true;
+                    return None;
+                }
+                if let Some(error) = verdict::error_event(&event) {
+                    let error = self.error_event(error);
+                    return Some((Err(self.broken(error)), self));
+                }
+                let event = self.lease.mask_content(&event);
+                return Some((Ok(event), self));
+            }
+            let idle_at = (Instant::now() + self.idle).min(self.deadline.at);
+            let error = match timeout_at(idle_at, self.body.next()).await {
+                Ok(Some(Ok(bytes))) if !self.parser.overflowed() => {
+                    self.parser.push(&bytes);
+                    continue;
+                }
+                Ok(Some(Ok(_))) => GatewayError::StreamBroken(oversized()),
+                Ok(Some(Err(e))) => GatewayError::StreamBroken(self.lease.mask(&describe(&e))),
+                Ok(None) => GatewayError::StreamBroken(
+                    "the upstream closed the stream before [DONE]".into(),
+                ),
+                Err(_) if idle_at >= self.deadline.at => self
+                    .deadline
+                    .timeout("the stream ran past the request's time"),
+                Err(_) => timeout(
+                    TimeoutKind::Idle,
+                    "no upstream event within the idle timeout",
+                ),
+            };
+            return Some((Err(self.broken(error)), self));
+        }
+    }
+
+    /// An error event after the first byte: the stream ends here, as a break.
+    fn error_event(&self, error: UpstreamErrorBody) -> GatewayError {
+        let mask = |field: Option<String>| field.map(|f| self.lease.mask(&f));
+        GatewayError::UpstreamErrorEvent {
+            message: self.lease.mask(&error.message),
+            error_type: mask(error.error_type),
+            code: mask(error.code),
+        }
+    }
+
+    /// Ends the stream with `error`, recorded on the key as a break.
+    fn broken(&mut self, error: GatewayError) -> GatewayError {
+        self.done = true;
+        self.lease.stream_broken(&error.to_string());
+        error
+    }
+}
+
+/// An event past the SSE parser's limit ([`MAX_PENDING`]).
+fn oversized() -> String {
+    format!(
+        "the upstream sent an event larger than {} MiB",
+        MAX_PENDING / (1024 * 1024)
+    )
+}
+
+/// OpenAI's end-of-stream sentinel (tolerating stray whitespace around it).
+fn is_done(data: &[u8]) -> bool {
+    data.trim_ascii() == b"[DONE]"
+}
