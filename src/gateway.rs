@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, SettingsError};
 use crate::core::Core;
 use crate::keys::KeyPool;
-use crate::upstream::{probe, Dispatcher, Models, UpstreamClient};
+use crate::upstream::{probe, ClientSetupError, Dispatcher, Models, UpstreamClient};
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ pub enum StartError {
     Settings(#[from] SettingsError),
     #[error("the keys file lists no key: add one key a line, or set MEGALLM_API_KEYS")]
     NoKeys,
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
     /// The listener, the upstream client or the keys-file watcher could not be set up.
     #[error("{0}")]
     Setup(String),

@@ -33,17 +33,10 @@ mod demo;
 mod gateway;
 pub mod grpc;
 mod http;
-// Private since the narrowing of the public surface, which showed items nothing uses:
-// re-exports in `keys/mod.rs` (`Failures`, `parse_go_duration`, `reset_after`, `ProbeTicket`),
-// `keys::Outcome::retryable` and `upstream::SseParser::has_partial` (their tests only). Both
-// modules are being reworked on other branches, so those removals (and these `allow`s) are
-// left to them.
-#[allow(unused_imports, dead_code)]
 mod keys;
 mod metrics;
 mod server;
 pub mod telemetry;
-#[allow(dead_code)]
 mod upstream;
 
 pub use config::Settings;

@@ -8,6 +8,7 @@ mod request;
 mod scan;
 mod shape;
 mod shutdown;
+mod upstream_error;
 
 use std::fmt;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;
+pub use upstream_error::UpstreamErrorBody;
 
 /// What a door knows about a request besides its body.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
-use crate::upstream::UpstreamErrorBody;
+use crate::chat::UpstreamErrorBody;
 
 /// What an upstream answer means for the key (not for the request: see `dispatch`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,11 +25,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether another key may succeed where this one did not.
-    pub fn retryable(self) -> bool {
-        !matches!(self, Outcome::Success | Outcome::CallerFault)
-    }
-
     /// The failure class this outcome counts under; `None` for a success.
     pub fn class(self) -> Option<FailureClass> {
         match self {

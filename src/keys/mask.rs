@@ -226,6 +226,7 @@ pub fn looks_like_object(bytes: &[u8]) -> bool {
 }
 
 /// [`mask`] behind the [`Finder`]: no tokenizing when there is nothing to find.
+#[cfg(test)]
 pub fn mask_str<'a>(
     text: &str,
     finder: &Finder,

@@ -37,15 +37,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use admin::{Failures, KeyStatus, KeyView};
+pub use admin::{KeyStatus, KeyView};
 pub use choice::NoKey;
-pub use classify::{classify, parse_go_duration, reset_after, FailureClass, Outcome};
+pub use classify::{classify, FailureClass, Outcome};
 pub use lease::{KeyLease, LastError};
-pub use probe::ProbeTicket;
 pub use reload::ReloadSummary;
 
 use crate::config::{KeySpec, SchedulerSettings, Secret};
@@ -208,26 +206,17 @@ impl KeyPool {
             .apply(&key.slot, Instant::now(), transition, &self.cfg)
     }
 
-    /// Masks any key material (whole keys and recognisable pieces) in text bound for a client
-    /// or a log.
+    /// Masks any key material (whole keys and recognisable pieces) in text. Upstream text is
+    /// masked through the lease it came with; this pool-wide form is for the tests.
+    #[cfg(test)]
     pub fn mask(&self, text: &str) -> String {
         let list = self.list();
         mask::mask_str(text, &list.finder, list.secrets())
     }
 
-    /// [`KeyLease::mask_content`] without a lease.
-    pub fn mask_content(&self, bytes: &Bytes) -> Bytes {
-        if !mask::looks_like_object(bytes) {
-            return self.mask_bytes(bytes);
-        }
-        self.list()
-            .whole
-            .replace(bytes)
-            .unwrap_or_else(|| bytes.clone())
-    }
-
     /// [`KeyPool::mask`] for bytes: the same `Bytes`, uncopied, when there is nothing to mask.
-    pub fn mask_bytes(&self, bytes: &Bytes) -> Bytes {
+    #[cfg(test)]
+    pub fn mask_bytes(&self, bytes: &bytes::Bytes) -> bytes::Bytes {
         let list = self.list();
         mask::mask_bytes(bytes, &list.finder, list.secrets())
     }

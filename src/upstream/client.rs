@@ -35,14 +35,6 @@ pub enum ClientSetupError {
     Tls { source: rustls::Error },
 }
 
-/// The gateway does not start without its upstream client; `StartError` carries the sentence.
-/// (A `#[from]` variant of `StartError` can take this over where `StartError` lives.)
-impl From<ClientSetupError> for crate::gateway::StartError {
-    fn from(error: ClientSetupError) -> Self {
-        crate::gateway::StartError::Setup(error.to_string())
-    }
-}
-
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,

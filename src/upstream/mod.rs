@@ -12,4 +12,3 @@ mod verdict;
 pub use client::{ClientSetupError, UpstreamClient};
 pub use dispatch::Dispatcher;
 pub use models::{ModelInfo, Models};
-pub use verdict::UpstreamErrorBody;

@@ -45,6 +45,7 @@ impl SseParser {
     }
 
     /// Bytes received but not yet part of a complete event (to tell a clean end from a cut).
+    #[cfg(test)]
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty() || self.data.is_some()
     }
