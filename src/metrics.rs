@@ -168,13 +168,17 @@ fn render_state_store(out: &mut String, pool: &KeyPool) {
     let Some(status) = pool.store_status() else {
         return;
     };
-    out.push_str("# HELP gateway_state_store_up 1 while the shared state store (Redis) answers.
+    out.push_str(
+        "# HELP gateway_state_store_up 1 while the shared state store (Redis) answers.
 # TYPE gateway_state_store_up gauge
-");
+",
+    );
     let _ = writeln!(out, "gateway_state_store_up {}", u8::from(status.up));
-    out.push_str("# HELP gateway_state_store_replicas Replicas seen alive through the store.
+    out.push_str(
+        "# HELP gateway_state_store_replicas Replicas seen alive through the store.
 # TYPE gateway_state_store_replicas gauge
-");
+",
+    );
     let _ = writeln!(out, "gateway_state_store_replicas {}", status.replicas);
     out.push_str("# HELP gateway_state_propagation_seconds From a key state change on another replica to its arrival here.
 # TYPE gateway_state_propagation_seconds histogram

@@ -105,7 +105,10 @@ async fn admin_disable_on_one_replica_stops_the_others_within_100ms_and_enable_b
     let resp = gws[0].admin_post(ADMIN, "/admin/keys/key-1/disable").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let took = until_everywhere(&gws, "key-1", "disabled").await;
-    assert!(took < Duration::from_millis(100), "disable took {took:?} to reach all");
+    assert!(
+        took < Duration::from_millis(100),
+        "disable took {took:?} to reach all"
+    );
     for gw in &gws {
         for _ in 0..4 {
             assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
@@ -115,13 +118,19 @@ async fn admin_disable_on_one_replica_stops_the_others_within_100ms_and_enable_b
     let resp = gws[2].admin_post(ADMIN, "/admin/keys/key-1/enable").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let took = until_everywhere(&gws, "key-1", "ready").await;
-    assert!(took < Duration::from_millis(100), "enable took {took:?} to reach all");
+    assert!(
+        took < Duration::from_millis(100),
+        "enable took {took:?} to reach all"
+    );
     for gw in &gws {
         for _ in 0..2 {
             assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
         }
     }
-    assert!(mock.chat_count_for("key-a") >= 3, "key-a serves again everywhere");
+    assert!(
+        mock.chat_count_for("key-a") >= 3,
+        "key-a serves again everywhere"
+    );
     // A replica starting later starts on the shared state.
     gws[1].admin_post(ADMIN, "/admin/keys/key-2/disable").await;
     until_everywhere(&gws, "key-2", "disabled").await;
@@ -148,11 +157,20 @@ async fn max_concurrent_holds_across_replicas() {
     let redis = RedisServer::start();
     let mock = MockUpstream::start().await;
     mock.set_default_chat(Reply::ok().delay(Duration::from_millis(400)));
-    let gws = replicas(&mock, &redis, &["key-a max_concurrent=2", "key-b"], 3, |_| {}).await;
+    let gws = replicas(
+        &mock,
+        &redis,
+        &["key-a max_concurrent=2", "key-b"],
+        3,
+        |_| {},
+    )
+    .await;
     let mut calls = Vec::new();
     for i in 0..12 {
         let http = gws[i % 3].http.clone();
-        calls.push(tokio::spawn(async move { http.chat(&chat_body()).await.status }));
+        calls.push(tokio::spawn(
+            async move { http.chat(&chat_body()).await.status },
+        ));
     }
     for call in calls {
         assert_eq!(call.await.unwrap(), 200);
@@ -226,7 +244,8 @@ async fn redis_killed_mid_load_costs_no_request_and_state_converges_after_restar
         .await;
     }
     for task in running {
-        task.await.expect("every request during the outage succeeded");
+        task.await
+            .expect("every request during the outage succeeded");
     }
     // While Redis is down, replica 0 benches key-a; replica 1 cannot know yet.
     mock.push_chat_once("key-a", Reply::rate_limited(60));

@@ -543,7 +543,10 @@ mod tests {
         assert_eq!(s.client.idle_timeout, Duration::from_secs(3));
         assert_eq!(s.client.max_connections, Some(7));
         assert!(s.metrics_token.is_some_and(|t| t.matches(b"m")));
-        assert_eq!(s.redis.as_ref().map(Secret::expose), Some("redis://127.0.0.1:1/0"));
+        assert_eq!(
+            s.redis.as_ref().map(Secret::expose),
+            Some("redis://127.0.0.1:1/0")
+        );
         assert_eq!(s.redis_prefix, "gw-a");
         assert_eq!(Settings::default().redis_prefix, "megallm-gateway");
     }

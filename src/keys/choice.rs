@@ -103,11 +103,9 @@ impl KeyPool {
                 // Keys the shared store refused are at their limits across replicas.
                 Err(e) => match (refused_for, e) {
                     (None, e) => e,
-                    (Some(wait), NoKey::AllRateLimited { retry_after }) => {
-                        NoKey::AllRateLimited {
-                            retry_after: retry_after.min(wait),
-                        }
-                    }
+                    (Some(wait), NoKey::AllRateLimited { retry_after }) => NoKey::AllRateLimited {
+                        retry_after: retry_after.min(wait),
+                    },
                     (Some(wait), NoKey::Unavailable { .. }) => {
                         NoKey::AllRateLimited { retry_after: wait }
                     }

@@ -51,8 +51,8 @@ pub use reload::ReloadSummary;
 
 use crate::config::{KeySpec, SchedulerSettings, Secret};
 use state::{Blocked, Ticket, Transition};
-pub use store::{StoreStatus, PROPAGATION_BUCKETS};
 use store::{LocalStore, Slot, StateStore};
+pub use store::{StoreStatus, PROPAGATION_BUCKETS};
 
 /// Counters a key keeps for the admin API and metrics.
 #[derive(Default)]

@@ -165,9 +165,8 @@ pub struct StoreStatus {
 }
 
 /// Bounds (seconds) of the propagation histogram.
-pub const PROPAGATION_BUCKETS: [f64; 10] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
+pub const PROPAGATION_BUCKETS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// The shared step's future: `Ok(None)` when granted with nothing to hold.
 pub type SharedTake = BoxFuture<'static, Result<Option<Hold>, Refused>>;
@@ -197,7 +196,11 @@ pub trait StateStore: Send + Sync {
 
     /// Claims the probe of a key for one interval among replicas; `None`: this replica's
     /// claim is enough.
-    fn claim_probe(&self, _slot: &Arc<Slot>, _interval: Duration) -> Option<BoxFuture<'static, bool>> {
+    fn claim_probe(
+        &self,
+        _slot: &Arc<Slot>,
+        _interval: Duration,
+    ) -> Option<BoxFuture<'static, bool>> {
         None
     }
 

@@ -32,9 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scripts::{self, Kind, ReadyCause, Record};
-use super::{
-    Hold, Refused, SharedTake, Slot, StateStore, StoreStatus, Taken, PROPAGATION_BUCKETS,
-};
+use super::{Hold, Refused, SharedTake, Slot, StateStore, StoreStatus, Taken, PROPAGATION_BUCKETS};
 use crate::config::{SchedulerSettings, Secret};
 use crate::keys::state::{Shared, Transition};
 use crate::keys::unix_ms;
@@ -127,12 +125,24 @@ impl RedisStore {
             propagation_sum_us: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(stop.clone().run_until_cancelled_owned(writer(inner.clone(), rx)));
-        tokio::spawn(stop.clone().run_until_cancelled_owned(subscriber(inner.clone())));
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(writer(inner.clone(), rx)),
+        );
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(subscriber(inner.clone())),
+        );
         if !inner.heartbeat().await {
-            tracing::warn!(prefix, "state store (Redis) unreachable at start; serving on local state until it answers");
+            tracing::warn!(
+                prefix,
+                "state store (Redis) unreachable at start; serving on local state until it answers"
+            );
         }
-        tokio::spawn(stop.clone().run_until_cancelled_owned(heartbeat(inner.clone())));
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(heartbeat(inner.clone())),
+        );
         Ok(RedisStore { inner, stop })
     }
 }
@@ -241,8 +251,7 @@ impl Inner {
         self.see_version(record.version);
         let now = Instant::now();
         let mut inner = slot.lock();
-        if record.version < inner.sync.version || (record.version == inner.sync.version && !force)
-        {
+        if record.version < inner.sync.version || (record.version == inner.sync.version && !force) {
             return;
         }
         inner.sync.version = record.version;
@@ -452,8 +461,8 @@ impl Inner {
             let mut inner = slot.lock();
             let (tokens, at) = inner.sync.fallback.get_or_insert((share, now));
             let per_sec = share / 60.0;
-            *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec)
-                .min(share);
+            *tokens =
+                (*tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec).min(share);
             *at = now;
             if *tokens < 1.0 {
                 let wait = Duration::from_secs_f64((1.0 - *tokens) / per_sec);
@@ -603,7 +612,11 @@ impl StateStore for RedisStore {
         )
     }
 
-    fn claim_probe(&self, slot: &Arc<Slot>, interval: Duration) -> Option<BoxFuture<'static, bool>> {
+    fn claim_probe(
+        &self,
+        slot: &Arc<Slot>,
+        interval: Duration,
+    ) -> Option<BoxFuture<'static, bool>> {
         let inner = self.inner.clone();
         let key = inner.key("probe", &slot.name);
         Some(
@@ -639,7 +652,9 @@ impl StateStore for RedisStore {
                 .iter()
                 .map(|n| n.load(Ordering::Relaxed))
                 .collect(),
-            propagation_sum: Duration::from_micros(inner.propagation_sum_us.load(Ordering::Relaxed)),
+            propagation_sum: Duration::from_micros(
+                inner.propagation_sum_us.load(Ordering::Relaxed),
+            ),
         })
     }
 }
@@ -668,7 +683,8 @@ async fn writer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Box<str>>) {
 
 async fn subscriber(inner: Arc<Inner>) {
     loop {
-        let connected = tokio::time::timeout(CALL_TIMEOUT * 2, inner.client.get_async_pubsub()).await;
+        let connected =
+            tokio::time::timeout(CALL_TIMEOUT * 2, inner.client.get_async_pubsub()).await;
         if let Ok(Ok(mut pubsub)) = connected {
             let subscribed =
                 tokio::time::timeout(CALL_TIMEOUT, pubsub.subscribe(inner.channel())).await;
@@ -699,10 +715,8 @@ async fn heartbeat(inner: Arc<Inner>) {
         if !asked && !inner.heartbeat().await {
             continue;
         }
-        if asked || last_resync.elapsed() >= RESYNC_EVERY {
-            if inner.resync().await {
-                last_resync = Instant::now();
-            }
+        if (asked || last_resync.elapsed() >= RESYNC_EVERY) && inner.resync().await {
+            last_resync = Instant::now();
         }
     }
 }
