@@ -266,3 +266,103 @@ async fn redis_killed_mid_load_costs_no_request_and_state_converges_after_restar
     }
     assert!(took < Duration::from_secs(5), "converged in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_success_on_another_replica_does_not_revive_a_revoked_key() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    mock.set_chat("key-a", Reply::error(401, "invalid api key"));
+    mock.push_chat_once("key-a", Reply::ok().delay(Duration::from_millis(600)));
+    let gws = replicas(&mock, &redis, &["key-a", "key-b"], 2, |_| {}).await;
+    // Replica 1's request holds key-a (it will succeed, late) while replica 0 learns it is
+    // revoked.
+    let http = gws[1].http.clone();
+    let slow = tokio::spawn(async move { http.chat(&chat_body()).await.status });
+    assert!(mock.wait_chat_count(1, PATIENCE).await);
+    assert_eq!(gws[0].http.chat(&chat_body()).await.status, 200);
+    until_everywhere(&gws, "key-1", "disabled").await;
+    assert_eq!(slow.await.unwrap(), 200);
+    // Past a resync, it is still disabled everywhere.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for gw in &gws {
+        assert_eq!(state_of(gw, "key-1").await, "disabled");
+    }
+}
+
+/// A replica killed with SIGKILL while holding concurrency leases: the capacity comes back
+/// when the leases expire (15 s), and meanwhile the other keys serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_concurrency_leases_expire() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    for _ in 0..2 {
+        mock.push_chat_once("key-a", Reply::ok().delay(Duration::from_secs(60)));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_megallm-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", &mock.url()])
+        .args(["--redis", &redis.url()])
+        .env("MEGALLM_API_KEYS", "key-a max_concurrent=2,key-b")
+        .env("RUST_LOG", "info")
+        .env("GATEWAY_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("gateway printed its address").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        if json["message"] == "megallm-gateway listening" {
+            break json["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let http = HttpClient::new(addr);
+    for _ in 0..4 {
+        let http = http.clone();
+        tokio::spawn(async move { http.chat(&chat_body()).await });
+    }
+    eventually(
+        "two requests hold key-a",
+        PATIENCE,
+        Duration::from_millis(10),
+        || async { (mock.in_flight("key-a") == 2).then_some(()) },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let gws = replicas(
+        &mock,
+        &redis,
+        &["key-a max_concurrent=2", "key-b"],
+        1,
+        |_| {},
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(gws[0].http.chat(&chat_body()).await.status, 200);
+    }
+    assert_eq!(
+        mock.chat_count_for("key-a"),
+        2,
+        "the dead replica's leases still hold key-a's capacity"
+    );
+    eventually(
+        "key-a's capacity back after the leases expire",
+        Duration::from_secs(25),
+        Duration::from_millis(200),
+        || async {
+            assert_eq!(gws[0].http.chat(&chat_body()).await.status, 200);
+            (mock.chat_count_for("key-a") > 2).then_some(())
+        },
+    )
+    .await;
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_secs(5) && after <= Duration::from_secs(20),
+        "capacity came back {after:?} after the kill"
+    );
+}
