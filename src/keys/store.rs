@@ -10,8 +10,10 @@
 //!
 //! How a shared (Redis) store plugs in, in a child module of this one (it alone may write a
 //! slot's state directly, to merge what other replicas published):
-//! - `register` seeds the new slot from the shared record named by the key's fingerprint (the
-//!   same on every replica, unlike `key-N`) and keeps a `Weak` to it for the subscriber.
+//! - `register` names the new slot by a keyed fingerprint of the secret (the same on every
+//!   replica, unlike `key-N`), keeps a `Weak` to it for the subscriber, and asks for a resync,
+//!   which seeds it from the shared record within milliseconds (not before `register`
+//!   returns: it is synchronous).
 //! - `apply` applies the transition locally first (so this replica never serves on a state it
 //!   has already left), then queues the slot's shared part (health with cause and `until` as
 //!   wall-clock time, version + 1) for a background task that writes and publishes it in one
