@@ -109,6 +109,7 @@ async fn admin_disable_on_one_replica_stops_the_others_within_100ms_and_enable_b
         took < Duration::from_millis(100),
         "disable took {took:?} to reach all"
     );
+    eprintln!("admin disable seen by all three replicas' admin APIs after {took:?}");
     for gw in &gws {
         for _ in 0..4 {
             assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
