@@ -70,7 +70,8 @@ impl Gateway {
             return Err(StartError::NoKeys);
         }
         let auth_tokens = settings.read_auth_tokens()?;
-        let pool = KeyPool::new(&specs, settings.scheduler.clone());
+        let store = crate::keys::store::build(&settings).await?;
+        let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         let client = UpstreamClient::new(&settings)?;
         let dispatcher = Dispatcher::new(
             pool.clone(),

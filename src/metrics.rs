@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::keys::{FailureClass, KeyPool, KeyStatus};
+use crate::keys::{FailureClass, KeyPool, KeyStatus, PROPAGATION_BUCKETS};
 
 /// Latency bucket bounds in seconds.
 const BUCKETS: [f64; 12] = [
@@ -178,6 +178,44 @@ impl Metrics {
                 );
             }
         }
+        render_state_store(&mut out, pool);
         out
     }
+}
+
+/// The shared state store (`--redis`): whether it is up, the replicas it sees, and how long a
+/// key's change took to reach this replica from the one that saw it. Absent without a store.
+fn render_state_store(out: &mut String, pool: &KeyPool) {
+    let Some(status) = pool.store_status() else {
+        return;
+    };
+    out.push_str(
+        "# HELP gateway_state_store_up 1 while the shared state store (Redis) answers.
+# TYPE gateway_state_store_up gauge
+",
+    );
+    let _ = writeln!(out, "gateway_state_store_up {}", u8::from(status.up));
+    out.push_str(
+        "# HELP gateway_state_store_replicas Replicas seen alive through the store.
+# TYPE gateway_state_store_replicas gauge
+",
+    );
+    let _ = writeln!(out, "gateway_state_store_replicas {}", status.replicas);
+    out.push_str("# HELP gateway_state_propagation_seconds From a key state change on another replica to its arrival here.
+# TYPE gateway_state_propagation_seconds histogram
+");
+    let mut cumulative = 0;
+    for (bound, n) in PROPAGATION_BUCKETS.iter().zip(&status.propagation) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "gateway_state_propagation_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    let total: u64 = status.propagation.iter().sum();
+    let _ = writeln!(
+        out,
+        "gateway_state_propagation_seconds_bucket{{le=\"+Inf\"}} {total}\ngateway_state_propagation_seconds_sum {}\ngateway_state_propagation_seconds_count {total}",
+        status.propagation_sum.as_secs_f64()
+    );
 }

@@ -126,6 +126,8 @@ settings_table! {
         client_body_timeout: HumanDuration = "60s", "The whole request body must arrive in this time";
         #[arg(long, env = "GATEWAY_CLIENT_IDLE_TIMEOUT")]
         client_idle_timeout: HumanDuration = "75s", "A client connection with no request open is closed after this";
+        #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
+        redis_prefix: String = "megallm-gateway", "Prefix of every Redis key and channel the gateway uses (with --redis)";
     }
     optional {
         #[arg(long, env = "MEGALLM_KEYS_FILE")]
@@ -138,6 +140,8 @@ settings_table! {
         metrics_token: Secret, "Bearer token /metrics asks for; open when unset";
         #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
+        #[arg(long = "redis", env = "GATEWAY_REDIS_URL", hide_env_values = true)]
+        redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";

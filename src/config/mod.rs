@@ -140,6 +140,12 @@ pub struct Settings {
     pub client: ClientLimits,
     /// When set, `/metrics` asks for it as a bearer token.
     pub metrics_token: Option<Secret>,
+    /// Redis URL shared by the replicas (key state and limits); `None`: in-process state only.
+    /// A `Secret`, since the URL may carry a password.
+    pub redis: Option<Secret>,
+    /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
+    /// share one Redis; also keys the fingerprint that names a key there.
+    pub redis_prefix: String,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -252,11 +258,13 @@ impl Settings {
             client_header_timeout,
             client_body_timeout,
             client_idle_timeout,
+            redis_prefix,
             keys_file,
             auth_tokens_file,
             admin_token,
             metrics_token,
             max_connections,
+            redis,
             api_keys: _,
             auth_tokens,
         } = layer;
@@ -300,6 +308,8 @@ impl Settings {
                 max_connections,
             },
             metrics_token,
+            redis,
+            redis_prefix: set(redis_prefix),
         }
     }
 
@@ -347,6 +357,15 @@ impl Settings {
             if d.is_zero() {
                 return Err(format!("{name} must be greater than zero").into());
             }
+        }
+        if let Some(url) = &self.redis {
+            let url = url.expose();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err("--redis must be a redis:// or rediss:// URL".into());
+            }
+        }
+        if self.redis_prefix.trim().is_empty() {
+            return Err("--redis-prefix must not be empty".into());
         }
         let sch = &self.scheduler;
         for (name, d) in [
@@ -512,7 +531,8 @@ mod tests {
         let path = dir.join("g.toml");
         std::fs::write(
             &path,
-            "client_idle_timeout = \"3s\"\nmax_connections = 7\nmetrics_token = \"m\"\n",
+            "client_idle_timeout = \"3s\"\nmax_connections = 7\nmetrics_token = \"m\"\n\
+             redis = \"redis://127.0.0.1:1/0\"\nredis_prefix = \"gw-a\"\n",
         )
         .unwrap();
         let s = Settings::from_cli(Cli {
@@ -523,6 +543,12 @@ mod tests {
         assert_eq!(s.client.idle_timeout, Duration::from_secs(3));
         assert_eq!(s.client.max_connections, Some(7));
         assert!(s.metrics_token.is_some_and(|t| t.matches(b"m")));
+        assert_eq!(
+            s.redis.as_ref().map(Secret::expose),
+            Some("redis://127.0.0.1:1/0")
+        );
+        assert_eq!(s.redis_prefix, "gw-a");
+        assert_eq!(Settings::default().redis_prefix, "megallm-gateway");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::lease::KeyLease;
 use super::state::{Blocked, CoolCause};
+use super::store::{Refused, Taken};
 use super::{Key, KeyPool};
 use crate::config::Strategy;
 
@@ -26,7 +27,19 @@ pub enum NoKey {
 impl KeyPool {
     /// Hands out a usable key, preferring keys not in `tried`; falls back to a tried key only
     /// when no other can serve (a lone key may retry itself after a transient failure).
+    ///
+    /// Local choice only: shared limits are taken by [`KeyPool::acquire_wait`].
     pub fn acquire(self: &Arc<Self>, tried: &[Arc<str>]) -> Result<KeyLease, NoKey> {
+        self.acquire_excluding(tried, &[])
+    }
+
+    /// [`KeyPool::acquire`] never handing out a key in `refused` (refused by the shared store
+    /// for this request).
+    fn acquire_excluding(
+        self: &Arc<Self>,
+        tried: &[Arc<str>],
+        refused: &[Arc<str>],
+    ) -> Result<KeyLease, NoKey> {
         let list = self.list();
         let keys = &list.keys;
         let now = Instant::now();
@@ -39,7 +52,7 @@ impl KeyPool {
             for &i in &order {
                 let key = &keys[i];
                 let was_tried = tried.iter().any(|id| *id == key.id);
-                if was_tried != allow_tried {
+                if was_tried != allow_tried || refused.iter().any(|id| *id == key.id) {
                     continue;
                 }
                 if let Ok(ticket) = key.try_take(now) {
@@ -64,19 +77,39 @@ impl KeyPool {
         Err(self.why_none(keys, now))
     }
 
-    /// Waits up to `until` for a key, when the pool is configured to queue.
+    /// Waits up to `until` for a key, when the pool is configured to queue. With a shared
+    /// store, a key chosen locally that has shared limits (or is on its half-open trial) is
+    /// then taken from the store, one round trip; a refusal moves on to the next key.
     pub async fn acquire_wait(
         self: &Arc<Self>,
         tried: &[Arc<str>],
         until: Instant,
     ) -> Result<KeyLease, NoKey> {
+        let mut refused: Vec<Arc<str>> = Vec::new();
+        let mut refused_for: Option<Duration> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let err = match self.acquire(tried) {
-                Ok(lease) => return Ok(lease),
-                Err(e) => e,
+            let err = match self.acquire_excluding(tried, &refused) {
+                Ok(lease) => match self.take_shared(lease).await {
+                    Ok(lease) => return Ok(lease),
+                    Err((id, wait)) => {
+                        refused.push(id);
+                        refused_for = Some(refused_for.map_or(wait, |w| w.min(wait)));
+                        continue;
+                    }
+                },
+                // Keys the shared store refused are at their limits across replicas.
+                Err(e) => match (refused_for, e) {
+                    (None, e) => e,
+                    (Some(wait), NoKey::AllRateLimited { retry_after }) => NoKey::AllRateLimited {
+                        retry_after: retry_after.min(wait),
+                    },
+                    (Some(wait), NoKey::Unavailable { .. }) => {
+                        NoKey::AllRateLimited { retry_after: wait }
+                    }
+                },
             };
             let now = Instant::now();
             if !self.queueing || now >= until {
@@ -90,6 +123,33 @@ impl KeyPool {
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(wake) => {}
+            }
+            refused.clear();
+            refused_for = None;
+        }
+    }
+
+    /// The shared step for a lease chosen locally; on refusal the lease is dropped (freeing
+    /// the local place and trial) and the key's id comes back with how long to keep away.
+    async fn take_shared(&self, mut lease: KeyLease) -> Result<KeyLease, (Arc<str>, Duration)> {
+        let key = lease.key().clone();
+        let taken = Taken {
+            trial: lease.ticket().trial,
+            max_concurrent: key.max_concurrent(),
+            in_flight: key.in_flight(),
+        };
+        let Some(step) = self.store.shared_take(&key.slot, taken) else {
+            return Ok(lease);
+        };
+        match step.await {
+            Ok(hold) => {
+                lease.hold(hold);
+                Ok(lease)
+            }
+            Err(Refused { retry_after }) => {
+                let id = key.id.clone();
+                drop(lease);
+                Err((id, retry_after))
             }
         }
     }

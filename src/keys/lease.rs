@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::state::{Ticket, Transition};
+use super::store::Hold;
 use super::{mask, unix_ms, FailureClass, Key, KeyList, KeyPool, Outcome};
 use crate::config::Secret;
 
@@ -31,6 +32,8 @@ pub struct KeyLease {
     pool: Arc<KeyPool>,
     ticket: Ticket,
     reported: bool,
+    /// What the shared store lent this request (a concurrency lease), given back on drop.
+    hold: Option<Hold>,
 }
 
 impl KeyLease {
@@ -47,7 +50,20 @@ impl KeyLease {
             pool,
             ticket,
             reported: false,
+            hold: None,
         }
+    }
+
+    pub(super) fn ticket(&self) -> Ticket {
+        self.ticket
+    }
+
+    pub(super) fn key(&self) -> &Arc<Key> {
+        &self.key
+    }
+
+    pub(super) fn hold(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
     }
 
     pub fn id(&self) -> &Arc<str> {

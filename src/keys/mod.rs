@@ -9,7 +9,8 @@
 //!   [`FailureClass`] each failure is counted under.
 //! - `state`: `KeyState`, the per-key state machine, pure and driven by a clock passed in.
 //! - `store`: `StateStore`, the one way a key's state changes, and the local snapshot
-//!   (`Slot`) that choice reads synchronously; how a store shared by replicas plugs in.
+//!   (`Slot`) that choice reads synchronously; `store::shared`, the Redis store replicas
+//!   share (`--redis`).
 //! - `reload`: replaces the key list, keeping the state of keys that stay, and remembers
 //!   removed keys so one that comes back keeps its id and state.
 //! - `probe`: hands the upstream probe a [`ProbeTicket`] for each key disabled as invalid
@@ -31,7 +32,7 @@ mod mask;
 mod probe;
 mod reload;
 mod state;
-mod store;
+pub(crate) mod store;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,7 +49,8 @@ pub use reload::ReloadSummary;
 
 use crate::config::{KeySpec, SchedulerSettings, Secret};
 use state::{Blocked, Ticket, Transition};
-use store::{LocalStore, Slot, StateStore};
+use store::{Slot, StateStore};
+pub use store::{StoreStatus, PROPAGATION_BUCKETS};
 
 /// Counters a key keeps for the admin API and metrics.
 #[derive(Default)]
@@ -92,7 +94,7 @@ impl Key {
         let fingerprint = spec.secret.fingerprint();
         Key {
             id: format!("key-{id}").into(),
-            slot: store.register(&fingerprint, spec.rpm, now),
+            slot: store.register(&spec.secret, spec.rpm, now),
             fingerprint,
             secret: spec.secret.clone(),
             weight: AtomicU32::new(spec.weight),
@@ -171,7 +173,18 @@ pub struct KeyPool {
 }
 
 impl KeyPool {
+    /// A pool with in-process state (what `store::build` gives without `--redis`), for tests.
+    #[cfg(test)]
     pub fn new(specs: &[KeySpec], cfg: SchedulerSettings) -> Arc<KeyPool> {
+        KeyPool::with_store(specs, cfg, Box::new(store::LocalStore))
+    }
+
+    /// A pool whose keys' state lives in `store` (see [`store::build`]).
+    pub(crate) fn with_store(
+        specs: &[KeySpec],
+        cfg: SchedulerSettings,
+        store: Box<dyn StateStore>,
+    ) -> Arc<KeyPool> {
         let pool = KeyPool {
             keys: RwLock::new(Arc::new(KeyList::new(Arc::from(Vec::new())))),
             cursor: AtomicUsize::new(0),
@@ -179,7 +192,7 @@ impl KeyPool {
             queueing: !cfg.queue_timeout.is_zero(),
             retired: Mutex::new(Vec::new()),
             cfg,
-            store: Box::new(LocalStore),
+            store,
             changed: Notify::new(),
         };
         let pool = Arc::new(pool);
@@ -204,6 +217,11 @@ impl KeyPool {
     fn apply(&self, key: &Key, transition: Transition) -> bool {
         self.store
             .apply(&key.slot, Instant::now(), transition, &self.cfg)
+    }
+
+    /// The shared state store's health; `None` when state is in-process only.
+    pub fn store_status(&self) -> Option<StoreStatus> {
+        self.store.status()
     }
 
     /// Masks any key material (whole keys and recognisable pieces) in text. Upstream text is

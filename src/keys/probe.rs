@@ -48,6 +48,25 @@ impl KeyPool {
             })
             .collect()
     }
+
+    /// [`KeyPool::due_probes`], each claimed for this interval among replicas: with a shared
+    /// store, one replica probes a key per interval and its verdict reaches all.
+    pub async fn claim_probes(self: &Arc<Self>) -> Vec<ProbeTicket> {
+        let mut claimed = Vec::new();
+        for ticket in self.due_probes() {
+            let claim = self
+                .store
+                .claim_probe(&ticket.key.slot, self.cfg.probe_interval);
+            let ours = match claim {
+                Some(claim) => claim.await,
+                None => true,
+            };
+            if ours {
+                claimed.push(ticket);
+            }
+        }
+        claimed
+    }
 }
 
 #[cfg(test)]

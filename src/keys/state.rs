@@ -115,6 +115,16 @@ pub enum Transition {
     ProbeResult { ok: bool },
 }
 
+/// The part of a key's state that replicas share: its health without the local trial flag.
+/// `HalfOpen` follows from time (a cooldown that is over), so it is never shared itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shared {
+    Ready,
+    Cooling { until: Instant, cause: CoolCause },
+    HalfOpen,
+    Disabled { cause: DisableCause },
+}
+
 #[derive(Clone, Debug)]
 pub struct KeyState {
     health: Health,
@@ -178,6 +188,41 @@ impl KeyState {
             }
             Transition::ProbeResult { ok } => self.probe_result(ok, now),
         }
+    }
+
+    /// The shared part of the state (see [`Shared`]).
+    pub fn shared(&self) -> Shared {
+        match self.health {
+            Health::Ready => Shared::Ready,
+            Health::Cooling { until, cause } => Shared::Cooling { until, cause },
+            Health::HalfOpen { .. } => Shared::HalfOpen,
+            Health::Disabled { cause } => Shared::Disabled { cause },
+        }
+    }
+
+    /// Takes on a state another replica decided (merged by the store, which alone decides
+    /// what moves forward). `reset` clears the streaks too, as an admin enable or a revival
+    /// does. A local half-open trial stands against a cooldown that is already over.
+    pub fn adopt(&mut self, shared: Shared, now: Instant, reset: bool) {
+        match shared {
+            Shared::Ready => self.health = Health::Ready,
+            Shared::Cooling { until, .. }
+                if until <= now && matches!(self.health, Health::HalfOpen { .. }) => {}
+            Shared::Cooling { until, cause } => self.health = Health::Cooling { until, cause },
+            Shared::HalfOpen => {}
+            Shared::Disabled { cause } => {
+                if self.health != (Health::Disabled { cause }) {
+                    // The interval before the first probe starts when this replica learns of it.
+                    self.last_probe = Some(now);
+                }
+                self.health = Health::Disabled { cause };
+            }
+        }
+        if reset {
+            self.transient_streak = 0;
+            self.rate_limit_streak = 0;
+        }
+        self.tick(now);
     }
 
     /// The per-minute budget is local configuration, not a transition: every replica reads

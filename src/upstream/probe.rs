@@ -28,7 +28,7 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            for ticket in pool.due_probes() {
+            for ticket in pool.claim_probes().await {
                 let status =
                     match tokio::time::timeout(timeout, client.models(ticket.secret())).await {
                         Ok(Ok(r)) => Some(r.status().as_u16()),

@@ -25,6 +25,8 @@
 //!   [`HttpResponse::assert_openai_error`] checks OpenAI's error shape and `param`) or
 //!   [`SseResponse`] (SSE events read in the background as they arrive, each with its arrival
 //!   `Instant`; dropping it hangs up). [`parse_attempts`] splits `x-gateway-attempts`.
+//! * [`redis::RedisServer`] — a `redis-server` of the test's own on a free port (kill,
+//!   restart), for the replica tests.
 //! * [`KeysFile`] — a temporary keys file a test can rewrite atomically (hot-reload tests).
 //! * [`eventually`] — bounded polling, only for gateway state that has no event to await.
 //!
@@ -55,6 +57,7 @@ pub mod grpc;
 mod http_client;
 mod keys_file;
 pub mod mock;
+pub mod redis;
 mod sse;
 
 use std::net::SocketAddr;
