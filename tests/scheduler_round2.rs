@@ -196,3 +196,39 @@ async fn tpm_holds_within_ten_percent() {
     assert!(tokens <= 44, "k1 spent {tokens} tokens in a minute");
     assert!(tokens >= 32, "k1 was held back too far: {tokens} tokens");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_key_answer_and_readyz_name_why_by_class_without_key_material() {
+    let mock = MockUpstream::start().await;
+    mock.set("sk-revoked-0123456789", Reply::error(401, "invalid api key"));
+    mock.set_chat("sk-limited-0123456789", Reply::rate_limited(60));
+    let gw = spawn_gateway(
+        &mock,
+        &["sk-revoked-0123456789", "sk-limited-0123456789"],
+        |_| {},
+    )
+    .await;
+    let first = gw.http.chat(&chat_body()).await;
+    assert_eq!(first.attempts().as_deref(), Some("key-1:401,key-2:429"));
+    let seen = mock.chat_count();
+
+    let resp = gw.http.chat(&chat_body()).await;
+    let error = resp.assert_openai_error(429, None);
+    let message = error["message"].as_str().unwrap_or("").to_owned();
+    assert_eq!(mock.chat_count(), seen, "no upstream call to learn it");
+    for part in [
+        "no key can serve: ",
+        "1 disabled (upstream rejected it: 401 invalid api key; probing every 10m)",
+        "1 cooling until ",
+        " UTC (rate limited)",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    let ready = gw.http.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let reason = ready.json()["reason"].as_str().unwrap_or("").to_owned();
+    assert!(reason.contains("1 disabled (upstream rejected it: 401"), "{reason}");
+    for text in [&message, &reason] {
+        assert!(!text.contains("0123456789"), "key material: {text}");
+    }
+}
