@@ -25,13 +25,7 @@ async fn key_faults_cost_no_attempt_and_the_good_key_always_gets_its_turn() {
     .await;
 
     let first = gw.http.chat(&chat_body()).await;
-    assert_eq!(
-        first.status,
-        200,
-        "{:?} {}",
-        first.attempts(),
-        first.text()
-    );
+    assert_eq!(first.status, 200, "{:?} {}", first.attempts(), first.text());
     assert_eq!(
         first.attempts().as_deref(),
         Some("key-1:401,key-2:429,key-3:500,key-4:200")
@@ -94,14 +88,13 @@ async fn an_unreachable_upstream_is_named_and_leaves_the_keys_alone() {
 
     let mock = MockUpstream::start_on(addr).await;
     let back = Instant::now();
-    let served = eventually(
+    eventually(
         "the first request after the upstream's return succeeds",
         Duration::from_secs(5),
         Duration::from_millis(50),
         || async { (gw.http.chat(&chat_body()).await.status == 200).then_some(()) },
     )
     .await;
-    let _ = served;
     assert!(
         back.elapsed() < Duration::from_millis(1500),
         "served again only after {:?}",
@@ -200,7 +193,10 @@ async fn tpm_holds_within_ten_percent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_key_answer_and_readyz_name_why_by_class_without_key_material() {
     let mock = MockUpstream::start().await;
-    mock.set("sk-revoked-0123456789", Reply::error(401, "invalid api key"));
+    mock.set(
+        "sk-revoked-0123456789",
+        Reply::error(401, "invalid api key"),
+    );
     mock.set_chat("sk-limited-0123456789", Reply::rate_limited(60));
     let gw = spawn_gateway(
         &mock,
@@ -227,7 +223,10 @@ async fn a_no_key_answer_and_readyz_name_why_by_class_without_key_material() {
     let ready = gw.http.get("/readyz").await;
     assert_eq!(ready.status, 503);
     let reason = ready.json()["reason"].as_str().unwrap_or("").to_owned();
-    assert!(reason.contains("1 disabled (upstream rejected it: 401"), "{reason}");
+    assert!(
+        reason.contains("1 disabled (upstream rejected it: 401"),
+        "{reason}"
+    );
     for text in [&message, &reason] {
         assert!(!text.contains("0123456789"), "key material: {text}");
     }

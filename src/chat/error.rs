@@ -84,7 +84,10 @@ pub enum GatewayError {
     /// The upstream cannot be reached (connect, DNS, TLS; or no key got an answer in time):
     /// the upstream's outage, not a key's fault. Served again as soon as a probe connects.
     #[error("upstream unreachable: {cause}; retry in {}s", secs_ceil(*retry_after))]
-    UpstreamUnreachable { cause: String, retry_after: Duration },
+    UpstreamUnreachable {
+        cause: String,
+        retry_after: Duration,
+    },
     /// The upstream failed on every attempt (5xx, connection errors, or a 2xx that was no
     /// answer: then `status` is 502, the gateway's verdict on it).
     #[error("upstream unavailable: {message}")]

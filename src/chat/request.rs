@@ -169,8 +169,7 @@ impl ChatRequest {
 /// The answer's tokens assumed for a `tpm=` budget when the request sets no `max_tokens`.
 pub const DEFAULT_ANSWER_TOKENS: u32 = 16;
 
-impl ChatRequest {
-}
+impl ChatRequest {}
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
 fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {

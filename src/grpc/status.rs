@@ -219,7 +219,9 @@ mod tests {
         };
         let status = to_status(&down, &ctx, None);
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("upstream unreachable: connection refused"));
+        assert!(status
+            .message()
+            .contains("upstream unreachable: connection refused"));
         assert_eq!(
             status.get_details_retry_info().unwrap().retry_delay,
             Some(Duration::from_secs(1))

@@ -239,17 +239,18 @@ impl KeyPool {
         }
         // (what, count, earliest until), in the order first seen within each class.
         let mut classes: Vec<(String, usize, Option<Instant>)> = Vec::new();
-        let mut add = |what: String, until: Option<Instant>| {
-            match classes.iter_mut().find(|(w, _, _)| *w == what) {
-                Some((_, n, at)) => {
-                    *n += 1;
-                    *at = match (*at, until) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                }
-                None => classes.push((what, 1, until)),
+        let mut add = |what: String, until: Option<Instant>| match classes
+            .iter_mut()
+            .find(|(w, _, _)| *w == what)
+        {
+            Some((_, n, at)) => {
+                *n += 1;
+                *at = match (*at, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
+            None => classes.push((what, 1, until)),
         };
         for key in keys.iter() {
             match key.check(now) {

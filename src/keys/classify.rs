@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(classify(401, &none, b""), Outcome::InvalidCredential);
         assert_eq!(classify(403, &none, b"{}"), Outcome::InvalidCredential);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        assert_eq!(classify(429, &none, quota), Outcome::QuotaExhausted { reset: None });
+        assert_eq!(
+            classify(429, &none, quota),
+            Outcome::QuotaExhausted { reset: None }
+        );
         assert_eq!(
             classify(
                 403,

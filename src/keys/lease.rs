@@ -11,9 +11,9 @@ use http::HeaderMap;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::classify::paced_for;
 use super::state::{Ticket, Transition};
 use super::store::Hold;
-use super::classify::paced_for;
 use super::{mask, unix_ms, FailureClass, Key, KeyList, KeyPool, Outcome};
 use crate::config::Secret;
 

@@ -710,7 +710,13 @@ mod tests {
         let cfg = cfg();
         let ok = Transition::ProbeResult { ok: true };
         let mut s = KeyState::new(None, Instant::now());
-        s.record(Instant::now(), Outcome::QuotaExhausted { reset: None }, PLAIN, &cfg, 0.5);
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
         assert!(!s.apply(Instant::now(), ok, &cfg));
         assert!(
             matches!(s.health, Health::Cooling { .. }),
@@ -831,7 +837,13 @@ mod tests {
     async fn quota_benches_for_long() {
         let cfg = cfg();
         let mut s = KeyState::new(None, Instant::now());
-        s.record(Instant::now(), Outcome::QuotaExhausted { reset: None }, PLAIN, &cfg, 0.5);
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
         tokio::time::advance(cfg.quota_bench - Duration::from_secs(1)).await;
         assert!(s.check(Instant::now(), 0, None).is_err());
         tokio::time::advance(Duration::from_secs(1)).await;

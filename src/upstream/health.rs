@@ -25,7 +25,10 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The upstream is unreachable (`cause`: `connection refused`, …).
-    Unreachable { cause: Arc<str>, retry_after: Duration },
+    Unreachable {
+        cause: Arc<str>,
+        retry_after: Duration,
+    },
     /// The account is rate limited (`keys` answered 429 within [`RATE_WINDOW`]).
     AccountLimited { keys: usize, retry_after: Duration },
 }
@@ -39,9 +42,15 @@ pub struct Admission {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Breaker {
     Closed,
-    Open { until: Instant, cause: Arc<str> },
+    Open {
+        until: Instant,
+        cause: Arc<str>,
+    },
     /// One request is probing since `since`.
-    HalfOpen { since: Instant, cause: Arc<str> },
+    HalfOpen {
+        since: Instant,
+        cause: Arc<str>,
+    },
 }
 
 #[derive(Debug)]
@@ -232,22 +241,33 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_breaker_opens_on_a_connect_failure_and_one_probe_closes_it() {
         let h = UpstreamHealth::default();
-        assert_eq!(h.admit(Instant::now(), true), Ok(Admission { probe: false }));
+        assert_eq!(
+            h.admit(Instant::now(), true),
+            Ok(Admission { probe: false })
+        );
         let refusal = h.unreachable(Instant::now(), "connection refused");
-        assert!(matches!(refusal, Refusal::Unreachable { ref cause, .. } if &**cause == "connection refused"));
+        assert!(
+            matches!(refusal, Refusal::Unreachable { ref cause, .. } if &**cause == "connection refused")
+        );
         assert!(matches!(
             h.admit(Instant::now(), true),
             Err(Refusal::Unreachable { retry_after, .. }) if retry_after == OPEN_FOR
         ));
         tokio::time::advance(OPEN_FOR).await;
         assert_eq!(h.admit(Instant::now(), true), Ok(Admission { probe: true }));
-        assert!(h.admit(Instant::now(), true).is_err(), "one probe at a time");
+        assert!(
+            h.admit(Instant::now(), true).is_err(),
+            "one probe at a time"
+        );
         // A failed probe opens it again; an answer closes it.
         h.unreachable(Instant::now(), "connection refused");
         tokio::time::advance(OPEN_FOR).await;
         assert!(h.admit(Instant::now(), false).unwrap().probe);
         h.answered();
-        assert_eq!(h.admit(Instant::now(), true), Ok(Admission { probe: false }));
+        assert_eq!(
+            h.admit(Instant::now(), true),
+            Ok(Admission { probe: false })
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,9 +287,17 @@ mod tests {
         assert_eq!(h.timed_out(now, &key("key-1"), 1), None, "a lone key");
         let h = UpstreamHealth::default();
         assert_eq!(h.timed_out(now, &key("key-1"), 3), None);
-        assert_eq!(h.timed_out(now, &key("key-1"), 3), None, "the same key again");
+        assert_eq!(
+            h.timed_out(now, &key("key-1"), 3),
+            None,
+            "the same key again"
+        );
         h.answered();
-        assert_eq!(h.timed_out(now, &key("key-2"), 3), None, "an answer cut the streak");
+        assert_eq!(
+            h.timed_out(now, &key("key-2"), 3),
+            None,
+            "an answer cut the streak"
+        );
         assert_eq!(h.timed_out(now, &key("key-3"), 3), None);
         assert!(h.timed_out(now, &key("key-1"), 3).is_some());
         assert!(h.admit(now, true).is_err());
@@ -289,7 +317,10 @@ mod tests {
             h.admit(now, true),
             Err(Refusal::AccountLimited { keys: 3, retry_after }) if retry_after == secs(2)
         ));
-        assert!(h.admit(now, false).is_ok(), "a request on its round finishes it");
+        assert!(
+            h.admit(now, false).is_ok(),
+            "a request on its round finishes it"
+        );
         tokio::time::advance(secs(2)).await;
         assert!(h.admit(Instant::now(), true).is_ok());
         // Two of five keys are not most of them; 429s outside the window do not add up.
@@ -299,7 +330,10 @@ mod tests {
         let h = UpstreamHealth::default();
         h.rate_limited(now, &key("key-1"), secs(1), 2);
         tokio::time::advance(RATE_WINDOW).await;
-        assert_eq!(h.rate_limited(Instant::now(), &key("key-2"), secs(1), 2), None);
+        assert_eq!(
+            h.rate_limited(Instant::now(), &key("key-2"), secs(1), 2),
+            None
+        );
     }
 
     #[test]

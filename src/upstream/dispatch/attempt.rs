@@ -16,8 +16,8 @@ use crate::chat::{
     AttemptOutcome, Attempts, ChatRequest, Completion, GatewayError, RequestContext, TimeoutKind,
 };
 use crate::keys::{classify, KeyLease, KeyPool, Outcome};
-use crate::upstream::health::{connect_cause, Refusal, UpstreamHealth};
 use crate::upstream::client::{Response, UpstreamClient};
+use crate::upstream::health::{connect_cause, Refusal, UpstreamHealth};
 use crate::upstream::verdict::{self, Bad, UpstreamErrorBody};
 
 /// Upstream error bodies are read up to this size: enough for any error JSON, bounded so a

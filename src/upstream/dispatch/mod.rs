@@ -331,6 +331,18 @@ fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
     }
 }
 
+/// An error's chain as one line (a client error's top-level message alone says little).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,16 +387,4 @@ mod tests {
         b.failed(true);
         assert!(!b.spent());
     }
-}
-
-/// An error's chain as one line (a client error's top-level message alone says little).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
