@@ -871,4 +871,76 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(s.take(Instant::now(), 0, None).is_ok());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn tpm_charges_the_estimate_and_the_answer_corrects_it() {
+        let mut s = KeyState::new(None, Instant::now());
+        s.set_tpm(Some(60), Instant::now());
+        // Estimate 20, answer 4, ten times over: 40 of 60 tokens spent, still usable.
+        for _ in 0..10 {
+            s.take(Instant::now(), 0, None).unwrap();
+            s.spend_tokens(20.0, Instant::now());
+            s.spend_tokens(4.0 - 20.0, Instant::now());
+        }
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        s.spend_tokens(20.0, Instant::now());
+        let Err(Blocked::Paced { until, by }) = s.check(Instant::now(), 0, None) else {
+            panic!("60 tokens spent")
+        };
+        // At 1 token a second, one token is back after a second.
+        assert_eq!(
+            (by, until - Instant::now()),
+            (Pace::Tpm, Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        s.set_tpm(None, Instant::now());
+        s.spend_tokens(1000.0, Instant::now());
+        assert!(
+            s.check(Instant::now(), 0, None).is_ok(),
+            "no tpm=, no budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_key_is_skipped_until_its_reset() {
+        let mut s = KeyState::new(None, Instant::now());
+        s.pace(Instant::now() + Duration::from_secs(2));
+        let Err(Blocked::Paced { by, .. }) = s.take(Instant::now(), 0, None) else {
+            panic!("paced")
+        };
+        assert_eq!(by, Pace::Upstream);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            s.take(Instant::now(), 0, None),
+            Ok(PLAIN),
+            "no trial: it was never benched"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_account_limit_cuts_a_longer_cooldown_only() {
+        let cfg = cfg();
+        let mut s = KeyState::new(None, Instant::now());
+        let retry = |secs| Outcome::RateLimited {
+            reset: Some(Duration::from_secs(secs)),
+        };
+        s.record(Instant::now(), retry(60), PLAIN, &cfg, 0.5);
+        let cap = Transition::CapRateLimit {
+            until: Instant::now() + Duration::from_secs(2),
+        };
+        assert!(s.apply(Instant::now(), cap, &cfg));
+        assert!(!s.apply(Instant::now(), cap, &cfg), "already as short");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        // A quota bench or a breaker is the key's own: not cut.
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
+        assert!(!s.apply(Instant::now(), cap, &cfg));
+    }
 }
