@@ -454,4 +454,27 @@ mod tests {
             .await
             .is_err());
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_waits_for_a_paced_key() {
+        let mut cfg = Settings::default().scheduler;
+        cfg.queue_timeout = Duration::from_secs(5);
+        let p = KeyPool::new(&[KeySpec::new("a")], cfg);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        headers.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        let mut lease = p.acquire(&[]).unwrap();
+        lease.pace(&headers);
+        lease.report(Outcome::Success, Some(200), "");
+        drop(lease);
+        assert!(matches!(
+            p.acquire(&[]),
+            Err(NoKey::AllRateLimited { retry_after }) if retry_after == Duration::from_secs(2)
+        ));
+        assert!(p.no_key_summary().contains("1 paced until "));
+        let start = Instant::now();
+        let lease = p.acquire_wait(&[], start + Duration::from_secs(5)).await;
+        assert!(lease.is_ok());
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+    }
 }
