@@ -8,6 +8,7 @@ mod request;
 mod scan;
 mod shape;
 mod shutdown;
+mod stream_usage;
 mod upstream_error;
 
 use std::fmt;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
 
-pub use error::{ErrorKind, GatewayError, TimeoutKind};
+pub use error::{ClientLimit, ErrorKind, GatewayError, TimeoutKind};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;
 pub use upstream_error::UpstreamErrorBody;

@@ -4,33 +4,25 @@
 //!
 //! [`Secret::matches`]: crate::config::Secret::matches
 
-use super::Core;
+use super::{Caller, Core};
 use crate::chat::GatewayError;
 
 impl Core {
     /// Whether clients need a gateway token (`GATEWAY_AUTH_TOKENS` or `--auth-tokens-file`).
     pub fn client_tokens_required(&self) -> bool {
-        !self.auth_tokens.is_empty()
+        self.clients.required()
     }
 
-    /// Checks a client's `Authorization` value when gateway tokens are configured.
-    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), GatewayError> {
-        if self.auth_tokens.is_empty() {
-            return Ok(());
+    /// Checks a client's `Authorization` value when gateway tokens are configured, and says
+    /// who the caller is (its name and limits come with it).
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Caller, GatewayError> {
+        if !self.clients.required() {
+            return Ok(Caller::default());
         }
         let token = authorization
             .and_then(bearer_token)
             .ok_or(GatewayError::Unauthenticated)?;
-        // Check every token so the time taken does not say which one nearly matched.
-        let ok = self
-            .auth_tokens
-            .iter()
-            .fold(false, |ok, t| t.matches(token) | ok);
-        if ok {
-            Ok(())
-        } else {
-            Err(GatewayError::Unauthenticated)
-        }
+        self.clients.authorize(Some(token))
     }
 
     /// `None` when the admin API is off; else whether `authorization` carries the admin token.
