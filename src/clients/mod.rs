@@ -262,6 +262,25 @@ impl Admission {
         Admission { held: None }
     }
 
+    /// [`Admission::settle`], waiting until a shared count has reached Redis (bounded), so
+    /// the client's next request sees it: for whole answers, before the client has them.
+    pub async fn settle_now(&mut self, tokens: u64) {
+        let Some(held) = self.held.take() else { return };
+        let delta = tokens as i64 - held.reserved as i64;
+        match &held.at {
+            At::Local => {
+                if let Some(clients) = &held.counters {
+                    clients.settle_local(&held, delta);
+                }
+            }
+            At::Shared(shared, lease) => {
+                shared
+                    .settle_now(&held.client.id, &held.client.limits, lease, delta, held.today)
+                    .await
+            }
+        }
+    }
+
     /// The request spent `tokens` in all.
     pub fn settle(&mut self, tokens: u64) {
         let Some(held) = self.held.take() else { return };

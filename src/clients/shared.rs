@@ -138,31 +138,33 @@ impl SharedLimits {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let this = self.clone();
+        let (client, limits, lease) = (client.to_owned(), *limits, lease.to_owned());
+        runtime.spawn(async move { this.settle_now(&client, &limits, &lease, delta, today).await });
+    }
+
+    /// Frees a lease and corrects the reserved tokens, within [`CALL_TIMEOUT`].
+    pub async fn settle_now(&self, client: &str, limits: &Limits, lease: &str, delta: i64, today: u64) {
         let keys = [
             self.client_key(client, "conc"),
             self.client_key(client, "tpm"),
             self.client_key(client, &format!("day:{}", day_name(today))),
         ];
-        let lease = lease.to_owned();
-        let (tpm, daily) = (limits.tpm.is_some(), limits.daily_tokens.is_some());
-        let this = self.clone();
-        runtime.spawn(async move {
-            let mut invocation = this.0.settle.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-            }
-            invocation
-                .arg(&lease)
-                .arg(delta)
-                .arg(if tpm { "1" } else { "0" })
-                .arg(if daily { "1" } else { "0" });
-            let done: Option<i64> = this
-                .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-                .await;
-            if done.is_none() {
-                tracing::debug!("client limits: a settle did not reach Redis (its lease expires by itself)");
-            }
-        });
+        let mut invocation = self.0.settle.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
+            .arg(lease)
+            .arg(delta)
+            .arg(if limits.tpm.is_some() { "1" } else { "0" })
+            .arg(if limits.daily_tokens.is_some() { "1" } else { "0" });
+        let done: Option<i64> = self
+            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        if done.is_none() {
+            tracing::debug!("client limits: a settle did not reach Redis (its lease expires by itself)");
+        }
     }
 }
 

@@ -33,7 +33,7 @@ impl Core {
         match &dispatched.result {
             Ok(completion) => {
                 meter.answered(&completion.body);
-                meter.finish(Outcome::Completed);
+                meter.finish_settled(Outcome::Completed).await;
             }
             Err(error) => meter.finish(Meter::outcome_of(error)),
         }

@@ -90,12 +90,18 @@ impl Meter {
         }
     }
 
-    /// Ends the request: writes its record (only the first call does anything).
-    pub fn finish(&mut self, outcome: Outcome) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
+    /// [`Meter::finish`] for a whole answer: the client's limits are settled first, waited
+    /// for, so its next request sees this one's tokens.
+    pub async fn finish_settled(&mut self, outcome: Outcome) {
+        if let Some(mut admission) = self.admission.take() {
+            admission.settle_now(self.counts().0.total_tokens).await;
         }
-        let (usage, estimated) = match (self.usage, self.ttft) {
+        self.finish(outcome);
+    }
+
+    /// The counts to record: the upstream's, else an estimate (`true`).
+    fn counts(&self) -> (Usage, bool) {
+        match (self.usage, self.ttft) {
             (Some(usage), _) => (usage, false),
             // Nothing came back: nothing to count.
             (None, None) => (Usage::default(), false),
@@ -111,7 +117,15 @@ impl Meter {
                     true,
                 )
             }
-        };
+        }
+    }
+
+    /// Ends the request: writes its record (only the first call does anything).
+    pub fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (usage, estimated) = self.counts();
         if let Some(mut admission) = self.admission.take() {
             admission.settle(usage.total_tokens);
         }
