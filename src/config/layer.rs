@@ -142,6 +142,8 @@ settings_table! {
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
         #[arg(long = "redis", env = "GATEWAY_REDIS_URL", hide_env_values = true)]
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: String, "OTLP/gRPC collector (http://host:4317) to export request and upstream-attempt spans to; off when unset";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";

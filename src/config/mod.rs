@@ -146,6 +146,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
     /// share one Redis; also keys the fingerprint that names a key there.
     pub redis_prefix: String,
+    /// The OTLP/gRPC collector spans are exported to (`telemetry::init`); no spans are made
+    /// without one, so tracing costs nothing unless asked for.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -265,6 +268,7 @@ impl Settings {
             metrics_token,
             max_connections,
             redis,
+            otlp_endpoint,
             api_keys: _,
             auth_tokens,
         } = layer;
@@ -310,6 +314,7 @@ impl Settings {
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
+            otlp_endpoint,
         }
     }
 

@@ -36,6 +36,9 @@ use crate::chat::{
 };
 use crate::config::{SchedulerSettings, Timeouts};
 use crate::keys::{KeyLease, KeyPool, NoKey};
+use crate::metrics::Metrics;
+use crate::trace;
+use tracing::Instrument;
 
 pub struct Dispatcher {
     pool: Arc<KeyPool>,
@@ -45,6 +48,8 @@ pub struct Dispatcher {
     queue_timeout: Duration,
     /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
     shutdown: CancellationToken,
+    /// Attempts per request, each attempt's latency by key, a stream's first token and end.
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -62,6 +67,7 @@ impl Dispatcher {
             timeouts,
             queue_timeout: scheduler.queue_timeout,
             shutdown: CancellationToken::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -71,20 +77,35 @@ impl Dispatcher {
         self
     }
 
+    /// The metrics the dispatcher records into (the gateway's, which `/metrics` renders).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// A whole (non-streaming) completion.
     pub async fn complete(
         &self,
         req: &ChatRequest,
         ctx: &RequestContext,
     ) -> Dispatched<Completion> {
-        self.run::<Whole>(req, ctx).await
+        let dispatched = self.run::<Whole>(req, ctx).await;
+        if let Ok(completion) = &dispatched.result {
+            trace::completion(&ctx.span, &completion.body);
+        }
+        dispatched
     }
 
     /// A streaming completion: the chunk stream starts with the first upstream event.
     pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        let started = Instant::now();
         let Dispatched { result, attempts } = self.run::<Streamed>(req, ctx).await;
+        let metrics = &self.metrics;
         Dispatched {
-            result: result.map(|chunks| crate::chat::until_shutdown(chunks, self.shutdown.clone())),
+            result: result.map(|chunks| {
+                let chunks = crate::chat::until_shutdown(chunks, self.shutdown.clone());
+                trace::observe_stream(chunks, metrics.clone(), &ctx.span, started)
+            }),
             attempts,
         }
     }
@@ -93,7 +114,10 @@ impl Dispatcher {
         let deadline = Deadline::of(ctx, Instant::now() + self.timeouts.total);
         let mut budget = Budget::new(self.max_attempts, deadline);
         let mut attempts = Attempts::default();
+        trace::chat_requested(&ctx.span, req.model());
         let result = self.tries::<M>(req, ctx, &mut budget, &mut attempts).await;
+        self.metrics.attempts(attempts.0.len());
+        trace::attempts_done(&ctx.span, attempts.0.len());
         Dispatched { result, attempts }
     }
 
@@ -109,6 +133,9 @@ impl Dispatcher {
         loop {
             let lease = self.lease(budget).await?;
             budget.charge(lease.id());
+            let key = lease.id().clone();
+            let span = trace::attempt_span(&ctx.span, &key, req.model(), attempts.0.len() + 1);
+            let started = Instant::now();
             let attempt = Try {
                 lease,
                 attempts: &mut *attempts,
@@ -116,7 +143,10 @@ impl Dispatcher {
                 idle: self.timeouts.idle,
                 deadline: budget.deadline,
             };
-            match self.attempt::<M>(attempt, req, ctx).await {
+            let result = self.attempt::<M>(attempt, req, ctx).instrument(span.clone()).await;
+            self.metrics.attempt(&key, started.elapsed());
+            trace::attempt_done(&span, attempts.0.last(), result.is_ok());
+            match result {
                 Ok(output) => return Ok(output),
                 Err(Failed::Final(error)) => return Err(error),
                 Err(Failed::Retry(_)) if budget.deadline.passed() => {
