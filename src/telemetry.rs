@@ -63,8 +63,14 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry,
         Some(endpoint) => {
             let provider = provider(endpoint)?;
             let tracer = provider.tracer("megallm-gateway");
+            // The spans carry what an operator asks about; code locations, threads and busy
+            // times would only make every span heavier.
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
                 .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE));
             (Some(layer), Some(provider))
         }

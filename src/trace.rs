@@ -28,6 +28,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::chat::{Attempt, ChunkStream, GatewayError};
 use crate::metrics::{Metrics, Route};
 
+// Integers are recorded as `i64`: the OTLP layer sends a `u64` as a string.
+
 /// The target of every span here: the OTLP layer takes exactly these, the log layer none.
 pub const TARGET: &str = "megallm_gateway::otel";
 
@@ -85,7 +87,7 @@ pub fn http_status(span: &Span, status: u16) {
     if span.is_disabled() {
         return;
     }
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         span.record("otel.status_code", "error");
     }
@@ -130,7 +132,7 @@ pub fn attempt_span(request: &Span, key: &str, model: &str, number: usize) -> Sp
         gen_ai.provider.name = "openai",
         gen_ai.request.model = model,
         gateway.key = key,
-        gateway.attempt = number,
+        gateway.attempt = number as i64,
         gateway.attempt.outcome = Empty,
         http.response.status_code = Empty,
     )
@@ -144,7 +146,7 @@ pub fn attempt_done(span: &Span, last: Option<&Attempt>, won: bool) {
     if let Some(attempt) = last {
         span.record("gateway.attempt.outcome", attempt.outcome.to_string());
         if let crate::chat::AttemptOutcome::Status(status) = attempt.outcome {
-            span.record("http.response.status_code", status);
+            span.record("http.response.status_code", i64::from(status));
         }
     }
     if !won {
@@ -155,13 +157,16 @@ pub fn attempt_done(span: &Span, last: Option<&Attempt>, won: bool) {
 /// The attempts a request made, once they are over.
 pub fn attempts_done(span: &Span, n: usize) {
     if !span.is_disabled() {
-        span.record("gateway.attempts", n);
+        span.record("gateway.attempts", n as i64);
     }
 }
 
 /// The `traceparent` to send upstream: the current span's (the attempt's) context. `None`
 /// with the export off.
 pub fn traceparent() -> Option<HeaderValue> {
+    if !enabled() {
+        return None;
+    }
     let span = Span::current();
     if span.is_disabled() {
         return None;
@@ -239,10 +244,10 @@ impl Facts {
             span.record("gen_ai.response.model", model.as_str());
         }
         if let Some(n) = self.input_tokens {
-            span.record("gen_ai.usage.input_tokens", n);
+            span.record("gen_ai.usage.input_tokens", n as i64);
         }
         if let Some(n) = self.output_tokens {
-            span.record("gen_ai.usage.output_tokens", n);
+            span.record("gen_ai.usage.output_tokens", n as i64);
         }
         if !self.finish_reasons.is_empty() {
             let reasons: Vec<opentelemetry::StringValue> =
