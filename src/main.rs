@@ -18,8 +18,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = match telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref())
-    {
+    let telemetry = match telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("megallm-gateway: {e}");

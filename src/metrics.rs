@@ -383,7 +383,11 @@ impl Metrics {
             if h.total.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let labels = format!("door=\"{}\",route=\"{}\",", route.door().name(), route.name());
+            let labels = format!(
+                "door=\"{}\",route=\"{}\",",
+                route.door().name(),
+                route.name()
+            );
             h.render(out, "gateway_request_duration_seconds", &labels, &BUCKETS);
         }
     }
@@ -558,7 +562,10 @@ mod tests {
     #[test]
     fn routes_are_a_bounded_set() {
         assert_eq!(Route::http(Some("/healthz")).name(), "/healthz");
-        assert_eq!(Route::http(Some("/v1/models/{*id}")).name(), "/v1/models/{*id}");
+        assert_eq!(
+            Route::http(Some("/v1/models/{*id}")).name(),
+            "/v1/models/{*id}"
+        );
         assert_eq!(Route::http(None).name(), "unmatched");
         assert_eq!(Route::http(Some("/x/{*rest}")).name(), "unmatched");
         assert_eq!(Route::http(None).door(), Door::Http);
@@ -578,11 +585,11 @@ mod tests {
         m.record(Route::grpc("ListModels"), Status::Grpc(14), Duration::ZERO);
         let mut out = String::new();
         m.render_requests(&mut out);
-        assert!(out.contains(
-            "gateway_requests_total{door=\"http\",route=\"/healthz\",status=\"200\"} 1"
-        ));
+        assert!(out
+            .contains("gateway_requests_total{door=\"http\",route=\"/healthz\",status=\"200\"} 1"));
         assert!(out.contains("status=\"999\"} 1"));
-        assert!(out.contains("route=\"/megallm.v1.ChatService/ListModels\",grpc_code=\"UNAVAILABLE\"} 1"));
+        assert!(out
+            .contains("route=\"/megallm.v1.ChatService/ListModels\",grpc_code=\"UNAVAILABLE\"} 1"));
         assert!(out.contains("gateway_request_duration_seconds_bucket{door=\"http\",route=\"/healthz\",le=\"0.005\"} 2"));
     }
 }

@@ -84,7 +84,11 @@ fn check_histograms(scrape: &Scrape, text: &str) {
         };
         let mut last = 0.0;
         for b in buckets {
-            assert!(b.count >= last, "{} buckets decrease: {buckets:?}", sample.metric);
+            assert!(
+                b.count >= last,
+                "{} buckets decrease: {buckets:?}",
+                sample.metric
+            );
             last = b.count;
         }
         let inf = buckets
@@ -94,9 +98,7 @@ fn check_histograms(scrape: &Scrape, text: &str) {
         let count = scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == format!("{}_count", sample.metric) && *s.labels == *sample.labels
-            })
+            .find(|s| s.metric == format!("{}_count", sample.metric) && *s.labels == *sample.labels)
             .unwrap_or_else(|| panic!("{} has no _count:\n{text}", sample.metric));
         let count = match count.value {
             Value::Untyped(v) | Value::Counter(v) => v,
@@ -147,9 +149,10 @@ async fn metrics_parse_and_follow_the_conventions() {
     for s in &scrape.samples {
         assert!(
             scrape.docs.contains_key(&s.metric)
-                || ["_sum", "_count"]
-                    .iter()
-                    .any(|x| s.metric.strip_suffix(x).is_some_and(|b| scrape.docs.contains_key(b))),
+                || ["_sum", "_count"].iter().any(|x| s
+                    .metric
+                    .strip_suffix(x)
+                    .is_some_and(|b| scrape.docs.contains_key(b))),
             "{} has no HELP",
             s.metric
         );
@@ -158,7 +161,11 @@ async fn metrics_parse_and_follow_the_conventions() {
     // Routes tell traffic apart; HTTP statuses and gRPC codes are separate labels.
     let requests = "gateway_requests_total";
     let http = |route, status| {
-        value(&scrape, requests, &[("door", "http"), ("route", route), ("status", status)])
+        value(
+            &scrape,
+            requests,
+            &[("door", "http"), ("route", route), ("status", status)],
+        )
     };
     assert_eq!(http("/v1/chat/completions", "200"), Some(2.0), "{text}");
     assert_eq!(http("/healthz", "200"), Some(1.0), "{text}");
@@ -172,10 +179,9 @@ async fn metrics_parse_and_follow_the_conventions() {
     ];
     assert_eq!(value(&scrape, requests, &grpc_ok), Some(1.0), "{text}");
     assert!(
-        !scrape
-            .samples
-            .iter()
-            .any(|s| s.metric == requests && s.labels.get("door") == Some("grpc") && s.labels.get("status").is_some()),
+        !scrape.samples.iter().any(|s| s.metric == requests
+            && s.labels.get("door") == Some("grpc")
+            && s.labels.get("status").is_some()),
         "gRPC series carry an HTTP status label:\n{text}"
     );
     assert_eq!(
@@ -194,7 +200,11 @@ async fn metrics_parse_and_follow_the_conventions() {
     // The LLM histograms: three chat requests, four attempts, one stream.
     let attempts = "gateway_request_upstream_attempts";
     assert_eq!(value(&scrape, attempts, &[]), Some(3.0), "{text}");
-    assert_eq!(value(&scrape, &format!("{attempts}_sum"), &[]), Some(4.0), "{text}");
+    assert_eq!(
+        value(&scrape, &format!("{attempts}_sum"), &[]),
+        Some(4.0),
+        "{text}"
+    );
     let per_key = "gateway_upstream_attempt_duration_seconds";
     let on_key1 = value(&scrape, per_key, &[("key", "key-1")]).unwrap_or(0.0);
     let on_key2 = value(&scrape, per_key, &[("key", "key-2")]).unwrap_or(0.0);
@@ -213,7 +223,9 @@ async fn metrics_parse_and_follow_the_conventions() {
     // The buckets reach from 5 ms to 10 min.
     for le in ["0.005", "600"] {
         assert!(
-            text.contains(&format!("gateway_stream_duration_seconds_bucket{{le=\"{le}\"}}")),
+            text.contains(&format!(
+                "gateway_stream_duration_seconds_bucket{{le=\"{le}\"}}"
+            )),
             "no {le} bucket:\n{text}"
         );
     }

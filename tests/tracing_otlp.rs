@@ -109,7 +109,11 @@ async fn a_request_and_its_attempts_are_spans_of_the_clients_trace() {
     let upstream_parents: Vec<String> = mock
         .chat_requests()
         .iter()
-        .map(|r| r.header_values("traceparent").pop().expect("traceparent upstream"))
+        .map(|r| {
+            r.header_values("traceparent")
+                .pop()
+                .expect("traceparent upstream")
+        })
         .collect();
     assert_eq!(upstream_parents.len(), 3);
     for parent in &upstream_parents {
@@ -117,7 +121,10 @@ async fn a_request_and_its_attempts_are_spans_of_the_clients_trace() {
             parent.starts_with(&format!("00-{TRACE_ID}-")),
             "upstream traceparent {parent} is not the client's trace"
         );
-        assert!(!parent.contains(CLIENT_SPAN), "the attempt is the parent, not the client");
+        assert!(
+            !parent.contains(CLIENT_SPAN),
+            "the attempt is the parent, not the client"
+        );
     }
 
     gw.shutdown().await;
@@ -162,10 +169,7 @@ async fn a_request_and_its_attempts_are_spans_of_the_clients_trace() {
     assert_eq!(int(&attrs, "gateway.attempts"), 2);
     match attrs.get("gen_ai.response.finish_reasons") {
         Some(Any::ArrayValue(a)) => assert_eq!(
-            a.values
-                .iter()
-                .map(|v| v.value.clone())
-                .collect::<Vec<_>>(),
+            a.values.iter().map(|v| v.value.clone()).collect::<Vec<_>>(),
             vec![Some(Any::StringValue("stop".into()))]
         ),
         other => panic!("finish_reasons is {other:?}"),

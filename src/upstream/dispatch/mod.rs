@@ -143,7 +143,10 @@ impl Dispatcher {
                 idle: self.timeouts.idle,
                 deadline: budget.deadline,
             };
-            let result = self.attempt::<M>(attempt, req, ctx).instrument(span.clone()).await;
+            let result = self
+                .attempt::<M>(attempt, req, ctx)
+                .instrument(span.clone())
+                .await;
             self.metrics.attempt(&key, started.elapsed());
             trace::attempt_done(&span, attempts.0.last(), result.is_ok());
             match result {
