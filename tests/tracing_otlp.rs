@@ -83,6 +83,8 @@ async fn a_request_and_its_attempts_are_spans_of_the_clients_trace() {
             .add_service(TraceServiceServer::new(Collector(tx)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    // The log layer comes with the exporter: only warnings, so the test's output stays quiet.
+    std::env::set_var("RUST_LOG", "warn");
     let endpoint = format!("http://{collector_addr}");
     let telemetry = telemetry::init(LogFormat::Text, Some(&endpoint)).expect("exporter");
 
