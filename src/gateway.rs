@@ -73,6 +73,7 @@ impl Gateway {
         let store = crate::keys::store::build(&settings).await?;
         let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         let client = UpstreamClient::new(&settings)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let dispatcher = Dispatcher::new(
             pool.clone(),
             client.clone(),
@@ -80,7 +81,8 @@ impl Gateway {
             settings.timeouts.clone(),
             &settings.scheduler,
         )
-        .with_shutdown(drain.clone());
+        .with_shutdown(drain.clone())
+        .with_metrics(metrics.clone());
         let models = Models::new(
             client.clone(),
             pool.clone(),
@@ -95,7 +97,14 @@ impl Gateway {
         );
         let grace = settings.shutdown_grace;
         let keys_file = settings.keys_file.clone();
-        let core = Arc::new(Core::new(settings, pool, dispatcher, models, auth_tokens));
+        let core = Arc::new(Core::new(
+            settings,
+            pool,
+            dispatcher,
+            models,
+            auth_tokens,
+            metrics,
+        ));
         let watcher = match keys_file {
             Some(path) => Some(watch_keys_file(core.clone(), path, stop.clone())?),
             None => None,

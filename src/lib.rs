@@ -20,7 +20,8 @@
 //!
 //! Around them: `gateway` at the top (the [`Gateway`] handle: start, address, shutdown, key
 //! reloads by file watch and SIGHUP); [`config`]: [`Settings`]; `metrics`; `demo`: the
-//! embedded simulated upstream behind `--demo`; [`telemetry`]: logging.
+//! embedded simulated upstream behind `--demo`; [`telemetry`]: logging and the OTLP trace export; `trace`: the request and
+//! upstream-attempt spans it exports (none are made while it is off).
 //!
 //! The public surface is what `main` and the integration tests use: [`Gateway`],
 //! [`Settings`] (and [`config`]'s types), the generated gRPC types ([`grpc::pb`]) and
@@ -37,6 +38,7 @@ mod keys;
 mod metrics;
 mod server;
 pub mod telemetry;
+mod trace;
 mod upstream;
 
 pub use config::Settings;

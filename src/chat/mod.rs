@@ -30,6 +30,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// The client's own deadline (gRPC `grpc-timeout`); the gateway's `total` timeout applies too.
     pub deadline: Option<Instant>,
+    /// The request's trace span (`trace::request_span`): `Span::none()` unless traces are
+    /// exported, so a clone costs nothing then.
+    pub span: tracing::Span,
 }
 
 impl RequestContext {
@@ -48,6 +51,7 @@ impl RequestContext {
         RequestContext {
             request_id,
             deadline: None,
+            span: tracing::Span::none(),
         }
     }
 }

@@ -144,6 +144,8 @@ settings_table! {
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
         #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
         quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: String, "OTLP/gRPC collector (http://host:4317) to export request and upstream-attempt spans to; off when unset";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";

@@ -150,6 +150,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
     /// share one Redis; also keys the fingerprint that names a key there.
     pub redis_prefix: String,
+    /// The OTLP/gRPC collector spans are exported to (`telemetry::init`); no spans are made
+    /// without one, so tracing costs nothing unless asked for.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -270,6 +273,7 @@ impl Settings {
             max_connections,
             redis,
             quota_reset_utc,
+            otlp_endpoint,
             api_keys: _,
             auth_tokens,
         } = layer;
@@ -316,6 +320,7 @@ impl Settings {
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
+            otlp_endpoint,
         }
     }
 

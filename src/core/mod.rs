@@ -22,7 +22,9 @@ use crate::chat::{ChatRequest, GatewayError};
 use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyView, ReloadSummary};
-pub use crate::metrics::{Door, Metrics};
+pub use crate::metrics::{Door, Metrics, Route, Status};
+/// The trace spans, for the doors to open a request's and record its status.
+pub(crate) use crate::trace;
 pub use crate::upstream::ModelInfo;
 use crate::upstream::{Dispatcher, Models};
 
@@ -31,7 +33,8 @@ pub struct Core {
     pub settings: Settings,
     pub dispatcher: Dispatcher,
     pub models: Models,
-    pub metrics: Metrics,
+    /// Shared with the dispatcher, which records the attempt and stream metrics.
+    pub metrics: Arc<Metrics>,
     /// Private: doors see the pool through the methods below, so none imports `keys/`.
     pool: Arc<KeyPool>,
     auth_tokens: Vec<Secret>,
@@ -44,12 +47,13 @@ impl Core {
         dispatcher: Dispatcher,
         models: Models,
         auth_tokens: Vec<Secret>,
+        metrics: Arc<Metrics>,
     ) -> Core {
         Core {
             settings,
             dispatcher,
             models,
-            metrics: Metrics::default(),
+            metrics,
             pool,
             auth_tokens,
         }

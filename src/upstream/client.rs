@@ -16,6 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::chat::headers;
 use crate::config::{Secret, Settings};
 
+/// W3C Trace Context's header.
+const TRACEPARENT: &str = "traceparent";
+
 pub type Response = http::Response<hyper::body::Incoming>;
 pub type Error = hyper_util::client::legacy::Error;
 
@@ -97,6 +100,10 @@ impl UpstreamClient {
             .header(USER_AGENT, self.user_agent.clone());
         if let Ok(id) = HeaderValue::from_str(request_id) {
             request = request.header(headers::REQUEST_ID, id);
+        }
+        // With traces on, the attempt's span (the current one) continues upstream.
+        if let Some(parent) = crate::trace::traceparent() {
+            request = request.header(TRACEPARENT, parent);
         }
         self.send(request, body).await
     }

@@ -37,6 +37,9 @@ use crate::chat::{
 };
 use crate::config::{SchedulerSettings, Timeouts};
 use crate::keys::{KeyLease, KeyPool, NoKey};
+use crate::metrics::Metrics;
+use crate::trace;
+use tracing::Instrument;
 
 pub struct Dispatcher {
     pool: Arc<KeyPool>,
@@ -48,6 +51,8 @@ pub struct Dispatcher {
     health: UpstreamHealth,
     /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
     shutdown: CancellationToken,
+    /// Attempts per request, each attempt's latency by key, a stream's first token and end.
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -66,6 +71,7 @@ impl Dispatcher {
             queue_timeout: scheduler.queue_timeout,
             health: UpstreamHealth::default(),
             shutdown: CancellationToken::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -75,20 +81,35 @@ impl Dispatcher {
         self
     }
 
+    /// The metrics the dispatcher records into (the gateway's, which `/metrics` renders).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// A whole (non-streaming) completion.
     pub async fn complete(
         &self,
         req: &ChatRequest,
         ctx: &RequestContext,
     ) -> Dispatched<Completion> {
-        self.run::<Whole>(req, ctx).await
+        let dispatched = self.run::<Whole>(req, ctx).await;
+        if let Ok(completion) = &dispatched.result {
+            trace::completion(&ctx.span, &completion.body);
+        }
+        dispatched
     }
 
     /// A streaming completion: the chunk stream starts with the first upstream event.
     pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        let started = Instant::now();
         let Dispatched { result, attempts } = self.run::<Streamed>(req, ctx).await;
+        let metrics = &self.metrics;
         Dispatched {
-            result: result.map(|chunks| crate::chat::until_shutdown(chunks, self.shutdown.clone())),
+            result: result.map(|chunks| {
+                let chunks = crate::chat::until_shutdown(chunks, self.shutdown.clone());
+                trace::observe_stream(chunks, metrics.clone(), &ctx.span, started)
+            }),
             attempts,
         }
     }
@@ -98,7 +119,10 @@ impl Dispatcher {
         let keys = u32::try_from(self.pool.len()).unwrap_or(u32::MAX);
         let mut budget = Budget::new(self.max_attempts, keys, deadline);
         let mut attempts = Attempts::default();
+        trace::chat_requested(&ctx.span, req.model());
         let result = self.tries::<M>(req, ctx, &mut budget, &mut attempts).await;
+        self.metrics.attempts(attempts.0.len());
+        trace::attempts_done(&ctx.span, attempts.0.len());
         Dispatched { result, attempts }
     }
 
@@ -121,6 +145,9 @@ impl Dispatcher {
             let mut lease = self.lease(budget).await?;
             lease.charge_tokens(req.token_estimate());
             budget.start(lease.id());
+            let key = lease.id().clone();
+            let span = trace::attempt_span(&ctx.span, &key, req.model(), attempts.0.len() + 1);
+            let started = Instant::now();
             let attempt = Try {
                 lease,
                 attempts: &mut *attempts,
@@ -130,7 +157,13 @@ impl Dispatcher {
                 health: &self.health,
                 pool: &self.pool,
             };
-            let (error, costs) = match self.attempt::<M>(attempt, req, ctx).await {
+            let result = self
+                .attempt::<M>(attempt, req, ctx)
+                .instrument(span.clone())
+                .await;
+            self.metrics.attempt(&key, started.elapsed());
+            trace::attempt_done(&span, attempts.0.last(), result.is_ok());
+            let (error, costs) = match result {
                 Ok(output) => return Ok(output),
                 Err(Failed::Final(error)) => return Err(error),
                 Err(Failed::Retry(error)) => (error, true),
