@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KeySpec;
-use crate::upstream::models::builtin;
+use crate::catalogue::Catalogue;
+use crate::upstream::models::from_catalogue;
 
 pub struct Demo {
     pub upstream: String,
@@ -43,7 +44,7 @@ pub async fn start(stop: CancellationToken) -> Result<Demo, String> {
 }
 
 async fn models() -> Response {
-    let data: Vec<Value> = builtin()
+    let data: Vec<Value> = from_catalogue(&Catalogue::builtin())
         .iter()
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}))
         .collect();

@@ -2,6 +2,7 @@
 //! [`RequestContext`], the answer shapes ([`Completion`], [`ChunkStream`]), the attempt trail and
 //! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
 
+pub mod context;
 mod error;
 pub mod headers;
 mod request;

@@ -19,6 +19,10 @@ pub struct ChatRequest {
     model: String,
     stream: bool,
     body: Bytes,
+    /// `max_tokens` (or `max_completion_tokens`), for the context check.
+    max_tokens: Option<u64>,
+    /// Bytes of the `messages` JSON: a bound on the prompt's tokens that costs nothing.
+    messages_len: usize,
 }
 
 /// The fields the gateway checks, borrowed from the body; everything else is ignored here and
@@ -112,6 +116,11 @@ impl ChatRequest {
                 _ => return Err(GatewayError::invalid("stream", "stream must be a boolean")),
             },
         };
+        let max_tokens = checked
+            .max_tokens
+            .or(checked.max_completion_tokens)
+            .and_then(|raw| raw.get().parse::<u64>().ok());
+        let messages_len = checked.messages.map_or(0, |raw| raw.get().len());
         let (model, body) = match checked.model {
             Some(raw) => {
                 let model = match serde_json::from_str::<String>(raw.get()) {
@@ -133,6 +142,8 @@ impl ChatRequest {
             model,
             stream,
             body,
+            max_tokens,
+            messages_len,
         })
     }
 
@@ -143,6 +154,16 @@ impl ChatRequest {
 
     pub fn stream(&self) -> bool {
         self.stream
+    }
+
+    /// The output the client asked room for (`max_tokens` or `max_completion_tokens`).
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens
+    }
+
+    /// The length in bytes of `messages`: no prompt has more tokens than this.
+    pub fn messages_len(&self) -> usize {
+        self.messages_len
     }
 
     /// The exact JSON bytes to send upstream.

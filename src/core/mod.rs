@@ -18,12 +18,13 @@ use bytes::Bytes;
 pub use body_timeout::BodyTimeout;
 pub use render::{error_response, set_attempts};
 
+pub use crate::catalogue::Catalogue;
 use crate::chat::{ChatRequest, GatewayError};
 use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics};
-pub use crate::upstream::ModelInfo;
+pub use crate::upstream::{ModelInfo, ModelsSource};
 use crate::upstream::{Dispatcher, Models};
 
 /// Shared by both doors; one per gateway.
@@ -32,6 +33,8 @@ pub struct Core {
     pub dispatcher: Dispatcher,
     pub models: Models,
     pub metrics: Metrics,
+    /// What the gateway knows of each model (context length, output limit, capabilities).
+    pub catalogue: Arc<Catalogue>,
     /// Private: doors see the pool through the methods below, so none imports `keys/`.
     pool: Arc<KeyPool>,
     auth_tokens: Vec<Secret>,
@@ -43,21 +46,33 @@ impl Core {
         pool: Arc<KeyPool>,
         dispatcher: Dispatcher,
         models: Models,
+        catalogue: Arc<Catalogue>,
         auth_tokens: Vec<Secret>,
     ) -> Core {
         Core {
             settings,
             dispatcher,
             models,
+            catalogue,
             metrics: Metrics::default(),
             pool,
             auth_tokens,
         }
     }
 
-    /// Validates and defaults a chat body: the one validation both doors use.
+    /// Validates and defaults a chat body: the one validation both doors use. A request
+    /// whose prompt plus `max_tokens` certainly exceeds the model's context (when the
+    /// catalogue knows it) is refused here, before any key is spent.
     pub fn validate_chat(&self, body: Bytes) -> Result<ChatRequest, GatewayError> {
-        ChatRequest::from_json(body, &self.settings.default_model)
+        let request = ChatRequest::from_json(body, &self.settings.default_model)?;
+        let context = self
+            .catalogue
+            .get(request.model())
+            .and_then(|m| m.context_length);
+        if let Some(context) = context {
+            crate::chat::context::check(&request, context)?;
+        }
+        Ok(request)
     }
 
     /// At least one key can take a request now (`/readyz`, gRPC health).

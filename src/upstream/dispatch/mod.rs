@@ -275,7 +275,7 @@ fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
 }
 
 /// An error's chain as one line (a client error's top-level message alone says little).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
