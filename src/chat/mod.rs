@@ -4,6 +4,7 @@
 
 pub mod context;
 mod error;
+mod forward;
 pub mod headers;
 mod request;
 mod scan;
@@ -20,6 +21,7 @@ use futures_util::Stream;
 use tokio::time::Instant;
 
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
+pub use forward::{Auth, Endpoint, Events, Flavor, Forward};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;
 pub use upstream_error::UpstreamErrorBody;

@@ -173,7 +173,7 @@ impl ChatRequest {
 }
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
-fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
+pub(super) fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
     let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
     let rest = &body[brace + 1..];
     let empty_object = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use body_timeout::BodyTimeout;
-pub use render::{error_response, set_attempts};
+pub use render::{anthropic_error_response, error_response, set_attempts};
 
 pub use crate::catalogue::Catalogue;
-use crate::chat::{ChatRequest, GatewayError};
+use crate::chat::{ChatRequest, Endpoint, Forward, GatewayError};
 use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyView, ReloadSummary};
@@ -35,6 +35,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// What the gateway knows of each model (context length, output limit, capabilities).
     pub catalogue: Arc<Catalogue>,
+    /// The forwarded endpoints: the built-in ones, then `--passthrough-path`s.
+    endpoints: Vec<Arc<Endpoint>>,
     /// Private: doors see the pool through the methods below, so none imports `keys/`.
     pool: Arc<KeyPool>,
     auth_tokens: Vec<Secret>,
@@ -49,7 +51,14 @@ impl Core {
         catalogue: Arc<Catalogue>,
         auth_tokens: Vec<Secret>,
     ) -> Core {
+        let mut endpoints: Vec<Arc<Endpoint>> = Endpoint::builtin().into_iter().map(Arc::new).collect();
+        for path in &settings.passthrough_paths {
+            if !endpoints.iter().any(|e| &e.path == path) {
+                endpoints.push(Arc::new(Endpoint::passthrough(path)));
+            }
+        }
         Core {
+            endpoints,
             settings,
             dispatcher,
             models,
@@ -73,6 +82,22 @@ impl Core {
             crate::chat::context::check(&request, context)?;
         }
         Ok(request)
+    }
+
+    /// The endpoints forwarded besides chat, each for the HTTP door to route.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Checks and defaults a forwarded endpoint's body (JSON object, `model` defaulted where
+    /// the endpoint needs one); `headers`: the client headers the endpoint forwards.
+    pub fn validate_forward(
+        &self,
+        endpoint: Arc<Endpoint>,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Forward, GatewayError> {
+        Forward::from_json(endpoint, body, &self.settings.default_model, headers)
     }
 
     /// At least one key can take a request now (`/readyz`, gRPC health).
