@@ -1,5 +1,6 @@
-//! The one place that decides what an upstream answer says about the key that got it.
-//! DESIGN.md's state table, as a pure function of status, headers and body.
+//! The one place that decides what an upstream answer says about the key that got it: the
+//! key scheduler's state table (README, "What the gateway does with each upstream answer"), as
+//! a pure function of status, headers and body.
 
 use std::time::{Duration, SystemTime};
 
