@@ -79,7 +79,11 @@ const BUILTIN: &[(&str, u64, &[Capability])] = {
         ("llama3.3-70b-instruct", 131_000, &[Tools]),
         ("llama3-8b-instruct", 8_000, &[]),
         ("deepseek-r1-distill-llama-70b", 128_000, &[Reasoning]),
-        ("deepseek-ai/deepseek-v3.1-terminus", 164_000, &[Tools, Reasoning]),
+        (
+            "deepseek-ai/deepseek-v3.1-terminus",
+            164_000,
+            &[Tools, Reasoning],
+        ),
         ("deepseek-ai/deepseek-v3.1", 128_000, &[Tools, Reasoning]),
         ("alibaba-qwen3-32b", 131_000, &[Tools, Reasoning]),
         ("qwen/qwen3-next-80b-a3b-instruct", 262_000, &[Tools]),

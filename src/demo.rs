@@ -13,8 +13,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KeySpec;
 use crate::catalogue::Catalogue;
+use crate::config::KeySpec;
 use crate::upstream::models::from_catalogue;
 
 pub struct Demo {
@@ -145,15 +145,19 @@ async fn embeddings(Json(body): Json<Value>) -> Response {
         .iter()
         .enumerate()
         .map(|(index, text)| {
-            let seed = text.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+            let seed = text
+                .bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
             let vector: Vec<f64> = (0..8)
                 .map(|i| f64::from((seed >> i) % 200) / 100.0 - 1.0)
                 .collect();
             json!({"object": "embedding", "index": index, "embedding": vector})
         })
         .collect();
-    Json(json!({"object": "list", "model": body["model"], "data": data,
-                "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}))
+    Json(
+        json!({"object": "list", "model": body["model"], "data": data,
+                "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
+    )
     .into_response()
 }
 
@@ -244,9 +248,11 @@ async fn messages(Json(body): Json<Value>) -> Response {
     let model = body["model"].clone();
     let usage = json!({"input_tokens": body.to_string().len() / 4, "output_tokens": text.split_whitespace().count()});
     if body["stream"] != Value::Bool(true) {
-        return Json(json!({"id": "msg_demo", "type": "message", "role": "assistant", "model": model,
+        return Json(
+            json!({"id": "msg_demo", "type": "message", "role": "assistant", "model": model,
                            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                           "stop_sequence": null, "usage": usage}))
+                           "stop_sequence": null, "usage": usage}),
+        )
         .into_response();
     }
     let mut events = vec![
@@ -267,7 +273,10 @@ async fn messages(Json(body): Json<Value>) -> Response {
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
         ));
     }
-    events.push((Some("content_block_stop"), json!({"type": "content_block_stop", "index": 0})));
+    events.push((
+        Some("content_block_stop"),
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push((
         Some("message_delta"),
         json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},

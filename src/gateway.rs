@@ -151,7 +151,11 @@ impl Gateway {
             max_connections,
             shutdown,
         ));
-        let all = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+        let all = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         tracing::info!(%addr, listen = %all, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
         if core.client_tokens_required() && core.settings.metrics_token.is_none() {
             tracing::warn!("clients need a gateway token but /metrics is open to anyone who reaches this address; set --metrics-token to close it");

@@ -32,7 +32,10 @@ async fn openai_endpoints_rotate_keys_and_never_forward_the_client_token() {
     let gw = spawn_gateway(&mock, &[KEY1, KEY2], with_token).await;
     for (path, body) in [
         ("/v1/embeddings", json!({"input": "hello"})),
-        ("/v1/completions", json!({"prompt": "hello", "max_tokens": 5})),
+        (
+            "/v1/completions",
+            json!({"prompt": "hello", "max_tokens": 5}),
+        ),
         ("/v1/responses", json!({"input": "hello"})),
     ] {
         let mut keys = Vec::new();
@@ -43,11 +46,21 @@ async fn openai_endpoints_rotate_keys_and_never_forward_the_client_token() {
             assert!(resp.attempts().is_some(), "{path}: no attempt trail");
         }
         for r in mock.requests_to(path) {
-            assert_eq!(r.json.as_ref().unwrap()["model"], "openai-gpt-oss-120b", "{path}");
-            assert_eq!(r.json.as_ref().unwrap()["input"].is_null(), body["input"].is_null());
+            assert_eq!(
+                r.json.as_ref().unwrap()["model"],
+                "openai-gpt-oss-120b",
+                "{path}"
+            );
+            assert_eq!(
+                r.json.as_ref().unwrap()["input"].is_null(),
+                body["input"].is_null()
+            );
             let auth = r.header_values("authorization");
             assert_eq!(auth.len(), 1, "{path}: {auth:?}");
-            assert!(!auth[0].contains(TOKEN), "{path}: the client's token went upstream");
+            assert!(
+                !auth[0].contains(TOKEN),
+                "{path}: the client's token went upstream"
+            );
             keys.push(r.key.clone().unwrap());
         }
         keys.sort();
@@ -83,7 +96,10 @@ async fn a_429_fails_over_and_upstream_text_is_masked() {
         let trail = parse_attempts(&resp.attempts().unwrap());
         assert_eq!(
             trail,
-            [("key-1".into(), "429".into()), ("key-2".into(), "200".into())],
+            [
+                ("key-1".into(), "429".into()),
+                ("key-2".into(), "200".into())
+            ],
             "{path} stream={stream}"
         );
         gw.shutdown().await;
@@ -92,11 +108,16 @@ async fn a_429_fails_over_and_upstream_text_is_masked() {
     let gw = spawn_gateway(&mock, &[KEY1], |_| {}).await;
     mock.set_chat(
         KEY1,
-        Reply::ok().body(json!({"object": "list", "note": format!("served by {KEY1}")}).to_string()),
+        Reply::ok()
+            .body(json!({"object": "list", "note": format!("served by {KEY1}")}).to_string()),
     );
     let resp = post(&gw, "/v1/embeddings", &json!({"input": "x"}), &[]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(!resp.text().contains(KEY1), "the key reached the client: {}", resp.text());
+    assert!(
+        !resp.text().contains(KEY1),
+        "the key reached the client: {}",
+        resp.text()
+    );
     mock.set_chat(KEY1, Reply::error(400, &format!("bad input for {KEY1}")));
     let resp = post(&gw, "/v1/completions", &json!({"prompt": "x"}), &[]).await;
     resp.assert_openai_error(400, None);
@@ -109,20 +130,45 @@ async fn a_429_fails_over_and_upstream_text_is_masked() {
 async fn streams_keep_their_framing() {
     let mock = MockUpstream::start().await;
     let gw = spawn_gateway(&mock, &[KEY1, KEY2], |_| {}).await;
-    let resp = post(&gw, "/v1/completions", &json!({"prompt": "x", "stream": true}), &[]).await;
+    let resp = post(
+        &gw,
+        "/v1/completions",
+        &json!({"prompt": "x", "stream": true}),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("content-type").as_deref(), Some("text/event-stream"));
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
     let text = resp.text();
     assert_eq!(text.matches("data: {").count(), 3, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(!text.contains("event:"), "{text}");
 
-    let resp = post(&gw, "/v1/responses", &json!({"input": "x", "stream": true}), &[]).await;
+    let resp = post(
+        &gw,
+        "/v1/responses",
+        &json!({"input": "x", "stream": true}),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status, 200);
     let text = resp.text();
-    assert!(text.starts_with("event: response.created\ndata: {"), "{text}");
-    assert_eq!(text.matches("event: response.output_text.delta\n").count(), 1, "{text}");
-    assert!(text.contains("event: response.completed\ndata: {"), "{text}");
+    assert!(
+        text.starts_with("event: response.created\ndata: {"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("event: response.output_text.delta\n").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("event: response.completed\ndata: {"),
+        "{text}"
+    );
     assert!(!text.contains("[DONE]"), "{text}");
 
     // An error as the first event: nothing reached the client, so the other key serves.
@@ -133,12 +179,22 @@ async fn streams_keep_their_framing() {
         ]),
     );
     let gw = spawn_gateway(&mock, &[KEY1, KEY2], |_| {}).await;
-    let resp = post(&gw, "/v1/messages", &json!({"messages": [], "stream": true}), &[]).await;
+    let resp = post(
+        &gw,
+        "/v1/messages",
+        &json!({"messages": [], "stream": true}),
+        &[],
+    )
+    .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let trail = parse_attempts(&resp.attempts().unwrap());
     assert_eq!(trail[0], ("key-1".into(), "invalid".into()), "{trail:?}");
     assert_eq!(trail[1], ("key-2".into(), "200".into()), "{trail:?}");
-    assert!(resp.text().starts_with("event: message_start\n"), "{}", resp.text());
+    assert!(
+        resp.text().starts_with("event: message_start\n"),
+        "{}",
+        resp.text()
+    );
 }
 
 /// Anthropic's Messages API: upstream `x-api-key: <pool key>` (no Authorization), the client's
@@ -171,10 +227,17 @@ async fn anthropic_messages() {
     let sent = mock.requests_to("/v1/messages").pop().unwrap();
     let api_key = sent.header_values("x-api-key");
     assert!(api_key == [KEY1] || api_key == [KEY2], "{api_key:?}");
-    assert!(sent.header_values("authorization").is_empty(), "a bearer went upstream too");
+    assert!(
+        sent.header_values("authorization").is_empty(),
+        "a bearer went upstream too"
+    );
     assert_eq!(sent.header_values("anthropic-version"), ["2023-06-01"]);
     assert_eq!(sent.header_values("anthropic-beta"), ["tools-2024-04-04"]);
-    assert_eq!(sent.body, body.to_string().as_bytes(), "the client's bytes, as they came");
+    assert_eq!(
+        sent.body,
+        body.to_string().as_bytes(),
+        "the client's bytes, as they came"
+    );
 
     // The token as a bearer works too; a wrong one is refused in Anthropic's shape.
     let resp = post(&gw, "/v1/messages", &body, &[("authorization", BEARER)]).await;
@@ -189,7 +252,8 @@ async fn anthropic_messages() {
     assert_eq!(resp.json()["error"]["type"], "invalid_request_error");
 
     // A 529 (overloaded) on the first key: the other serves.
-    let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+    let overloaded =
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
     mock.push_chat_once(KEY1, Reply::status(529).body(overloaded.to_string()));
     mock.push_chat_once(KEY2, Reply::status(529).body(overloaded.to_string()));
     let resp = post(&gw, "/v1/messages", &body, &[("x-api-key", TOKEN)]).await;
@@ -207,13 +271,18 @@ async fn anthropic_messages() {
     // Streams: Anthropic's named events, unchanged, in order.
     let mut stream_body = body.clone();
     stream_body["stream"] = json!(true);
-    let resp = eventually("a served stream", PATIENCE, Duration::from_millis(200), || {
-        let (gw, b) = (&gw, &stream_body);
-        async move {
-            let r = post(gw, "/v1/messages", b, &[("x-api-key", TOKEN)]).await;
-            (r.status == 200).then_some(r)
-        }
-    })
+    let resp = eventually(
+        "a served stream",
+        PATIENCE,
+        Duration::from_millis(200),
+        || {
+            let (gw, b) = (&gw, &stream_body);
+            async move {
+                let r = post(gw, "/v1/messages", b, &[("x-api-key", TOKEN)]).await;
+                (r.status == 200).then_some(r)
+            }
+        },
+    )
     .await;
     let text = resp.text();
     let names: Vec<&str> = text
@@ -254,7 +323,11 @@ async fn passthrough_paths_are_forwarded_only_when_listed() {
     let sent = mock.requests_to("/v1/rerank");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].key.as_deref(), Some(KEY1));
-    assert_eq!(sent[0].body.as_ref(), br#"{"q":1}"#, "no model spliced into a passthrough body");
+    assert_eq!(
+        sent[0].body.as_ref(),
+        br#"{"q":1}"#,
+        "no model spliced into a passthrough body"
+    );
 }
 
 /// `/v1/models` says where its list came from: the upstream's (enriched with the catalogue),
@@ -268,7 +341,10 @@ async fn models_say_their_source() {
     })
     .await;
     let resp = gw.http.get("/v1/models").await;
-    assert_eq!(resp.header("x-gateway-models-source").as_deref(), Some("upstream"));
+    assert_eq!(
+        resp.header("x-gateway-models-source").as_deref(),
+        Some("upstream")
+    );
     let list = resp.json();
     let llama = &list["data"][0];
     assert_eq!(llama["id"], "llama3-8b-instruct");
@@ -276,31 +352,49 @@ async fn models_say_their_source() {
     assert!(list["data"][1].get("context_length").is_none(), "{list}");
 
     mock.set_models_down(true);
-    let resp = eventually("the cached list", PATIENCE, Duration::from_millis(25), || {
-        let gw = &gw;
-        async move {
-            let r = gw.http.get("/v1/models").await;
-            (r.header("x-gateway-models-source").as_deref() == Some("cache")).then_some(r)
-        }
-    })
+    let resp = eventually(
+        "the cached list",
+        PATIENCE,
+        Duration::from_millis(25),
+        || {
+            let gw = &gw;
+            async move {
+                let r = gw.http.get("/v1/models").await;
+                (r.header("x-gateway-models-source").as_deref() == Some("cache")).then_some(r)
+            }
+        },
+    )
     .await;
-    assert_eq!(resp.json()["data"][1]["id"], "up-only", "the last good list");
+    assert_eq!(
+        resp.json()["data"][1]["id"],
+        "up-only",
+        "the last good list"
+    );
     let one = gw.http.get("/v1/models/up-only").await;
     assert_eq!(one.status, 200);
-    assert_eq!(one.header("x-gateway-models-source").as_deref(), Some("cache"));
+    assert_eq!(
+        one.header("x-gateway-models-source").as_deref(),
+        Some("cache")
+    );
 
     // A gateway whose upstream never answered: the catalogue's models.
     let gw = spawn_gateway(&mock, &[KEY1], |_| {}).await;
     let resp = gw.http.get("/v1/models").await;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("x-gateway-models-source").as_deref(), Some("catalogue"));
+    assert_eq!(
+        resp.header("x-gateway-models-source").as_deref(),
+        Some("catalogue")
+    );
     let ids: Vec<String> = resp.json()["data"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
-    assert!(ids.contains(&"qwen/qwen3-next-80b-a3b-instruct".to_owned()), "{ids:?}");
+    assert!(
+        ids.contains(&"qwen/qwen3-next-80b-a3b-instruct".to_owned()),
+        "{ids:?}"
+    );
     assert!(!ids.contains(&"up-only".to_owned()));
 }
 
@@ -322,7 +416,11 @@ async fn the_context_check_on_both_sides_of_the_limit() {
     let resp = gw.http.chat(&body(7_500)).await;
     let error = resp.assert_openai_error(400, Some("messages"));
     assert_eq!(error["code"], "context_length_exceeded", "{error}");
-    assert_eq!(mock.chat_count(), 1, "a key was spent on a request that cannot fit");
+    assert_eq!(
+        mock.chat_count(),
+        1,
+        "a key was spent on a request that cannot fit"
+    );
     // A model the catalogue does not know is never refused for length.
     let mut unknown = body(1_000_000);
     unknown["model"] = json!("not-in-the-catalogue");

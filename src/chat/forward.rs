@@ -205,7 +205,12 @@ mod tests {
     }
 
     fn forward(path: &str, body: &str) -> Result<Forward, GatewayError> {
-        Forward::from_json(endpoint(path), Bytes::from(body.to_owned()), "dm", Vec::new())
+        Forward::from_json(
+            endpoint(path),
+            Bytes::from(body.to_owned()),
+            "dm",
+            Vec::new(),
+        )
     }
 
     #[test]
@@ -215,10 +220,19 @@ mod tests {
         assert_eq!(f.body().as_ref(), br#"{"model":"dm","input":"x"}"#);
         let f = forward("/v1/responses", r#"{"model":"m","stream":true,"x":[1.50]}"#).unwrap();
         assert_eq!((f.model(), f.stream()), (Some("m"), true));
-        assert_eq!(f.body().as_ref(), br#"{"model":"m","stream":true,"x":[1.50]}"#);
+        assert_eq!(
+            f.body().as_ref(),
+            br#"{"model":"m","stream":true,"x":[1.50]}"#
+        );
         let f = forward("/v1/rerank", r#"{"q":1}"#).unwrap();
         assert_eq!(f.model(), None);
-        for bad in ["[1]", "nope", r#"{"model":3}"#, r#"{"stream":"yes"}"#, "{\"a\":"] {
+        for bad in [
+            "[1]",
+            "nope",
+            r#"{"model":3}"#,
+            r#"{"stream":"yes"}"#,
+            "{\"a\":",
+        ] {
             let e = forward("/v1/completions", bad).unwrap_err();
             assert_eq!(e.http_status(), 400, "{bad}");
         }

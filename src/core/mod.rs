@@ -24,8 +24,8 @@ use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics};
-pub use crate::upstream::{ModelInfo, ModelsSource};
 use crate::upstream::{Dispatcher, Models};
+pub use crate::upstream::{ModelInfo, ModelsSource};
 
 /// Shared by both doors; one per gateway.
 pub struct Core {
@@ -51,7 +51,8 @@ impl Core {
         catalogue: Arc<Catalogue>,
         auth_tokens: Vec<Secret>,
     ) -> Core {
-        let mut endpoints: Vec<Arc<Endpoint>> = Endpoint::builtin().into_iter().map(Arc::new).collect();
+        let mut endpoints: Vec<Arc<Endpoint>> =
+            Endpoint::builtin().into_iter().map(Arc::new).collect();
         for path in &settings.passthrough_paths {
             if !endpoints.iter().any(|e| &e.path == path) {
                 endpoints.push(Arc::new(Endpoint::passthrough(path)));

@@ -204,17 +204,17 @@ impl Models {
             .pool
             .acquire(&[])
             .map_err(|_| "no key can serve now".to_owned())?;
-        let response =
-            match timeout(self.request_timeout, self.client.models(lease.secret())).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    return Err(lease.mask(&format!(
-                        "GET /models failed: {}",
-                        super::dispatch::describe(&e)
-                    )))
-                }
-                Err(_) => return Err("GET /models timed out".into()),
-            };
+        let response = match timeout(self.request_timeout, self.client.models(lease.secret())).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(lease.mask(&format!(
+                    "GET /models failed: {}",
+                    super::dispatch::describe(&e)
+                )))
+            }
+            Err(_) => return Err("GET /models timed out".into()),
+        };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = match timeout(self.request_timeout, response.into_body().collect()).await {

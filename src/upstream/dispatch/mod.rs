@@ -217,7 +217,11 @@ struct Whole;
 impl Mode for Whole {
     type Output = Completion;
 
-    async fn finish(attempt: Try<'_>, response: Response, _: Call<'_>) -> Result<Completion, Failed> {
+    async fn finish(
+        attempt: Try<'_>,
+        response: Response,
+        _: Call<'_>,
+    ) -> Result<Completion, Failed> {
         attempt.read_whole(response).await
     }
 }

@@ -12,7 +12,10 @@ pub(super) enum Shaped {
     Whole(Bytes),
     /// The stream's events (`event: <name>\n<data>` for a named one) and whether `[DONE]`
     /// follows.
-    Events { events: Vec<String>, done: bool },
+    Events {
+        events: Vec<String>,
+        done: bool,
+    },
 }
 
 pub(super) fn answer(

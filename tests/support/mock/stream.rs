@@ -71,7 +71,10 @@ fn event_pieces(reply: &Reply, data: &str) -> VecDeque<Bytes> {
         text.push_str(&format!(": keep-alive{nl}{nl}: a comment line{nl}"));
     }
     // A named event is given as `event: <name>\n<data>`.
-    match data.strip_prefix("event: ").and_then(|rest| rest.split_once('\n')) {
+    match data
+        .strip_prefix("event: ")
+        .and_then(|rest| rest.split_once('\n'))
+    {
         Some((name, data)) => text.push_str(&format!("event: {name}{nl}data: {data}{nl}{nl}")),
         None => text.push_str(&format!("data: {data}{nl}{nl}")),
     }
