@@ -189,6 +189,13 @@ impl Forward {
     pub fn headers(&self) -> &[(&'static str, String)] {
         &self.headers
     }
+
+    /// Tokens this request may cost before the upstream says, as chat's
+    /// (`ChatRequest::token_estimate`): the body's bytes / 4, plus the default answer.
+    pub fn token_estimate(&self) -> u32 {
+        let prompt = u32::try_from(self.body.len() / 4).unwrap_or(u32::MAX);
+        prompt.saturating_add(super::request::DEFAULT_ANSWER_TOKENS)
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ pub struct ChatRequest {
     model: String,
     stream: bool,
     body: Bytes,
-    /// `max_tokens` (or `max_completion_tokens`), for the context check.
-    max_tokens: Option<u64>,
+    /// The answer's length the client allows (`max_completion_tokens`, else `max_tokens`).
+    max_tokens: Option<u32>,
     /// Bytes of the `messages` JSON: a bound on the prompt's tokens that costs nothing.
     messages_len: usize,
 }
@@ -116,10 +116,10 @@ impl ChatRequest {
                 _ => return Err(GatewayError::invalid("stream", "stream must be a boolean")),
             },
         };
-        let max_tokens = checked
-            .max_tokens
-            .or(checked.max_completion_tokens)
-            .and_then(|raw| raw.get().parse::<u64>().ok());
+        let max_tokens = [checked.max_completion_tokens, checked.max_tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|raw| raw.get().parse::<u32>().ok());
         let messages_len = checked.messages.map_or(0, |raw| raw.get().len());
         let (model, body) = match checked.model {
             Some(raw) => {
@@ -141,8 +141,8 @@ impl ChatRequest {
         Ok(ChatRequest {
             model,
             stream,
-            body,
             max_tokens,
+            body,
             messages_len,
         })
     }
@@ -156,9 +156,9 @@ impl ChatRequest {
         self.stream
     }
 
-    /// The output the client asked room for (`max_tokens` or `max_completion_tokens`).
+    /// The output the client asked room for (`max_completion_tokens`, else `max_tokens`).
     pub fn max_tokens(&self) -> Option<u64> {
-        self.max_tokens
+        self.max_tokens.map(u64::from)
     }
 
     /// The length in bytes of `messages`: no prompt has more tokens than this.
@@ -170,7 +170,20 @@ impl ChatRequest {
     pub fn body(&self) -> &Bytes {
         &self.body
     }
+
+    /// Tokens this request may cost, before the upstream says (`usage`): the body's bytes / 4
+    /// for the prompt, plus `max_tokens` when given, else [`DEFAULT_ANSWER_TOKENS`]. A key's
+    /// `tpm=` budget is charged this much up front and corrected by the answer.
+    pub fn token_estimate(&self) -> u32 {
+        let prompt = u32::try_from(self.body.len() / 4).unwrap_or(u32::MAX);
+        prompt.saturating_add(self.max_tokens.unwrap_or(DEFAULT_ANSWER_TOKENS))
+    }
 }
+
+/// The answer's tokens assumed for a `tpm=` budget when the request sets no `max_tokens`.
+pub const DEFAULT_ANSWER_TOKENS: u32 = 16;
+
+impl ChatRequest {}
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
 pub(super) fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {

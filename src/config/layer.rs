@@ -10,7 +10,7 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::Deserialize;
 
-use super::{HumanDuration, LogFormat, Secret, Strategy};
+use super::{HumanDuration, LogFormat, Secret, Strategy, UtcTime};
 
 /// Defines [`Layer`]: `required` rows have a default (every merged layer holds them),
 /// `optional` rows may stay unset, `lists` are comma lists read from the environment only (a
@@ -157,6 +157,8 @@ settings_table! {
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
         #[arg(long, env = "GATEWAY_MODELS_FILE")]
         models_file: PathBuf, "TOML model catalogue (context length, output limit, capabilities) over the built-in one";
+        #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
+        quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";

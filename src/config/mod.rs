@@ -109,6 +109,9 @@ pub struct SchedulerSettings {
     pub breaker_cooldown: Duration,
     /// How long a request may wait for a key to become usable instead of failing at once.
     pub queue_timeout: Duration,
+    /// When the upstream's daily quotas reset: a key whose quota is spent is benched until
+    /// then (when the answer names no reset of its own) rather than for `quota_bench`.
+    pub quota_reset_utc: Option<UtcTime>,
 }
 
 /// Everything the gateway runs on. The outside names (flags, env, TOML keys) are in README's
@@ -288,6 +291,7 @@ impl Settings {
             max_connections,
             redis,
             models_file,
+            quota_reset_utc,
             api_keys: _,
             auth_tokens,
             listen,
@@ -328,6 +332,7 @@ impl Settings {
                 breaker_threshold: set(breaker_threshold),
                 breaker_cooldown: set(breaker_cooldown).0,
                 queue_timeout: set(queue_timeout).0,
+                quota_reset_utc,
             },
             client: ClientLimits {
                 header_timeout: set(client_header_timeout).0,
@@ -487,6 +492,44 @@ fn read_config_file(path: &Path) -> Result<Layer, SettingsError> {
             .map(|span| text[..span.start.min(text.len())].lines().count().max(1)),
         message: e.message().to_owned(),
     })
+}
+
+/// A time of day in UTC, written `HH:MM` (`--quota-reset-utc 00:00`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl UtcTime {
+    /// From `unix_secs` (now, wall clock) to the next time it is this time of day in UTC; a
+    /// full day when it is that minute now.
+    pub fn next_after(self, unix_secs: u64) -> Duration {
+        const DAY: u64 = 86_400;
+        let at = u64::from(self.hour) * 3600 + u64::from(self.minute) * 60;
+        let today = unix_secs % DAY;
+        let wait = (at + DAY - today) % DAY;
+        Duration::from_secs(if wait == 0 { DAY } else { wait })
+    }
+}
+
+impl std::str::FromStr for UtcTime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a time of day like 00:00 or 17:30 (UTC)");
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let hour: u8 = h.parse().ok().filter(|h| *h < 24).ok_or_else(bad)?;
+        let minute: u8 = m.parse().ok().filter(|m| *m < 60).ok_or_else(bad)?;
+        Ok(UtcTime { hour, minute })
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -1,6 +1,25 @@
 use super::*;
 
 #[test]
+fn a_daily_reset_time_is_the_next_one() {
+    let t: UtcTime = "01:30".parse().unwrap();
+    let midnight = 1_700_006_400; // a multiple of 86 400: 00:00 UTC
+    assert_eq!(t.next_after(midnight), Duration::from_secs(5400));
+    assert_eq!(
+        t.next_after(midnight + 5400),
+        Duration::from_secs(86_400),
+        "the same minute waits a day"
+    );
+    assert_eq!(
+        t.next_after(midnight + 7200),
+        Duration::from_secs(86_400 - 1800)
+    );
+    for bad in ["24:00", "7", "12:60", "ab:cd"] {
+        assert!(bad.parse::<UtcTime>().is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn precedence_flag_over_file_over_default() {
     let dir = std::env::temp_dir().join(format!("gwcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
