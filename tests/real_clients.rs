@@ -62,6 +62,23 @@ async fn openai_python_sdk_talks_to_the_gateway() {
     gateway.shutdown().await;
 }
 
+/// The official Anthropic SDK on `/v1/messages` (unary and streaming), and embeddings through
+/// the OpenAI SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(real_clients),
+    ignore = "needs Python with the client SDKs: bash .ci/run installs them and sets MEGALLM_TEST_PYTHON"
+)]
+async fn anthropic_python_sdk_talks_to_the_gateway() {
+    let python = python();
+    let gateway = demo_gateway().await;
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::task::spawn_blocking(move || run_script(&python, "anthropic_check.py", &base))
+        .await
+        .unwrap();
+    gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(real_clients),

@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod chat;
 mod error;
+mod forward;
 mod models;
 mod ops;
 
@@ -34,7 +35,11 @@ pub struct RequestNote {
 /// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
 /// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for endpoint in core.endpoints() {
+        router = router.route(&endpoint.path.clone(), forward::route(endpoint.clone()));
+    }
+    router
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))

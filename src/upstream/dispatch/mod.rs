@@ -32,8 +32,8 @@ use super::client::{Response, UpstreamClient};
 use super::health::{Refusal, UpstreamHealth, RATE_WINDOW};
 use super::unstreamed;
 use crate::chat::{
-    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
-    TimeoutKind,
+    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, Events, Forward, GatewayError,
+    RequestContext, TimeoutKind,
 };
 use crate::config::{SchedulerSettings, Timeouts};
 use crate::keys::{KeyLease, KeyPool, NoKey};
@@ -93,7 +93,7 @@ impl Dispatcher {
         req: &ChatRequest,
         ctx: &RequestContext,
     ) -> Dispatched<Completion> {
-        let dispatched = self.run::<Whole>(req, ctx).await;
+        let dispatched = self.run::<Whole>(Call::Chat(req), ctx).await;
         if let Ok(completion) = &dispatched.result {
             trace::completion(&ctx.span, &completion.body);
         }
@@ -102,8 +102,28 @@ impl Dispatcher {
 
     /// A streaming completion: the chunk stream starts with the first upstream event.
     pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        self.streamed(Call::Chat(req), ctx).await
+    }
+
+    /// A forwarded endpoint's whole answer (embeddings, legacy completions, responses,
+    /// Anthropic's messages, passthrough paths): the same keys, attempts, timeouts, verdicts
+    /// and masking as chat.
+    pub async fn forward(&self, req: &Forward, ctx: &RequestContext) -> Dispatched<Completion> {
+        self.run::<Whole>(Call::Forward(req), ctx).await
+    }
+
+    /// A forwarded endpoint's stream, framed as its [`Events`] say.
+    pub async fn forward_stream(
+        &self,
+        req: &Forward,
+        ctx: &RequestContext,
+    ) -> Dispatched<ChunkStream> {
+        self.streamed(Call::Forward(req), ctx).await
+    }
+
+    async fn streamed(&self, call: Call<'_>, ctx: &RequestContext) -> Dispatched<ChunkStream> {
         let started = Instant::now();
-        let Dispatched { result, attempts } = self.run::<Streamed>(req, ctx).await;
+        let Dispatched { result, attempts } = self.run::<Streamed>(call, ctx).await;
         let metrics = &self.metrics;
         Dispatched {
             result: result.map(|chunks| {
@@ -114,7 +134,7 @@ impl Dispatcher {
         }
     }
 
-    async fn run<M: Mode>(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<M::Output> {
+    async fn run<M: Mode>(&self, req: Call<'_>, ctx: &RequestContext) -> Dispatched<M::Output> {
         let deadline = Deadline::of(ctx, Instant::now() + self.timeouts.total);
         let keys = u32::try_from(self.pool.len()).unwrap_or(u32::MAX);
         let mut budget = Budget::new(self.max_attempts, keys, deadline);
@@ -130,7 +150,7 @@ impl Dispatcher {
     /// then the last failure is the client's.
     async fn tries<M: Mode>(
         &self,
-        req: &ChatRequest,
+        req: Call<'_>,
         ctx: &RequestContext,
         budget: &mut Budget,
         attempts: &mut Attempts,
@@ -205,12 +225,46 @@ impl Dispatcher {
     async fn attempt<M: Mode>(
         &self,
         mut attempt: Try<'_>,
-        req: &ChatRequest,
+        req: Call<'_>,
         ctx: &RequestContext,
     ) -> Result<M::Output, Failed> {
         let response = attempt.send(&self.client, req, ctx).await?;
         let response = attempt.judge(response).await?;
-        M::finish(attempt, response).await
+        M::finish(attempt, response, req).await
+    }
+}
+
+/// What a request sends upstream: a chat completion, or a forwarded endpoint's body. Every
+/// step of an attempt is the same for both but the request's line and head
+/// ([`Try::send`]) and how a stream's events are framed.
+#[derive(Clone, Copy)]
+pub(super) enum Call<'a> {
+    Chat(&'a ChatRequest),
+    Forward(&'a Forward),
+}
+
+impl<'a> Call<'a> {
+    /// What a key's `tpm=` budget is charged up front.
+    fn token_estimate(self) -> u32 {
+        match self {
+            Call::Chat(req) => req.token_estimate(),
+            Call::Forward(req) => req.token_estimate(),
+        }
+    }
+
+    /// The model asked for, for the trace (a forwarded body may name none).
+    fn model(self) -> &'a str {
+        match self {
+            Call::Chat(req) => req.model(),
+            Call::Forward(req) => req.model().unwrap_or(""),
+        }
+    }
+
+    fn events(self) -> Events {
+        match self {
+            Call::Chat(_) => Events::Data,
+            Call::Forward(f) => f.endpoint().events,
+        }
     }
 }
 
@@ -222,6 +276,7 @@ trait Mode {
     fn finish(
         attempt: Try<'_>,
         response: Response,
+        call: Call<'_>,
     ) -> impl Future<Output = Result<Self::Output, Failed>> + Send;
 }
 
@@ -231,7 +286,11 @@ struct Whole;
 impl Mode for Whole {
     type Output = Completion;
 
-    async fn finish(attempt: Try<'_>, response: Response) -> Result<Completion, Failed> {
+    async fn finish(
+        attempt: Try<'_>,
+        response: Response,
+        _: Call<'_>,
+    ) -> Result<Completion, Failed> {
         attempt.read_whole(response).await
     }
 }
@@ -243,12 +302,24 @@ struct Streamed;
 impl Mode for Streamed {
     type Output = ChunkStream;
 
-    async fn finish(attempt: Try<'_>, response: Response) -> Result<ChunkStream, Failed> {
+    async fn finish(
+        attempt: Try<'_>,
+        response: Response,
+        call: Call<'_>,
+    ) -> Result<ChunkStream, Failed> {
         if !attempt::is_json(&response) {
-            return Ok(stream::prime(attempt, response).await?.into_chunks());
+            let primed = stream::prime(attempt, response, call.events()).await?;
+            return Ok(primed.into_chunks());
         }
         let completion = attempt.read_whole(response).await?;
-        let events = unstreamed::completion_to_chunks(&completion.body);
+        let events = match call {
+            Call::Chat(_) => unstreamed::completion_to_chunks(&completion.body),
+            // Another endpoint's whole answer goes out as its one event.
+            Call::Forward(f) => match f.endpoint().events {
+                Events::Data => vec![completion.body],
+                Events::Named => vec![super::sse::named_frame(None, &completion.body)],
+            },
+        };
         Ok(Box::pin(futures_stream::iter(events.into_iter().map(Ok))))
     }
 }
@@ -365,7 +436,7 @@ fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
 }
 
 /// An error's chain as one line (a client error's top-level message alone says little).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
