@@ -93,6 +93,18 @@ const BUILTIN: &[(&str, u64, &[Capability])] = {
     ]
 };
 
+/// Models MegaLLM serves whose figures the original service did not record: in the list, with
+/// no context length (so never refused for length).
+const NAMED_ONLY: &[&str] = &[
+    "gpt-4",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-5",
+    "claude-sonnet-4",
+    "gemini-2.5-flash",
+    "deepseek-v3",
+];
+
 /// Why the models file cannot be used; a sentence a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
@@ -121,19 +133,20 @@ impl Default for Catalogue {
 }
 
 impl Catalogue {
-    /// The built-in catalogue.
+    /// The built-in catalogue: the models with known figures, then the other names MegaLLM
+    /// serves (listed when the upstream's own list cannot be had; no context check).
     pub fn builtin() -> Catalogue {
-        Catalogue::of(
-            BUILTIN
-                .iter()
-                .map(|(id, context, caps)| ModelSpec {
-                    id: (*id).to_owned(),
-                    context_length: Some(*context),
-                    max_output_tokens: None,
-                    capabilities: caps.to_vec(),
-                })
-                .collect(),
-        )
+        let known = BUILTIN.iter().map(|(id, context, caps)| ModelSpec {
+            id: (*id).to_owned(),
+            context_length: Some(*context),
+            max_output_tokens: None,
+            capabilities: caps.to_vec(),
+        });
+        let named = NAMED_ONLY.iter().map(|id| ModelSpec {
+            id: (*id).to_owned(),
+            ..ModelSpec::default()
+        });
+        Catalogue::of(known.chain(named).collect())
     }
 
     /// The built-in catalogue, or `path`'s over (or instead of) it.
