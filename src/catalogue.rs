@@ -218,12 +218,13 @@ mod tests {
     #[test]
     fn builtin_figures() {
         let c = Catalogue::builtin();
-        assert_eq!(c.models().len(), 12);
+        assert_eq!(c.models().len(), BUILTIN.len() + NAMED_ONLY.len());
         let ctx = |id: &str| c.get(id).and_then(|m| m.context_length);
         assert_eq!(ctx("openai-gpt-oss-120b"), Some(128_000));
         assert_eq!(ctx("llama3-8b-instruct"), Some(8_000));
         assert_eq!(ctx("qwen/qwen3-next-80b-a3b-instruct"), Some(262_000));
         assert_eq!(ctx("deepseek-ai/deepseek-v3.1-terminus"), Some(164_000));
+        assert!(c.get("gpt-4").is_some(), "a named model is listed");
         assert_eq!(ctx("gpt-4"), None);
     }
 
@@ -243,7 +244,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.models().len(), 13);
+        assert_eq!(c.models().len(), BUILTIN.len() + NAMED_ONLY.len() + 1);
         let m = c.get("llama3-8b-instruct").unwrap();
         assert_eq!(
             (m.context_length, m.max_output_tokens),
