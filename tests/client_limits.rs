@@ -64,7 +64,10 @@ async fn concurrency_is_held_for_a_streams_life() {
     mock.set_chat("key-a", Reply::ok().hold_after(1, &gate));
     let gw = gateway(&mock, "tok-c name=c max_concurrent=1").await;
     let [(name, value)] = auth("tok-c");
-    let mut stream = gw.http.chat_stream_with(&stream_body(), &[(name, &value)]).await;
+    let mut stream = gw
+        .http
+        .chat_stream_with(&stream_body(), &[(name, &value)])
+        .await;
     stream.next_event(PATIENCE).await.expect("first chunk");
     let refused = send(&gw, "tok-c").await;
     let error = refused.assert_openai_error(429, None);
@@ -72,7 +75,11 @@ async fn concurrency_is_held_for_a_streams_life() {
     mock.clear("key-a");
     gate.open();
     while stream.next_event(PATIENCE).await.is_some() {}
-    assert_eq!(send(&gw, "tok-c").await.status, 200, "the place is free again");
+    assert_eq!(
+        send(&gw, "tok-c").await.status,
+        200,
+        "the place is free again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +111,10 @@ async fn tpm_holds_within_five_percent() {
         }
     }
     let spent = admitted * 4;
-    assert!((200..=210).contains(&spent), "{spent} tokens admitted against tpm=200");
+    assert!(
+        (200..=210).contains(&spent),
+        "{spent} tokens admitted against tpm=200"
+    );
     let refused = send(&gw, "tok-t").await;
     assert_eq!(refused.json()["error"]["type"], "tokens");
 }
@@ -129,10 +139,20 @@ async fn grpc_says_resource_exhausted_with_retry_info_and_quota_failure() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    client.create_chat_completion(request(None)).await.expect("first");
-    let limited = client.create_chat_completion(request(None)).await.unwrap_err();
+    client
+        .create_chat_completion(request(None))
+        .await
+        .expect("first");
+    let limited = client
+        .create_chat_completion(request(None))
+        .await
+        .unwrap_err();
     assert_eq!(limited.code(), tonic::Code::ResourceExhausted);
-    assert!(limited.get_details_retry_info().unwrap().retry_delay.is_some());
+    assert!(limited
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .is_some());
     let quota = limited.get_details_quota_failure().expect("QuotaFailure");
     assert_eq!(quota.violations[0].subject, "client:g:rpm");
     assert_eq!(mock.chat_count(), 1);

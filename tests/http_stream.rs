@@ -37,7 +37,11 @@ async fn chunks_arrive_in_order_and_identical_then_done() {
 
     let data = t.data();
     // The client asked for usage: the mock's usage chunk comes before [DONE].
-    assert_eq!(data.len(), 8, "want 6 chunks + usage + [DONE]; got {data:?}");
+    assert_eq!(
+        data.len(),
+        8,
+        "want 6 chunks + usage + [DONE]; got {data:?}"
+    );
     for (i, (got, want)) in data.iter().zip(&sent).enumerate() {
         assert_eq!(as_json(got), as_json(want), "chunk {i}");
     }

@@ -29,7 +29,9 @@ fn bearer(token: &str) -> String {
 
 /// What the mock sent as chunks 0..n of request `seq`, as the client should see them.
 fn expected_chunks(seq: usize, n: usize) -> Vec<String> {
-    let mut out: Vec<String> = (0..n).map(|i| chunk_json(seq, &json!(MODEL), i, n)).collect();
+    let mut out: Vec<String> = (0..n)
+        .map(|i| chunk_json(seq, &json!(MODEL), i, n))
+        .collect();
     out.push("[DONE]".into());
     out
 }
@@ -40,7 +42,10 @@ async fn a_unary_record_holds_the_upstreams_usage() {
     let log = UsageLog::new();
     let gw = gateway(&mock, &log, &["tok-b name=billing"]).await;
     let auth = bearer("tok-b");
-    let resp = gw.http.chat_with(&chat_body(), &[("authorization", &auth)]).await;
+    let resp = gw
+        .http
+        .chat_with(&chat_body(), &[("authorization", &auth)])
+        .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let records = log.wait(1).await;
     assert_eq!(records.len(), 1);
@@ -51,7 +56,11 @@ async fn a_unary_record_holds_the_upstreams_usage() {
     assert_eq!(r["door"], "http");
     assert_eq!(r["endpoint"], "chat/completions");
     assert_eq!(
-        (&r["prompt_tokens"], &r["completion_tokens"], &r["total_tokens"]),
+        (
+            &r["prompt_tokens"],
+            &r["completion_tokens"],
+            &r["total_tokens"]
+        ),
         (&json!(1), &json!(3), &json!(4))
     );
     assert_eq!(r["estimated"], false);
@@ -68,7 +77,11 @@ async fn a_stream_whose_client_did_not_ask_gets_its_bytes_and_the_record_the_usa
     let gw = gateway(&mock, &log, &[]).await;
     let body = stream_body();
     let transcript = gw.http.chat_stream(&body).await.collect().await;
-    assert_eq!(transcript.data(), expected_chunks(0, 3), "no usage chunk reaches the client");
+    assert_eq!(
+        transcript.data(),
+        expected_chunks(0, 3),
+        "no usage chunk reaches the client"
+    );
     // The upstream was asked for usage; the rest of the client's bytes went as they came.
     let sent = mock.chat_requests()[0].json.clone().unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
@@ -164,7 +177,10 @@ async fn a_thousand_concurrent_requests_are_a_thousand_records() {
     let records = log.wait(1000).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(log.records().len(), 1000);
-    let mut ids: Vec<&str> = records.iter().map(|r| r["request_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 1000, "one record per request");
@@ -194,7 +210,9 @@ async fn grpc_and_http_records_have_the_same_fields() {
     let log = UsageLog::new();
     let gw = gateway(&mock, &log, &["tok-g name=svc"]).await;
     let auth = bearer("tok-g");
-    gw.http.chat_with(&chat_body(), &[("authorization", &auth)]).await;
+    gw.http
+        .chat_with(&chat_body(), &[("authorization", &auth)])
+        .await;
     let mut client = grpc_client(&gw).await;
     let mut req = tonic::Request::new(hi());
     req.metadata_mut()
@@ -203,7 +221,11 @@ async fn grpc_and_http_records_have_the_same_fields() {
     let mut req = tonic::Request::new(hi());
     req.metadata_mut()
         .insert("authorization", auth.parse().unwrap());
-    let mut stream = client.stream_chat_completion(req).await.expect("stream").into_inner();
+    let mut stream = client
+        .stream_chat_completion(req)
+        .await
+        .expect("stream")
+        .into_inner();
     let mut n = 0;
     while let Some(msg) = stream.message().await.expect("chunk") {
         let _: pb::ChatCompletionChunk = msg;

@@ -35,7 +35,12 @@ impl ChatRequest {
             None => {
                 // `{` → `{"stream_options":{"include_usage":true},`
                 let brace = text.find('{')?;
-                splice(body, brace + 1, brace + 1, br#""stream_options":{"include_usage":true},"#)
+                splice(
+                    body,
+                    brace + 1,
+                    brace + 1,
+                    br#""stream_options":{"include_usage":true},"#,
+                )
             }
             Some(raw) if raw.get() == "null" => {
                 let at = offset(text, raw.get());
@@ -99,26 +104,45 @@ mod tests {
         let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
         assert_eq!(
             asked(&format!(r#"{{"model":"x","stream":true,{msgs}}}"#)).unwrap(),
-            format!(r#"{{"stream_options":{{"include_usage":true}},"model":"x","stream":true,{msgs}}}"#)
+            format!(
+                r#"{{"stream_options":{{"include_usage":true}},"model":"x","stream":true,{msgs}}}"#
+            )
         );
         assert_eq!(
-            asked(&format!(r#"{{"model":"x","stream":true,"stream_options":null,{msgs}}}"#)).unwrap(),
-            format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#)
+            asked(&format!(
+                r#"{{"model":"x","stream":true,"stream_options":null,{msgs}}}"#
+            ))
+            .unwrap(),
+            format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#
+            )
         );
         assert_eq!(
             asked(&format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage": false}},{msgs}}}"#)).unwrap(),
             format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage": true}},{msgs}}}"#)
         );
         assert_eq!(
-            asked(&format!(r#"{{"model":"x","stream":true,"stream_options":{{ }},{msgs}}}"#)).unwrap(),
-            format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true }},{msgs}}}"#)
+            asked(&format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{ }},{msgs}}}"#
+            ))
+            .unwrap(),
+            format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true }},{msgs}}}"#
+            )
         );
         assert_eq!(
-            asked(&format!(r#"{{"model":"x","stream":true,"stream_options":{{"x":1}},{msgs}}}"#)).unwrap(),
-            format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true,"x":1}},{msgs}}}"#)
+            asked(&format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{"x":1}},{msgs}}}"#
+            ))
+            .unwrap(),
+            format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true,"x":1}},{msgs}}}"#
+            )
         );
         for body in [
-            format!(r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#),
+            format!(
+                r#"{{"model":"x","stream":true,"stream_options":{{"include_usage":true}},{msgs}}}"#
+            ),
             format!(r#"{{"model":"x",{msgs}}}"#),
         ] {
             assert_eq!(asked(&body), None, "{body}");

@@ -59,7 +59,8 @@ impl Counters {
                 for (at, n) in &self.tokens {
                     used -= n;
                     if used < tpm as i64 {
-                        wait = (*at + MINUTE + Duration::from_secs(1)).saturating_duration_since(now);
+                        wait =
+                            (*at + MINUTE + Duration::from_secs(1)).saturating_duration_since(now);
                         break;
                     }
                 }
@@ -141,7 +142,10 @@ mod tests {
         let mut c = Counters::default();
         let t0 = Instant::now();
         c.take(&l, 10, t0, 1).unwrap();
-        assert_eq!(c.take(&l, 10, t0, 1).unwrap_err().0, ClientLimit::Concurrency);
+        assert_eq!(
+            c.take(&l, 10, t0, 1).unwrap_err().0,
+            ClientLimit::Concurrency
+        );
         c.settle(&l, 50, t0, 1); // 60 spent
         c.take(&l, 10, t0, 1).unwrap();
         c.settle(&l, 40, t0, 1); // 110 spent: over tpm
@@ -169,6 +173,9 @@ mod tests {
         let (limit, wait) = c.take(&l, 1, t0 + Duration::from_secs(30), 1).unwrap_err();
         assert_eq!(limit, ClientLimit::Tpm);
         let wait = wait.unwrap();
-        assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(31), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(29) && wait <= Duration::from_secs(31),
+            "{wait:?}"
+        );
     }
 }

@@ -111,7 +111,9 @@ impl Clients {
         lease_ttl: Duration,
     ) -> Clients {
         Clients {
-            tokens: RwLock::new(Arc::new(specs.into_iter().map(Client::new).map(Arc::new).collect())),
+            tokens: RwLock::new(Arc::new(
+                specs.into_iter().map(Client::new).map(Arc::new).collect(),
+            )),
             counters: Mutex::new(HashMap::new()),
             shared,
             lease_ttl,
@@ -119,7 +121,10 @@ impl Clients {
     }
 
     fn list(&self) -> Arc<Vec<Arc<Client>>> {
-        self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether clients must present a token (the list is not empty).
@@ -275,7 +280,13 @@ impl Admission {
             }
             At::Shared(shared, lease) => {
                 shared
-                    .settle_now(&held.client.id, &held.client.limits, lease, delta, held.today)
+                    .settle_now(
+                        &held.client.id,
+                        &held.client.limits,
+                        lease,
+                        delta,
+                        held.today,
+                    )
                     .await
             }
         }
@@ -291,9 +302,13 @@ impl Admission {
                     clients.settle_local(&held, delta);
                 }
             }
-            At::Shared(shared, lease) => {
-                shared.settle(&held.client.id, &held.client.limits, lease, delta, held.today)
-            }
+            At::Shared(shared, lease) => shared.settle(
+                &held.client.id,
+                &held.client.limits,
+                lease,
+                delta,
+                held.today,
+            ),
         }
     }
 }

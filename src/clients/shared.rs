@@ -56,7 +56,13 @@ impl SharedLimits {
     }
 
     async fn conn(&self) -> Option<ConnectionManager> {
-        if let Some(conn) = self.0.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(conn) = self
+            .0
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Some(conn);
         }
         let config = ConnectionManagerConfig::new()
@@ -140,11 +146,21 @@ impl SharedLimits {
         };
         let this = self.clone();
         let (client, limits, lease) = (client.to_owned(), *limits, lease.to_owned());
-        runtime.spawn(async move { this.settle_now(&client, &limits, &lease, delta, today).await });
+        runtime.spawn(async move {
+            this.settle_now(&client, &limits, &lease, delta, today)
+                .await
+        });
     }
 
     /// Frees a lease and corrects the reserved tokens, within [`CALL_TIMEOUT`].
-    pub async fn settle_now(&self, client: &str, limits: &Limits, lease: &str, delta: i64, today: u64) {
+    pub async fn settle_now(
+        &self,
+        client: &str,
+        limits: &Limits,
+        lease: &str,
+        delta: i64,
+        today: u64,
+    ) {
         let keys = [
             self.client_key(client, "conc"),
             self.client_key(client, "tpm"),
@@ -158,12 +174,18 @@ impl SharedLimits {
             .arg(lease)
             .arg(delta)
             .arg(if limits.tpm.is_some() { "1" } else { "0" })
-            .arg(if limits.daily_tokens.is_some() { "1" } else { "0" });
+            .arg(if limits.daily_tokens.is_some() {
+                "1"
+            } else {
+                "0"
+            });
         let done: Option<i64> = self
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await;
         if done.is_none() {
-            tracing::debug!("client limits: a settle did not reach Redis (its lease expires by itself)");
+            tracing::debug!(
+                "client limits: a settle did not reach Redis (its lease expires by itself)"
+            );
         }
     }
 }

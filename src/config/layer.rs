@@ -20,6 +20,7 @@ macro_rules! settings_table {
         required { $( $(#[$ra:meta])* $rf:ident : $rt:ty = $rd:literal, $rh:literal; )* }
         optional { $( $(#[$oa:meta])* $of:ident : $ot:ty, $oh:literal; )* }
         lists { $( $lf:ident, $lenv:literal, $lh:literal; )* }
+        repeated { $( $(#[$pa:meta])* $pf:ident : $pt:ty = $pd:literal, $ph:literal; )* }
     ) => {
         /// One layer of settings: the command line with the environment, or the TOML file.
         #[derive(clap::Args, Deserialize, Default, Debug)]
@@ -32,6 +33,11 @@ macro_rules! settings_table {
                 #[arg(skip = CommaList::from_env($lenv))]
                 pub $lf: Option<CommaList>,
             )*
+            $(
+                $(#[$pa])* #[arg(help = $ph)]
+                #[serde(default, deserialize_with = "one_or_many")]
+                pub $pf: Option<Vec<$pt>>,
+            )*
         }
 
         impl Layer {
@@ -39,6 +45,8 @@ macro_rules! settings_table {
             pub fn defaults() -> Layer {
                 Layer {
                     $( $rf: Some(parse_default::<$rt>(stringify!($rf), $rd)), )*
+                    $( $pf: (!$pd.is_empty())
+                        .then(|| vec![parse_default::<$pt>(stringify!($pf), $pd)]), )*
                     ..Layer::default()
                 }
             }
@@ -50,12 +58,13 @@ macro_rules! settings_table {
                     $( $rf: self.$rf.or(lower.$rf), )*
                     $( $of: self.$of.or(lower.$of), )*
                     $( $lf: self.$lf.or(lower.$lf), )*
+                    $( $pf: self.$pf.filter(|v| !v.is_empty()).or(lower.$pf), )*
                 }
             }
 
             /// The names of every setting, as the TOML file spells them.
             pub fn names() -> &'static [&'static str] {
-                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )*]
+                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )* $( stringify!($pf), )*]
             }
         }
 
@@ -65,6 +74,12 @@ macro_rules! settings_table {
             $( Row { name: stringify!($rf), default: Some($rd), help: $rh, list: false }, )*
             $( Row { name: stringify!($of), default: None, help: $oh, list: false }, )*
             $( Row { name: stringify!($lf), default: None, help: $lh, list: true }, )*
+            $( Row {
+                name: stringify!($pf),
+                default: if $pd.is_empty() { None } else { Some($pd) },
+                help: $ph,
+                list: true,
+            }, )*
         ];
 
         /// What `--help` says after the flags: the settings the command line does not take.
@@ -77,8 +92,6 @@ macro_rules! settings_table {
 
 settings_table! {
     required {
-        #[arg(long, env = "GATEWAY_LISTEN")]
-        listen: SocketAddr = "127.0.0.1:8000", "One address serving HTTP/1.1, h2c and gRPC";
         #[arg(long, env = "MEGALLM_BASE_URL")]
         upstream: String = "https://ai.megallm.io/v1", "OpenAI-compatible upstream base URL";
         #[arg(long, env = "GATEWAY_DEFAULT_MODEL")]
@@ -144,12 +157,22 @@ settings_table! {
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
         #[arg(long, env = "GATEWAY_USAGE_LOG")]
         usage_log: PathBuf, "JSON-lines file of one usage record per request (appended, flushed in batches, reopened on SIGHUP)";
+        #[arg(long, env = "GATEWAY_MODELS_FILE")]
+        models_file: PathBuf, "TOML model catalogue (context length, output limit, capabilities) over the built-in one";
         #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
         quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: String, "OTLP/gRPC collector (http://host:4317) to export request and upstream-attempt spans to; off when unset";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";
         auth_tokens, "GATEWAY_AUTH_TOKENS", "Gateway tokens clients must present, separated by commas";
+    }
+    repeated {
+        #[arg(long, env = "GATEWAY_LISTEN", value_delimiter = ',')]
+        listen: SocketAddr = "127.0.0.1:8000", "Address serving HTTP/1.1, h2c and gRPC; repeat (or comma-separate) for several, e.g. [::1]:8000 [default: 127.0.0.1:8000]";
+        #[arg(long = "passthrough-path", env = "GATEWAY_PASSTHROUGH_PATHS", value_delimiter = ',')]
+        passthrough_path: String = "", "Extra path forwarded through the key pool to the same path upstream (e.g. /v1/audio/speech); repeatable";
     }
 }
 
@@ -240,6 +263,24 @@ impl<'de> Deserialize<'de> for CommaList {
     }
 }
 
+/// A TOML value that is one item or an array of them.
+fn one_or_many<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(Some(match Raw::<T>::deserialize(d)? {
+        Raw::One(item) => vec![item],
+        Raw::Many(items) => items,
+    }))
+}
+
 fn parse_default<T: FromStr>(name: &str, literal: &str) -> T {
     match literal.parse() {
         Ok(v) => v,
@@ -256,7 +297,8 @@ mod tests {
     #[test]
     fn every_default_parses_and_the_command_line_is_well_formed() {
         let d = Layer::defaults();
-        assert_eq!(d.listen, Some("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(d.listen, Some(vec!["127.0.0.1:8000".parse().unwrap()]));
+        assert_eq!(d.passthrough_path, None);
         assert!(d.keys_file.is_none());
         Cli::command().debug_assert();
         assert!(Layer::names().contains(&"client_idle_timeout"));
@@ -311,6 +353,33 @@ mod tests {
                 "{name} is not in gateway.example.toml"
             );
         }
+    }
+
+    #[test]
+    fn listen_and_passthrough_paths_repeat() {
+        let cli = Cli::try_parse_from([
+            "megallm-gateway",
+            "--listen",
+            "127.0.0.1:8000",
+            "--listen",
+            "[::]:8001",
+            "--passthrough-path",
+            "/v1/audio/speech",
+            "--passthrough-path",
+            "/v1/rerank",
+        ])
+        .unwrap();
+        let listen = cli.layer.listen.unwrap();
+        assert_eq!(listen.len(), 2);
+        assert_eq!(listen[1].to_string(), "[::]:8001");
+        assert_eq!(
+            cli.layer.passthrough_path.unwrap(),
+            ["/v1/audio/speech", "/v1/rerank"]
+        );
+        let file: Layer =
+            toml::from_str("listen = \"127.0.0.1:1\"\npassthrough_path = [\"/v1/a\"]").unwrap();
+        assert_eq!(file.listen.unwrap().len(), 1);
+        assert_eq!(file.passthrough_path.unwrap(), ["/v1/a"]);
     }
 
     #[test]

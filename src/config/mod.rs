@@ -127,7 +127,11 @@ pub struct SchedulerSettings {
 /// settings table and in `gateway.example.toml`.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The first address to serve on (`--listen`; the one `Gateway::local_addr` reports).
     pub listen: SocketAddr,
+    /// Further addresses served like `listen` (`--listen` given more than once), so that
+    /// `localhost` works whether it resolves to 127.0.0.1 or ::1.
+    pub extra_listen: Vec<SocketAddr>,
     /// Base URL of the OpenAI-compatible upstream, without a trailing slash.
     pub upstream: String,
     pub keys_file: Option<PathBuf>,
@@ -162,6 +166,13 @@ pub struct Settings {
     /// JSON-lines file of one usage record per request (appended; reopened on SIGHUP so it
     /// can be rotated); `None`: records are only totalled in memory.
     pub usage_log: Option<PathBuf>,
+    /// The OTLP/gRPC collector spans are exported to (`telemetry::init`); no spans are made
+    /// without one, so tracing costs nothing unless asked for.
+    pub otlp_endpoint: Option<String>,
+    /// The model catalogue file (`--models-file`); `None`: the built-in catalogue.
+    pub models_file: Option<PathBuf>,
+    /// Extra paths forwarded through the pool to the same path upstream (`--passthrough-path`).
+    pub passthrough_paths: Vec<String>,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -195,6 +206,20 @@ impl FromStr for LogFormat {
         value_enum(s)
     }
 }
+
+/// Paths the gateway serves itself: `--passthrough-path` may not name them.
+const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
 
 /// Longest duration any setting takes: far past any sane value, far short of overflowing
 /// the clock arithmetic it feeds.
@@ -250,7 +275,6 @@ impl Settings {
     /// whole, so a setting added to the table and forgotten here does not compile.
     fn from_layer(layer: Layer, keys: Vec<KeySpec>) -> Settings {
         let Layer {
-            listen,
             upstream,
             default_model,
             max_attempts,
@@ -281,13 +305,20 @@ impl Settings {
             metrics_token,
             max_connections,
             redis,
+            models_file,
             quota_reset_utc,
             usage_log,
+            otlp_endpoint,
             api_keys: _,
             auth_tokens,
+            listen,
+            passthrough_path,
         } = layer;
+        let mut listen = listen.unwrap_or_default().into_iter();
+        let default_listen = || "127.0.0.1:8000".parse().expect("a valid address");
         Settings {
-            listen: set(listen),
+            listen: listen.next().unwrap_or_else(default_listen),
+            extra_listen: listen.collect(),
             upstream: set(upstream).trim_end_matches('/').to_owned(),
             keys_file,
             keys,
@@ -330,6 +361,9 @@ impl Settings {
             redis,
             redis_prefix: set(redis_prefix),
             usage_log,
+            otlp_endpoint,
+            models_file,
+            passthrough_paths: passthrough_path.unwrap_or_default(),
         }
     }
 
@@ -382,6 +416,16 @@ impl Settings {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err("--redis must be a redis:// or rediss:// URL".into());
+            }
+        }
+        for path in &self.passthrough_paths {
+            let reserved = RESERVED_PATHS.contains(&path.as_str()) || path.starts_with("/admin/");
+            if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) || reserved {
+                return Err(format!(
+                    "--passthrough-path `{path}` must be a plain path starting with `/` (no `{{}}`, `*`, `?`), \
+                     and not one the gateway serves itself"
+                )
+                .into());
             }
         }
         if self.redis_prefix.trim().is_empty() {

@@ -257,7 +257,12 @@ mod tests {
         assert_eq!(spec.models, ["gpt-4o", "openai-gpt-oss-*"]);
         let bare = TokenSpec::parse("tok-bare").unwrap();
         assert_eq!(bare, TokenSpec::bare(Secret::new("tok-bare".into())));
-        for line in ["tok-s rpm=x", "tok-s tok-t", "tok-s colour=red", "tok-s name=a/b"] {
+        for line in [
+            "tok-s rpm=x",
+            "tok-s tok-t",
+            "tok-s colour=red",
+            "tok-s name=a/b",
+        ] {
             let err = TokenSpec::parse(line).unwrap_err().to_string();
             assert!(!err.contains("tok-"), "{line} → {err}");
         }

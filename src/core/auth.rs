@@ -16,12 +16,28 @@ impl Core {
     /// Checks a client's `Authorization` value when gateway tokens are configured, and says
     /// who the caller is (its name and limits come with it).
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Caller, GatewayError> {
+        self.authorize_token(authorization.and_then(bearer_token))
+    }
+
+    /// Anthropic's clients send the token as `x-api-key`; a bearer `Authorization` is taken
+    /// too, first when both are sent.
+    pub fn authorize_api_key(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+    ) -> Result<Caller, GatewayError> {
+        let token = authorization
+            .and_then(bearer_token)
+            .or_else(|| api_key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()));
+        self.authorize_token(token)
+    }
+
+    /// Every token is compared in constant time (`Clients::authorize`).
+    fn authorize_token(&self, token: Option<&[u8]>) -> Result<Caller, GatewayError> {
         if !self.clients.required() {
             return Ok(Caller::default());
         }
-        let token = authorization
-            .and_then(bearer_token)
-            .ok_or(GatewayError::Unauthenticated)?;
+        let token = token.ok_or(GatewayError::Unauthenticated)?;
         self.clients.authorize(Some(token))
     }
 

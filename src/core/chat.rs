@@ -59,7 +59,10 @@ impl Core {
         }
         let asked = req.ask_stream_usage();
         let hide = asked.is_some();
-        let dispatched = self.dispatcher.stream(asked.as_ref().unwrap_or(req), ctx).await;
+        let dispatched = self
+            .dispatcher
+            .stream(asked.as_ref().unwrap_or(req), ctx)
+            .await;
         meter.set_key(dispatched.attempts.last_key());
         let Dispatched { result, attempts } = dispatched;
         let result = match result {
@@ -80,7 +83,7 @@ impl Core {
             req.model(),
             door.name(),
             CHAT,
-            (req.body().len() / 4) as u64,
+            req.body().clone(),
         )
     }
 

@@ -26,9 +26,11 @@ pub struct Meter {
     door: &'static str,
     endpoint: &'static str,
     key: Option<String>,
-    /// The prompt's tokens as the gateway estimates them, for an answer without `usage`.
-    prompt_estimate: u64,
-    /// Bytes of answer content sent so far (a stream's deltas), for the same estimate.
+    /// The request's body, for a prompt estimate (by the tokenizer) when no `usage` came.
+    prompt: Bytes,
+    /// Answer content sent so far (a stream's deltas), for the same estimate; past
+    /// [`CONTENT_KEPT`] only its length is counted (bytes / 4).
+    content: String,
     content_bytes: u64,
     usage: Option<Usage>,
     ttft: Option<Duration>,
@@ -45,7 +47,7 @@ impl Meter {
         model: &str,
         door: &'static str,
         endpoint: &'static str,
-        prompt_estimate: u64,
+        prompt: Bytes,
     ) -> Meter {
         Meter {
             recorder,
@@ -57,7 +59,8 @@ impl Meter {
             door,
             endpoint,
             key: None,
-            prompt_estimate,
+            prompt,
+            content: String::new(),
             content_bytes: 0,
             usage: None,
             ttft: None,
@@ -106,12 +109,14 @@ impl Meter {
             // Nothing came back: nothing to count.
             (None, None) => (Usage::default(), false),
             (None, Some(_)) => {
-                let completion = self.content_bytes.div_ceil(4);
+                let prompt = crate::chat::context::prompt_tokens(&self.prompt);
+                let completion = crate::chat::context::text_tokens(&self.content)
+                    + self.content_bytes.div_ceil(4);
                 (
                     Usage {
-                        prompt_tokens: self.prompt_estimate,
+                        prompt_tokens: prompt,
                         completion_tokens: completion,
-                        total_tokens: self.prompt_estimate + completion,
+                        total_tokens: prompt + completion,
                         ..Usage::default()
                     },
                     true,
@@ -201,7 +206,7 @@ impl Stream for Metered {
                             chunk = strip_null_usage(chunk);
                         }
                     }
-                    this.meter.content_bytes += content_len(&chunk);
+                    add_content(&mut this.meter, &chunk);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Some(Err(error)) => {
@@ -242,8 +247,31 @@ fn strip_null_usage(chunk: Bytes) -> Bytes {
     chunk
 }
 
-/// Bytes of content in a chunk's deltas (text, reasoning, tool calls).
+/// Answer text kept per request for the tokenizer's estimate; past it, bytes / 4.
+const CONTENT_KEPT: usize = 1 << 20;
+
+/// A chunk's delta content (text, reasoning, tool calls) into the meter's estimate.
+fn add_content(meter: &mut Meter, chunk: &[u8]) {
+    each_content(chunk, |text| {
+        if meter.content.len() + text.len() <= CONTENT_KEPT {
+            meter.content.push_str(text);
+        } else {
+            meter.content_bytes += text.len() as u64;
+        }
+    });
+}
+
+/// Bytes of content in a chunk's deltas.
+#[cfg(test)]
 fn content_len(chunk: &[u8]) -> u64 {
+    let mut n = 0;
+    each_content(chunk, |t| n += t.len() as u64);
+    n
+}
+
+/// Each piece of content in a chunk's deltas (text, reasoning, tool calls); a chunk that is
+/// no chat chunk counts whole.
+fn each_content(chunk: &[u8], mut f: impl FnMut(&str)) {
     #[derive(serde::Deserialize)]
     struct Delta<'a> {
         #[serde(borrow, default)]
@@ -264,18 +292,20 @@ fn content_len(chunk: &[u8]) -> u64 {
         choices: Vec<Choice<'a>>,
     }
     let Ok(parsed) = serde_json::from_slice::<Chunk>(chunk) else {
-        return chunk.len() as u64;
+        f(&String::from_utf8_lossy(chunk));
+        return;
     };
-    parsed
-        .choices
-        .iter()
-        .filter_map(|c| c.delta.as_ref())
-        .map(|d| {
-            d.content.as_ref().map_or(0, |c| c.len())
-                + d.reasoning_content.as_ref().map_or(0, |c| c.len())
-                + d.tool_calls.map_or(0, |t| t.get().len())
-        })
-        .sum::<usize>() as u64
+    for d in parsed.choices.iter().filter_map(|c| c.delta.as_ref()) {
+        for text in [d.content.as_deref(), d.reasoning_content.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            f(text);
+        }
+        if let Some(t) = d.tool_calls {
+            f(t.get());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,14 +314,20 @@ mod tests {
 
     #[test]
     fn the_usage_chunk_is_recognised_and_null_usage_stripped() {
-        assert!(usage_only(br#"{"id":"x","choices":[],"usage":{"total_tokens":3}}"#));
-        assert!(!usage_only(br#"{"choices":[{"delta":{}}],"usage":{"total_tokens":3}}"#));
+        assert!(usage_only(
+            br#"{"id":"x","choices":[],"usage":{"total_tokens":3}}"#
+        ));
+        assert!(!usage_only(
+            br#"{"choices":[{"delta":{}}],"usage":{"total_tokens":3}}"#
+        ));
         let c = Bytes::from_static(br#"{"id":"x","choices":[],"usage":null}"#);
         assert_eq!(&strip_null_usage(c)[..], br#"{"id":"x","choices":[]}"#);
         let c = Bytes::from_static(br#"{"usage":null,"id":"x"}"#);
         assert_eq!(&strip_null_usage(c)[..], br#"{"id":"x"}"#);
         assert_eq!(
-            content_len(br#"{"choices":[{"delta":{"content":"abcd"}},{"delta":{"content":"ef"}}]}"#),
+            content_len(
+                br#"{"choices":[{"delta":{"content":"abcd"}},{"delta":{"content":"ef"}}]}"#
+            ),
             6
         );
     }

@@ -60,7 +60,9 @@ impl Usage {
                 .total_tokens
                 .unwrap_or(raw.prompt_tokens + raw.completion_tokens),
             cached_tokens: raw.prompt_tokens_details.and_then(|d| d.cached_tokens),
-            reasoning_tokens: raw.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+            reasoning_tokens: raw
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens),
         })
     }
 }

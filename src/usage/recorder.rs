@@ -140,7 +140,10 @@ impl Recorder {
             let client = record.client.clone().unwrap_or_else(|| NONE.to_owned());
             let key = record.key.clone().unwrap_or_else(|| NONE.to_owned());
             let triple = (client.clone(), model.clone(), key);
-            t.since_start.entry(triple.clone()).or_default().add(&record);
+            t.since_start
+                .entry(triple.clone())
+                .or_default()
+                .add(&record);
             t.today.entry(triple).or_default().add(&record);
             let u = &record.usage;
             for (kind, n) in [
@@ -150,7 +153,9 @@ impl Recorder {
                 ("reasoning", u.reasoning_tokens.unwrap_or(0)),
             ] {
                 if n > 0 || kind == "prompt" || kind == "completion" {
-                    *t.tokens.entry((client.clone(), model.clone(), kind)).or_default() += n;
+                    *t.tokens
+                        .entry((client.clone(), model.clone(), kind))
+                        .or_default() += n;
                 }
             }
             *t.outcomes.entry(record.outcome.name()).or_default() += 1;
@@ -171,7 +176,11 @@ impl Recorder {
         let (today, since_start, day) = {
             let t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
             let current = utc_day(SystemTime::now());
-            let today = if t.day == current { t.today.clone() } else { ByTriple::new() };
+            let today = if t.day == current {
+                t.today.clone()
+            } else {
+                ByTriple::new()
+            };
             (today, t.since_start.clone(), current)
         };
         let mut out = serde_json::json!({
@@ -216,7 +225,10 @@ impl Recorder {
         }
         out.push_str("# HELP gateway_usage_records_total Usage records by how the request ended.\n# TYPE gateway_usage_records_total counter\n");
         for (outcome, n) in &t.outcomes {
-            let _ = writeln!(out, "gateway_usage_records_total{{outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "gateway_usage_records_total{{outcome=\"{outcome}\"}} {n}"
+            );
         }
         out.push_str("# HELP gateway_usage_records_dropped_total Usage records the log writer could not keep up with.\n# TYPE gateway_usage_records_dropped_total counter\n");
         let _ = writeln!(
@@ -372,7 +384,10 @@ async fn add_shared(shared: &SharedLimits, batch: &[Record]) {
         }
     }
     let total = shared.key("usage:total");
-    let day = shared.key(&format!("usage:day:{}", day_name(utc_day(SystemTime::now()))));
+    let day = shared.key(&format!(
+        "usage:day:{}",
+        day_name(utc_day(SystemTime::now()))
+    ));
     let mut pipe = redis::pipe();
     for (field, n) in &sums {
         pipe.hincr(&total, field, *n).ignore();
@@ -383,7 +398,9 @@ async fn add_shared(shared: &SharedLimits, batch: &[Record]) {
         .call(|mut conn| async move { pipe.query_async(&mut conn).await })
         .await;
     if done.is_none() {
-        tracing::debug!("usage totals: Redis did not answer; this batch is in the local totals only");
+        tracing::debug!(
+            "usage totals: Redis did not answer; this batch is in the local totals only"
+        );
     }
 }
 

@@ -79,7 +79,8 @@ pub use megallm_gateway::config::{KeySpec, Secret, Strategy};
 pub use megallm_gateway::{Gateway, Settings};
 #[allow(unused_imports)]
 pub use mock::{
-    chunk_json, error_body, stream_usage, usage_chunk_json, Gate, MockUpstream, Recorded, Reply, StreamEvent, StreamEventKind,
+    chunk_json, error_body, stream_usage, usage_chunk_json, Gate, MockUpstream, Recorded, Reply,
+    StreamEvent, StreamEventKind,
 };
 #[allow(unused_imports)]
 pub use sse::{SseEvent, SseResponse, SseTranscript, StreamEnd};
