@@ -2,6 +2,7 @@
 //! [`RequestContext`], the answer shapes ([`Completion`], [`ChunkStream`]), the attempt trail and
 //! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
 
+mod batch;
 mod error;
 pub mod headers;
 mod request;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
 
+pub use batch::{batches, Batches};
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;
