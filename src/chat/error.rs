@@ -67,12 +67,27 @@ pub enum GatewayError {
         param: Option<String>,
         code: Option<String>,
     },
-    /// Every key that could serve is cooling after rate limits.
-    #[error("all upstream keys are rate limited; retry in {}s", secs_ceil(*retry_after))]
-    RateLimited { retry_after: Duration },
-    /// No key can serve (all disabled, benched or at their limits).
-    #[error("no upstream key can serve this request now{}", retry_hint(*retry_after))]
-    NoKeyAvailable { retry_after: Option<Duration> },
+    /// Every key that could serve is cooling after rate limits (or paced), or the account is
+    /// rate limited as a whole; `why` says which keys and until when, where known.
+    #[error("{}; retry in {}s", why.as_deref().map(no_key).unwrap_or_else(|| "all upstream keys are rate limited".into()), secs_ceil(*retry_after))]
+    RateLimited {
+        retry_after: Duration,
+        why: Option<String>,
+    },
+    /// No key can serve (all disabled, benched or at their limits); `why` names each class
+    /// of key with counts and times (`KeyPool::no_key_summary`), never key material.
+    #[error("{}{}", no_key(why), retry_hint(*retry_after))]
+    NoKeyAvailable {
+        retry_after: Option<Duration>,
+        why: String,
+    },
+    /// The upstream cannot be reached (connect, DNS, TLS; or no key got an answer in time):
+    /// the upstream's outage, not a key's fault. Served again as soon as a probe connects.
+    #[error("upstream unreachable: {cause}; retry in {}s", secs_ceil(*retry_after))]
+    UpstreamUnreachable {
+        cause: String,
+        retry_after: Duration,
+    },
     /// The upstream failed on every attempt (5xx, connection errors, or a 2xx that was no
     /// answer: then `status` is 502, the gateway's verdict on it).
     #[error("upstream unavailable: {message}")]
@@ -104,6 +119,13 @@ pub enum GatewayError {
 
 fn secs_ceil(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+fn no_key(why: &str) -> String {
+    match why {
+        "" => "no upstream key can serve this request now".to_owned(),
+        why => format!("no key can serve: {why}"),
+    }
 }
 
 fn retry_hint(d: Option<Duration>) -> String {
@@ -159,7 +181,9 @@ impl GatewayError {
             GatewayError::NotFound(_) => ErrorKind::NotFound,
             GatewayError::UpstreamRejected { status, .. } => ErrorKind::Rejected(*status),
             GatewayError::RateLimited { .. } => ErrorKind::ResourceExhausted,
-            GatewayError::NoKeyAvailable { .. } => ErrorKind::Unavailable,
+            GatewayError::NoKeyAvailable { .. } | GatewayError::UpstreamUnreachable { .. } => {
+                ErrorKind::Unavailable
+            }
             GatewayError::UpstreamUnavailable { status, .. } => match status {
                 Some(500) | Some(501) => ErrorKind::UpstreamInternal,
                 _ => ErrorKind::Unavailable,
@@ -229,6 +253,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::NoKeyAvailable { .. }
             | GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamUnreachable { .. }
             | GatewayError::ShuttingDown => "service_unavailable_error",
             GatewayError::Timeout { .. } => "timeout_error",
             GatewayError::StreamBroken(_) => "upstream_error",
@@ -251,6 +276,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "all_keys_rate_limited",
             GatewayError::NoKeyAvailable { .. } => "no_key_available",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamUnreachable { .. } => "upstream_unreachable",
             GatewayError::Timeout { kind, .. } => match kind {
                 TimeoutKind::Connect => "connect_timeout",
                 TimeoutKind::FirstByte => "first_byte_timeout",
@@ -280,8 +306,9 @@ impl GatewayError {
     /// How long a client should wait before retrying, where the gateway knows.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::RateLimited { retry_after } => Some(*retry_after),
-            GatewayError::NoKeyAvailable { retry_after }
+            GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::UpstreamUnreachable { retry_after, .. } => Some(*retry_after),
+            GatewayError::NoKeyAvailable { retry_after, .. }
             | GatewayError::UpstreamUnavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
@@ -317,9 +344,23 @@ mod tests {
         assert_eq!(e.param(), Some("temperature"));
         let e = GatewayError::RateLimited {
             retry_after: Duration::from_millis(1200),
+            why: None,
         };
         assert_eq!((e.http_status(), e.retry_after_secs()), (429, Some(2)));
-        let e = GatewayError::NoKeyAvailable { retry_after: None };
+        let e = GatewayError::UpstreamUnreachable {
+            cause: "connection refused".into(),
+            retry_after: Duration::from_millis(500),
+        };
+        assert_eq!((e.http_status(), e.retry_after_secs()), (503, Some(1)));
+        assert_eq!(
+            e.to_string(),
+            "upstream unreachable: connection refused; retry in 1s"
+        );
+        let e = GatewayError::NoKeyAvailable {
+            retry_after: None,
+            why: "1 disabled by an operator".into(),
+        };
+        assert_eq!(e.to_string(), "no key can serve: 1 disabled by an operator");
         assert_eq!(e.http_status(), 503);
         let json: serde_json::Value = serde_json::from_slice(&e.to_openai_json()).unwrap();
         assert_eq!(json["error"]["code"], "no_key_available");

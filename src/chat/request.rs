@@ -19,6 +19,8 @@ pub struct ChatRequest {
     model: String,
     stream: bool,
     body: Bytes,
+    /// The answer's length the client allows (`max_completion_tokens`, else `max_tokens`).
+    max_tokens: Option<u32>,
 }
 
 /// The fields the gateway checks, borrowed from the body; everything else is ignored here and
@@ -112,6 +114,10 @@ impl ChatRequest {
                 _ => return Err(GatewayError::invalid("stream", "stream must be a boolean")),
             },
         };
+        let max_tokens = [checked.max_completion_tokens, checked.max_tokens]
+            .into_iter()
+            .flatten()
+            .find_map(|raw| raw.get().parse::<u32>().ok());
         let (model, body) = match checked.model {
             Some(raw) => {
                 let model = match serde_json::from_str::<String>(raw.get()) {
@@ -132,6 +138,7 @@ impl ChatRequest {
         Ok(ChatRequest {
             model,
             stream,
+            max_tokens,
             body,
         })
     }
@@ -149,7 +156,20 @@ impl ChatRequest {
     pub fn body(&self) -> &Bytes {
         &self.body
     }
+
+    /// Tokens this request may cost, before the upstream says (`usage`): the body's bytes / 4
+    /// for the prompt, plus `max_tokens` when given, else [`DEFAULT_ANSWER_TOKENS`]. A key's
+    /// `tpm=` budget is charged this much up front and corrected by the answer.
+    pub fn token_estimate(&self) -> u32 {
+        let prompt = u32::try_from(self.body.len() / 4).unwrap_or(u32::MAX);
+        prompt.saturating_add(self.max_tokens.unwrap_or(DEFAULT_ANSWER_TOKENS))
+    }
 }
+
+/// The answer's tokens assumed for a `tpm=` budget when the request sets no `max_tokens`.
+pub const DEFAULT_ANSWER_TOKENS: u32 = 16;
+
+impl ChatRequest {}
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
 fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {

@@ -14,6 +14,9 @@ pub struct KeySpec {
     pub max_concurrent: Option<u32>,
     /// At most this many requests started per minute on the key (token bucket).
     pub rpm: Option<u32>,
+    /// At most this many tokens (prompt and answer) per minute on the key: each request is
+    /// charged an estimate up front and corrected by the answer's `usage`.
+    pub tpm: Option<u32>,
 }
 
 /// Why a key line was refused. No variant holds the line's text: it may be a key.
@@ -44,7 +47,7 @@ pub struct KeysFileError {
     pub reason: KeySpecError,
 }
 
-const ATTRIBUTES: [&str; 3] = ["weight", "max_concurrent", "rpm"];
+const ATTRIBUTES: [&str; 4] = ["weight", "max_concurrent", "rpm", "tpm"];
 
 impl KeySpec {
     pub fn new(secret: &str) -> Self {
@@ -53,10 +56,11 @@ impl KeySpec {
             weight: 1,
             max_concurrent: None,
             rpm: None,
+            tpm: None,
         }
     }
 
-    /// Parses `KEY [weight=N] [max_concurrent=N] [rpm=N]`.
+    /// Parses `KEY [weight=N] [max_concurrent=N] [rpm=N] [tpm=N]`.
     pub fn parse(line: &str) -> Result<KeySpec, KeySpecError> {
         let mut parts = line.split_whitespace();
         let key = parts.next().ok_or(KeySpecError::Empty)?;
@@ -86,7 +90,8 @@ impl KeySpec {
             match name {
                 "weight" => spec.weight = n,
                 "max_concurrent" => spec.max_concurrent = Some(n),
-                _ => spec.rpm = Some(n),
+                "rpm" => spec.rpm = Some(n),
+                _ => spec.tpm = Some(n),
             }
         }
         Ok(spec)
@@ -120,7 +125,12 @@ mod tests {
 
     #[test]
     fn key_spec_parses_attributes() {
-        let spec = KeySpec::parse("sk-abc weight=3 max_concurrent=2 rpm=60").unwrap();
+        let spec = KeySpec::parse("sk-abc weight=3 max_concurrent=2 rpm=60 tpm=9000").unwrap();
+        assert_eq!(spec.tpm, Some(9000));
+        assert_eq!(
+            KeySpec::parse("sk-abc tpm=0"),
+            Err(KeySpecError::NotACount("tpm"))
+        );
         assert_eq!(spec.secret.expose(), "sk-abc");
         assert_eq!(spec.weight, 3);
         assert_eq!(spec.max_concurrent, Some(2));

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use clap::Parser;
 use serde::Deserialize;
 
-use super::{HumanDuration, LogFormat, Secret, Strategy};
+use super::{HumanDuration, LogFormat, Secret, Strategy, UtcTime};
 
 /// Defines [`Layer`]: `required` rows have a default (every merged layer holds them),
 /// `optional` rows may stay unset, `lists` are comma lists read from the environment only (a
@@ -146,6 +146,8 @@ settings_table! {
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
         #[arg(long = "redis", env = "GATEWAY_REDIS_URL", hide_env_values = true)]
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
+        #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
+        quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";

@@ -109,9 +109,13 @@ pub struct SchedulerSettings {
     pub breaker_cooldown: Duration,
     /// How long a request may wait for a key to become usable instead of failing at once.
     pub queue_timeout: Duration,
+    /// When the upstream's daily quotas reset: a key whose quota is spent is benched until
+    /// then (when the answer names no reset of its own) rather than for `quota_bench`.
+    pub quota_reset_utc: Option<UtcTime>,
 }
 
-/// Everything the gateway runs on; see CONTRACT.md for the outside names.
+/// Everything the gateway runs on. The outside names (flags, env, TOML keys) are in README's
+/// settings table and in `gateway.example.toml`.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -280,6 +284,7 @@ impl Settings {
             metrics_token,
             max_connections,
             redis,
+            quota_reset_utc,
             api_keys: _,
             auth_tokens,
         } = layer;
@@ -315,6 +320,7 @@ impl Settings {
                 breaker_threshold: set(breaker_threshold),
                 breaker_cooldown: set(breaker_cooldown).0,
                 queue_timeout: set(queue_timeout).0,
+                quota_reset_utc,
             },
             client: ClientLimits {
                 header_timeout: set(client_header_timeout).0,
@@ -469,6 +475,44 @@ fn read_config_file(path: &Path) -> Result<Layer, SettingsError> {
     })
 }
 
+/// A time of day in UTC, written `HH:MM` (`--quota-reset-utc 00:00`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UtcTime {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl UtcTime {
+    /// From `unix_secs` (now, wall clock) to the next time it is this time of day in UTC; a
+    /// full day when it is that minute now.
+    pub fn next_after(self, unix_secs: u64) -> Duration {
+        const DAY: u64 = 86_400;
+        let at = u64::from(self.hour) * 3600 + u64::from(self.minute) * 60;
+        let today = unix_secs % DAY;
+        let wait = (at + DAY - today) % DAY;
+        Duration::from_secs(if wait == 0 { DAY } else { wait })
+    }
+}
+
+impl std::str::FromStr for UtcTime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a time of day like 00:00 or 17:30 (UTC)");
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let hour: u8 = h.parse().ok().filter(|h| *h < 24).ok_or_else(bad)?;
+        let minute: u8 = m.parse().ok().filter(|m| *m < 60).ok_or_else(bad)?;
+        Ok(UtcTime { hour, minute })
+    }
+}
+
+impl<'de> Deserialize<'de> for UtcTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct HumanDuration(pub Duration);
@@ -509,97 +553,5 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn precedence_flag_over_file_over_default() {
-        let dir = std::env::temp_dir().join(format!("gwcfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("g.toml");
-        std::fs::write(
-            &path,
-            "default_model = \"from-file\"\nmax_attempts = 5\nidle_timeout = \"2s\"\napi_keys = [\"k\"]\n",
-        )
-        .unwrap();
-        let cli = Cli {
-            config: Some(path.clone()),
-            layer: Layer {
-                default_model: Some("from-flag".into()),
-                ..Layer::default()
-            },
-        };
-        let s = Settings::from_cli(cli).unwrap();
-        assert_eq!(s.default_model, "from-flag");
-        assert_eq!(s.max_attempts, 5);
-        assert_eq!(s.timeouts.idle, Duration::from_secs(2));
-        assert_eq!(s.timeouts.total, Duration::from_secs(600));
-        assert_eq!(s.keys.len(), 1);
-        std::fs::write(&path, "colour = 1\n").unwrap();
-        let cli = Cli {
-            config: Some(path),
-            ..Cli::default()
-        };
-        let err = Settings::from_cli(cli).unwrap_err().to_string();
-        assert!(err.contains("colour") && err.contains("line 1"), "{err}");
-    }
-
-    #[test]
-    fn every_table_row_is_a_toml_key() {
-        let dir = std::env::temp_dir().join(format!("gwcfg-all-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("g.toml");
-        std::fs::write(
-            &path,
-            "client_idle_timeout = \"3s\"\nmax_connections = 7\nmetrics_token = \"m\"\n\
-             redis = \"redis://127.0.0.1:1/0\"\nredis_prefix = \"gw-a\"\n",
-        )
-        .unwrap();
-        let s = Settings::from_cli(Cli {
-            config: Some(path),
-            ..Cli::default()
-        })
-        .unwrap();
-        assert_eq!(s.client.idle_timeout, Duration::from_secs(3));
-        assert_eq!(s.client.max_connections, Some(7));
-        assert!(s.metrics_token.is_some_and(|t| t.matches(b"m")));
-        assert_eq!(
-            s.redis.as_ref().map(Secret::expose),
-            Some("redis://127.0.0.1:1/0")
-        );
-        assert_eq!(s.redis_prefix, "gw-a");
-        assert_eq!(Settings::default().redis_prefix, "megallm-gateway");
-    }
-
-    #[test]
-    fn the_example_file_parses_to_the_defaults() {
-        let cli = Cli {
-            config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.example.toml").into()),
-            ..Cli::default()
-        };
-        let from_example = Settings::from_cli(cli).unwrap();
-        assert_eq!(
-            format!("{from_example:?}"),
-            format!("{:?}", Settings::default())
-        );
-    }
-
-    #[test]
-    fn defaults_are_the_documented_ones() {
-        let s = Settings::default();
-        assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
-        assert_eq!(s.upstream, "https://ai.megallm.io/v1");
-        assert_eq!(s.default_model, "openai-gpt-oss-120b");
-        assert_eq!(s.max_body_bytes, 32 * 1024 * 1024);
-        assert_eq!(s.timeouts.total, Duration::from_secs(600));
-        assert_eq!(s.scheduler.probe_interval, Duration::from_secs(600));
-        assert_eq!(s.client.header_timeout, Duration::from_secs(10));
-        assert!(!s.demo);
-    }
-
-    #[test]
-    fn no_keys_says_how_to_give_them() {
-        let err = Settings::default().validate().unwrap_err().to_string();
-        assert!(err.contains("MEGALLM_API_KEYS") && err.contains("--demo"));
-    }
-}
+#[path = "tests.rs"]
+mod tests;

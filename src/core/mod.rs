@@ -65,6 +65,12 @@ impl Core {
         self.pool.can_serve_now()
     }
 
+    /// Why no key can serve now, by class with counts and times (`/readyz`); never key
+    /// material.
+    pub fn no_key_summary(&self) -> String {
+        self.pool.no_key_summary()
+    }
+
     /// Every key's state and counters, by id and fingerprint (never the secret).
     pub fn key_view(&self) -> Vec<KeyView> {
         self.pool.view()

@@ -149,7 +149,10 @@ mod tests {
         }
         assert_eq!(code(&GatewayError::Unauthenticated), Code::Unauthenticated);
         assert_eq!(
-            code(&GatewayError::NoKeyAvailable { retry_after: None }),
+            code(&GatewayError::NoKeyAvailable {
+                retry_after: None,
+                why: String::new()
+            }),
             Code::Unavailable
         );
         assert_eq!(
@@ -202,12 +205,26 @@ mod tests {
 
         let limited = GatewayError::RateLimited {
             retry_after: Duration::from_secs(3),
+            why: None,
         };
         let status = to_status(&limited, &ctx, None);
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_details_retry_info().unwrap().retry_delay,
             Some(Duration::from_secs(3))
+        );
+        let down = GatewayError::UpstreamUnreachable {
+            cause: "connection refused".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        let status = to_status(&down, &ctx, None);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status
+            .message()
+            .contains("upstream unreachable: connection refused"));
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(1))
         );
     }
 }

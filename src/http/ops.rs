@@ -20,7 +20,10 @@ pub async fn readyz(State(core): State<Arc<Core>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "no key can serve now"})),
+            Json(json!({
+                "status": "no key can serve now",
+                "reason": format!("no key can serve: {}", core.no_key_summary()),
+            })),
         )
             .into_response()
     }

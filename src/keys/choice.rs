@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lease::KeyLease;
-use super::state::{Blocked, CoolCause};
+use super::state::{Blocked, CoolCause, DisableCause, Health, Pace};
 use super::store::{Refused, Taken};
-use super::{Key, KeyPool};
+use super::{FailureClass, Key, KeyPool};
 use crate::config::Strategy;
 
 /// Why no key was handed out.
@@ -204,6 +204,7 @@ impl KeyPool {
                 Err(Blocked::AtLimit { until }) => {
                     (Some(until.unwrap_or(now + Duration::from_secs(1))), true)
                 }
+                Err(Blocked::Paced { until, .. }) => (Some(until), true),
                 Err(Blocked::TrialBusy) => (Some(now + Duration::from_secs(1)), false),
                 Err(Blocked::Disabled) => continue,
             };
@@ -224,6 +225,93 @@ impl KeyPool {
                 retry_after: earliest_any.map(|at| at.saturating_duration_since(now)),
             },
         }
+    }
+
+    /// Why no key can serve, by class, with counts and times, for the operator and the
+    /// client: `2 disabled (upstream rejected them: 401 invalid api key; probing every 10m),
+    /// 1 cooling until 12:03:05 UTC (rate limited)`. Last errors are masked already; no key
+    /// material is in it. Empty when the pool has no keys at all.
+    pub fn no_key_summary(&self) -> String {
+        let now = Instant::now();
+        let keys = self.keys();
+        if keys.is_empty() {
+            return "the pool has no keys".to_owned();
+        }
+        // (what, count, earliest until), in the order first seen within each class.
+        let mut classes: Vec<(String, usize, Option<Instant>)> = Vec::new();
+        let mut add = |what: String, until: Option<Instant>| match classes
+            .iter_mut()
+            .find(|(w, _, _)| *w == what)
+        {
+            Some((_, n, at)) => {
+                *n += 1;
+                *at = match (*at, until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => classes.push((what, 1, until)),
+        };
+        for key in keys.iter() {
+            match key.check(now) {
+                Ok(()) => add("ready now".into(), None),
+                Err(Blocked::Disabled) => match key.slot.health(now) {
+                    Health::Disabled {
+                        cause: DisableCause::Admin,
+                    } => add("disabled by an operator".into(), None),
+                    _ => {
+                        let last = key.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                        let said = last
+                            .as_ref()
+                            .filter(|e| e.class == FailureClass::Credential)
+                            .map(|e| {
+                                let status = e.status.map(|s| format!("{s} ")).unwrap_or_default();
+                                let message: String = e.message.chars().take(60).collect();
+                                format!(": {status}{message}").trim_end().to_owned()
+                            })
+                            .unwrap_or_default();
+                        add(
+                            format!(
+                                "disabled (upstream rejected {{them}}{said}; probing every {})",
+                                super::human(self.cfg.probe_interval)
+                            ),
+                            None,
+                        );
+                    }
+                },
+                Err(Blocked::Cooling { until, cause }) => {
+                    let why = match cause {
+                        CoolCause::RateLimited => "rate limited",
+                        CoolCause::Quota => "quota exhausted",
+                        CoolCause::Breaker => "breaker open after transient failures",
+                    };
+                    add(format!("cooling ({why})"), Some(until));
+                }
+                Err(Blocked::TrialBusy) => add("on a half-open trial".into(), None),
+                Err(Blocked::AtLimit { until }) => add("at max_concurrent".into(), until),
+                Err(Blocked::Paced { until, by }) => {
+                    let by = match by {
+                        Pace::Rpm => "rpm=",
+                        Pace::Tpm => "tpm=",
+                        Pace::Upstream => "the upstream's x-ratelimit-remaining is 0",
+                    };
+                    add(format!("paced ({by})"), Some(until));
+                }
+            }
+        }
+        classes
+            .into_iter()
+            .map(|(what, n, until)| {
+                let what = what.replace("{them}", if n == 1 { "it" } else { "them" });
+                match (until, what.split_once(" (")) {
+                    (Some(at), Some((verb, why))) => {
+                        format!("{n} {verb} until {} ({why}", super::clock(at, now))
+                    }
+                    _ => format!("{n} {what}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// True when at least one key could take a request now (`/readyz`, gRPC health).
@@ -330,6 +418,11 @@ mod tests {
             })
         );
         assert!(!p.can_serve_now());
+        let why = p.no_key_summary();
+        assert!(
+            why.starts_with("2 cooling until ") && why.ends_with(" UTC (rate limited)"),
+            "{why}"
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(&**p.acquire(&[]).unwrap().id(), "key-2");
     }
@@ -360,5 +453,28 @@ mod tests {
             .acquire_wait(&[], Instant::now() + Duration::from_secs(1))
             .await
             .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_waits_for_a_paced_key() {
+        let mut cfg = Settings::default().scheduler;
+        cfg.queue_timeout = Duration::from_secs(5);
+        let p = KeyPool::new(&[KeySpec::new("a")], cfg);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        headers.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        let mut lease = p.acquire(&[]).unwrap();
+        lease.pace(&headers);
+        lease.report(Outcome::Success, Some(200), "");
+        drop(lease);
+        assert!(matches!(
+            p.acquire(&[]),
+            Err(NoKey::AllRateLimited { retry_after }) if retry_after == Duration::from_secs(2)
+        ));
+        assert!(p.no_key_summary().contains("1 paced until "));
+        let start = Instant::now();
+        let lease = p.acquire_wait(&[], start + Duration::from_secs(5)).await;
+        assert!(lease.is_ok());
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
     }
 }

@@ -1,5 +1,6 @@
-//! The one place that decides what an upstream answer says about the key that got it.
-//! DESIGN.md's state table, as a pure function of status, headers and body.
+//! The one place that decides what an upstream answer says about the key that got it: the
+//! key scheduler's state table (README, "What the gateway does with each upstream answer"), as
+//! a pure function of status, headers and body.
 
 use std::time::{Duration, SystemTime};
 
@@ -16,8 +17,10 @@ pub enum Outcome {
     CallerFault,
     /// 429: cool the key until `reset` if the upstream said when, else back off.
     RateLimited { reset: Option<Duration> },
-    /// 429/403/402 saying quota or billing is exhausted: a long bench.
-    QuotaExhausted,
+    /// 429/403/402 saying quota or billing is exhausted: a long bench, until `reset` when the
+    /// upstream said when (`Retry-After`, `x-ratelimit-reset-*`), else until the configured
+    /// daily reset or for `--quota-bench`.
+    QuotaExhausted { reset: Option<Duration> },
     /// 401, and 403 otherwise: the credential is invalid; disable until a probe succeeds.
     InvalidCredential,
     /// 5xx, 408, connect error, timeout before the first byte: counts toward the breaker.
@@ -31,7 +34,7 @@ impl Outcome {
             Outcome::Success => None,
             Outcome::CallerFault => Some(FailureClass::Caller),
             Outcome::RateLimited { .. } => Some(FailureClass::RateLimited),
-            Outcome::QuotaExhausted => Some(FailureClass::Quota),
+            Outcome::QuotaExhausted { .. } => Some(FailureClass::Quota),
             Outcome::InvalidCredential => Some(FailureClass::Credential),
             Outcome::Transient => Some(FailureClass::Transient),
         }
@@ -91,13 +94,13 @@ pub fn classify(status: u16, headers: &HeaderMap, error: Option<&UpstreamErrorBo
     match status {
         200..=299 => Outcome::Success,
         401 => Outcome::InvalidCredential,
-        402 => Outcome::QuotaExhausted,
-        403 if says_quota(error) => Outcome::QuotaExhausted,
+        402 => quota(headers),
+        403 if says_quota(error) => quota(headers),
         // OpenAI-style upstreams also answer 403 for a model the project may not use: that is
         // the request's fault, and blaming the key would let one request bench the pool.
         403 if says_request_fault(error) => Outcome::CallerFault,
         403 => Outcome::InvalidCredential,
-        429 if says_quota(error) => Outcome::QuotaExhausted,
+        429 if says_quota(error) => quota(headers),
         // "Request too large for … tokens per min": no key of the tier can take it.
         429 if says_request_too_large(error) => Outcome::CallerFault,
         429 => Outcome::RateLimited {
@@ -107,6 +110,12 @@ pub fn classify(status: u16, headers: &HeaderMap, error: Option<&UpstreamErrorBo
         // base URL, as unusable as a 5xx.
         300..=399 | 408 | 500..=599 => Outcome::Transient,
         _ => Outcome::CallerFault,
+    }
+}
+
+fn quota(headers: &HeaderMap) -> Outcome {
+    Outcome::QuotaExhausted {
+        reset: reset_after(headers, SystemTime::now()),
     }
 }
 
@@ -204,6 +213,32 @@ pub fn reset_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
 }
 
+/// How long the upstream says the key's own budget is spent, from any answer's (2xx included)
+/// `x-ratelimit-remaining-requests` / `-tokens` and their `x-ratelimit-reset-*`: the later
+/// reset of the counts at 0 (one second when a count is 0 and its reset unsaid); `None` while
+/// both counts are above 0 or absent.
+pub fn paced_for(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    ["requests", "tokens"]
+        .into_iter()
+        .filter(|what| {
+            text(&format!("x-ratelimit-remaining-{what}"))
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|n| n <= 0.0)
+        })
+        .map(|what| {
+            text(&format!("x-ratelimit-reset-{what}"))
+                .and_then(parse_go_duration)
+                .unwrap_or(Duration::from_secs(1))
+        })
+        .max()
+}
+
 /// Parses Go-style durations as OpenAI sends them: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
@@ -263,14 +298,17 @@ mod tests {
         assert_eq!(classify(401, &none, b""), Outcome::InvalidCredential);
         assert_eq!(classify(403, &none, b"{}"), Outcome::InvalidCredential);
         let quota = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        assert_eq!(classify(429, &none, quota), Outcome::QuotaExhausted);
+        assert_eq!(
+            classify(429, &none, quota),
+            Outcome::QuotaExhausted { reset: None }
+        );
         assert_eq!(
             classify(
                 403,
                 &none,
                 br#"{"error":{"code":"billing_hard_limit_reached"}}"#
             ),
-            Outcome::QuotaExhausted
+            Outcome::QuotaExhausted { reset: None }
         );
         assert_eq!(
             classify(429, &none, b""),
@@ -358,6 +396,43 @@ mod tests {
         assert_eq!(reset_after(&headers(&[("retry-after", "1e300")]), now), day);
         let far = headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]);
         assert_eq!(reset_after(&far, now), day);
+    }
+
+    #[test]
+    fn pacing_headers() {
+        let h = |pairs: &[(&'static str, &str)]| paced_for(&headers(pairs));
+        assert_eq!(h(&[]), None);
+        assert_eq!(
+            h(&[
+                ("x-ratelimit-remaining-requests", "3"),
+                ("x-ratelimit-reset-requests", "2s")
+            ]),
+            None
+        );
+        assert_eq!(
+            h(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2s")
+            ]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            h(&[
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "20ms"),
+                ("x-ratelimit-remaining-tokens", "0"),
+                ("x-ratelimit-reset-tokens", "6m0s"),
+            ]),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            h(&[
+                ("x-ratelimit-remaining-tokens", "0"),
+                ("x-ratelimit-reset-requests", "9s")
+            ]),
+            Some(Duration::from_secs(1)),
+            "a count at 0 with no reset of its own waits a second"
+        );
     }
 
     #[test]

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use serde::Serialize;
+use tokio::time::Instant;
 
+use super::classify::paced_for;
 use super::state::{Ticket, Transition};
 use super::store::Hold;
 use super::{mask, unix_ms, FailureClass, Key, KeyList, KeyPool, Outcome};
@@ -32,6 +35,9 @@ pub struct KeyLease {
     pool: Arc<KeyPool>,
     ticket: Ticket,
     reported: bool,
+    /// Tokens charged to the key's `tpm=` budget by estimate, until the answer's `usage`
+    /// corrects them.
+    estimated: u32,
     /// What the shared store lent this request (a concurrency lease), given back on drop.
     hold: Option<Hold>,
 }
@@ -50,6 +56,7 @@ impl KeyLease {
             pool,
             ticket,
             reported: false,
+            estimated: 0,
             hold: None,
         }
     }
@@ -120,6 +127,44 @@ impl KeyLease {
             && (Arc::ptr_eq(&now, &self.list) || !self.list.finder.may_contain(bytes))
     }
 
+    /// Whether the key has a `tpm=` budget (only then is an answer's `usage` read).
+    pub fn has_tpm(&self) -> bool {
+        self.key.slot.has_tpm()
+    }
+
+    /// Charges the request's estimated tokens to the key's `tpm=` budget (none: no-op).
+    pub fn charge_tokens(&mut self, estimate: u32) {
+        if self.has_tpm() {
+            self.estimated = estimate;
+            self.key
+                .slot
+                .spend_tokens(f64::from(estimate), Instant::now());
+        }
+    }
+
+    /// The answer's `usage.total_tokens`: the estimate charged is corrected to it.
+    pub fn settle_tokens(&mut self, used: u64) {
+        if self.estimated == 0 {
+            return;
+        }
+        let delta = used as f64 - f64::from(std::mem::take(&mut self.estimated));
+        self.key.slot.spend_tokens(delta, Instant::now());
+    }
+
+    /// Reads the upstream's rate-limit counts on any answer: a key whose remaining requests
+    /// or tokens are 0 is skipped until their reset, with no request spent to learn it.
+    pub fn pace(&self, headers: &HeaderMap) {
+        if let Some(wait) = paced_for(headers) {
+            self.key.slot.pace(Instant::now() + wait);
+            tracing::info!(
+                key = &*self.key.id,
+                cause = "the upstream's x-ratelimit-remaining is 0",
+                until = %super::clock(Instant::now() + wait, Instant::now()),
+                "key paced"
+            );
+        }
+    }
+
     /// Records the upstream's verdict on this key. `status` and `message` describe a failure
     /// for the admin API; the message is masked here.
     pub fn report(&mut self, outcome: Outcome, status: Option<u16>, message: &str) {
@@ -128,6 +173,13 @@ impl KeyLease {
         }
         self.reported = true;
         self.key.counters.count(outcome.class());
+        let outcome = match (outcome, self.pool.cfg.quota_reset_utc) {
+            // No reset said: the configured daily reset, when there is one.
+            (Outcome::QuotaExhausted { reset: None }, Some(daily)) => Outcome::QuotaExhausted {
+                reset: Some(daily.next_after(unix_ms(SystemTime::now()) / 1000)),
+            },
+            (outcome, _) => outcome,
+        };
         let verdict = Transition::Outcome {
             outcome,
             ticket: self.ticket,

@@ -48,7 +48,7 @@ pub use lease::{KeyLease, LastError};
 pub use reload::ReloadSummary;
 
 use crate::config::{KeySpec, SchedulerSettings, Secret};
-use state::{Blocked, Ticket, Transition};
+use state::{Blocked, Health, Ticket, Transition};
 use store::{Slot, StateStore};
 pub use store::{StoreStatus, PROPAGATION_BUCKETS};
 
@@ -92,9 +92,11 @@ struct Key {
 impl Key {
     fn new(id: usize, spec: &KeySpec, store: &dyn StateStore, now: Instant) -> Key {
         let fingerprint = spec.secret.fingerprint();
+        let slot = store.register(&spec.secret, spec.rpm, now);
+        slot.set_tpm(spec.tpm, now);
         Key {
             id: format!("key-{id}").into(),
-            slot: store.register(&spec.secret, spec.rpm, now),
+            slot,
             fingerprint,
             secret: spec.secret.clone(),
             weight: AtomicU32::new(spec.weight),
@@ -213,10 +215,42 @@ impl KeyPool {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Applies one transition to a key's state through the store, now.
+    /// Applies one transition to a key's state through the store, now. A change of state
+    /// (cooling, disabled, back to ready) is logged here, once: one line per change, none per
+    /// request.
     fn apply(&self, key: &Key, transition: Transition) -> bool {
-        self.store
-            .apply(&key.slot, Instant::now(), transition, &self.cfg)
+        let now = Instant::now();
+        let before = key.slot.health(now);
+        let changed = self.store.apply(&key.slot, now, transition, &self.cfg);
+        if changed {
+            log_change(key, before, key.slot.health(now), now, &self.cfg);
+        }
+        changed
+    }
+
+    /// Keys that are not disabled (cooling or paced ones included): the pool an account-wide
+    /// rate limit is measured against.
+    pub fn usable_count(&self) -> usize {
+        let now = Instant::now();
+        self.keys()
+            .iter()
+            .filter(|k| !matches!(k.slot.health(now), Health::Disabled { .. }))
+            .count()
+    }
+
+    /// The account is rate limited until `until`: no key's own 429 cooldown lasts longer.
+    pub fn cap_rate_limits(&self, until: Instant) {
+        for key in self.keys().iter() {
+            self.apply(key, Transition::CapRateLimit { until });
+        }
+        if self.queueing {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The number of keys in the pool.
+    pub fn len(&self) -> usize {
+        self.list().keys.len()
     }
 
     /// The shared state store's health; `None` when state is in-process only.
@@ -237,6 +271,74 @@ impl KeyPool {
     pub fn mask_bytes(&self, bytes: &bytes::Bytes) -> bytes::Bytes {
         let list = self.list();
         mask::mask_bytes(bytes, &list.finder, list.secrets())
+    }
+}
+
+/// One log line for a key's change of state, with its cause and until when. A half-open key
+/// (its cooldown over, one trial pending) is no change of its own: its trial's verdict is.
+fn log_change(key: &Key, before: Health, after: Health, now: Instant, cfg: &SchedulerSettings) {
+    use state::{CoolCause, DisableCause};
+    let phase = |h: Health| match h {
+        Health::Ready => 0,
+        Health::Cooling { cause, .. } => 1 + cause as u8,
+        Health::HalfOpen { .. } => 10,
+        Health::Disabled { cause } => 20 + cause as u8,
+    };
+    if phase(before) == phase(after) {
+        return;
+    }
+    let id = &*key.id;
+    match after {
+        Health::Ready => tracing::info!(key = id, "key ready again"),
+        Health::Cooling { until, cause } => {
+            let cause = match cause {
+                CoolCause::RateLimited => "rate limited (429)",
+                CoolCause::Quota => "quota exhausted",
+                CoolCause::Breaker => "breaker open after transient failures",
+            };
+            tracing::warn!(key = id, cause, until = %clock(until, now), "key cooling");
+        }
+        Health::Disabled {
+            cause: DisableCause::InvalidCredential,
+        } => tracing::warn!(
+            key = id,
+            cause = "the upstream rejected the credential",
+            until = %format!("a probe succeeds (every {})", human(cfg.probe_interval)),
+            "key disabled"
+        ),
+        Health::Disabled {
+            cause: DisableCause::Admin,
+        } => tracing::warn!(
+            key = id,
+            cause = "an operator",
+            until = "an operator enables it",
+            "key disabled"
+        ),
+        Health::HalfOpen { .. } => {}
+    }
+}
+
+/// `at` as wall-clock time of day in UTC (`12:03:05`), for logs and error messages.
+pub(crate) fn clock(at: Instant, now: Instant) -> String {
+    let wall = SystemTime::now() + at.saturating_duration_since(now);
+    let secs = unix_ms(wall) / 1000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// A duration the way an operator writes it: `10m`, `30s`, `1h`, `1500ms`.
+pub(crate) fn human(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match (secs, d.subsec_millis()) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        (s, ms) => format!("{}ms", s * 1000 + u64::from(ms)),
     }
 }
 

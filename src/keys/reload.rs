@@ -66,6 +66,7 @@ impl KeyPool {
                     key.max_concurrent
                         .store(spec.max_concurrent.unwrap_or(0), Ordering::Relaxed);
                     key.slot.set_rpm(spec.rpm, now);
+                    key.slot.set_tpm(spec.tpm, now);
                     next.push(key.clone());
                     kept += 1;
                 }

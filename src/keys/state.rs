@@ -56,12 +56,28 @@ pub enum Blocked {
         cause: CoolCause,
     },
     Disabled,
-    /// At its concurrency limit, or its per-minute budget is spent until `until`.
+    /// At its concurrency limit (it frees up when a request ends; `until` is never set by
+    /// the state machine itself, only by a shared store's refusal).
     AtLimit {
         until: Option<Instant>,
     },
+    /// Paced: a budget is spent until `until` (its `rpm=`, its `tpm=`, or the upstream said
+    /// `x-ratelimit-remaining-*: 0`). Skipped without spending a request to learn it.
+    Paced {
+        until: Instant,
+        by: Pace,
+    },
     /// A half-open trial is already in flight.
     TrialBusy,
+}
+
+/// Which budget paces a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    Rpm,
+    Tpm,
+    /// The upstream's own count (`x-ratelimit-remaining-requests` or `-tokens` at 0).
+    Upstream,
 }
 
 /// Granted use of a key; `trial` marks the half-open trial request.
@@ -70,15 +86,25 @@ pub struct Ticket {
     pub trial: bool,
 }
 
-/// Requests-per-minute budget: `rpm` tokens, refilled continuously.
+/// A per-minute budget (`rpm=` requests or `tpm=` tokens): `rpm` units, refilled
+/// continuously. The token budget may go below zero (an answer longer than estimated): the
+/// key then waits until it is positive again.
 #[derive(Clone, Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rpm: u32,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
+    pub(crate) fn new(per_minute: u32, now: Instant) -> Bucket {
+        Bucket {
+            rpm: per_minute,
+            tokens: f64::from(per_minute),
+            at: now,
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let per_sec = f64::from(self.rpm) / 60.0;
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
@@ -89,6 +115,26 @@ impl Bucket {
     fn next_token_at(&self) -> Instant {
         let per_sec = f64::from(self.rpm) / 60.0;
         self.at + Duration::from_secs_f64(((1.0 - self.tokens) / per_sec).max(0.0))
+    }
+
+    /// `Err(when)` while less than one unit is left.
+    fn ready(&mut self, now: Instant) -> Result<(), Instant> {
+        self.refill(now);
+        match self.tokens < 1.0 {
+            true => Err(self.next_token_at()),
+            false => Ok(()),
+        }
+    }
+
+    /// Spends `n` units (a negative `n` gives back what an estimate took too much).
+    pub(crate) fn spend(&mut self, n: f64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - n).min(f64::from(self.rpm));
+    }
+
+    fn set_limit(&mut self, per_minute: u32) {
+        self.rpm = per_minute;
+        self.tokens = self.tokens.min(f64::from(per_minute));
     }
 }
 
@@ -109,6 +155,9 @@ pub enum Transition {
     AdminDisable,
     /// An operator makes the key ready now, clearing cooldowns and streaks.
     AdminEnable,
+    /// The account (not this key) is rate limited until `until`: a longer cooldown after a
+    /// 429 is cut to it, so that the pool comes back together when the account does.
+    CapRateLimit { until: Instant },
     /// The probe claims a key disabled as invalid whose probe is due.
     ProbeStart,
     /// The probe's verdict: did the upstream accept the credential?
@@ -135,6 +184,12 @@ pub struct KeyState {
     /// When the key was last probed (or disabled as invalid): the next probe waits an interval.
     last_probe: Option<Instant>,
     bucket: Option<Bucket>,
+    /// `tpm=`: tokens per minute, charged by estimate before the request, corrected after.
+    /// Local to this replica (not shared through a store).
+    token_bucket: Option<Bucket>,
+    /// Until when the upstream's own budget for the key is spent (`x-ratelimit-remaining-*`
+    /// at 0). Local to this replica.
+    paced_until: Option<Instant>,
 }
 
 impl KeyState {
@@ -144,11 +199,9 @@ impl KeyState {
             transient_streak: 0,
             rate_limit_streak: 0,
             last_probe: None,
-            bucket: rpm.map(|rpm| Bucket {
-                rpm,
-                tokens: f64::from(rpm),
-                at: now,
-            }),
+            bucket: rpm.map(|rpm| Bucket::new(rpm, now)),
+            token_bucket: None,
+            paced_until: None,
         }
     }
 
@@ -187,6 +240,19 @@ impl KeyState {
                 due
             }
             Transition::ProbeResult { ok } => self.probe_result(ok, now),
+            Transition::CapRateLimit { until } => match self.health {
+                Health::Cooling {
+                    until: old,
+                    cause: CoolCause::RateLimited,
+                } if old > until => {
+                    self.health = Health::Cooling {
+                        until,
+                        cause: CoolCause::RateLimited,
+                    };
+                    true
+                }
+                _ => false,
+            },
         }
     }
 
@@ -230,15 +296,34 @@ impl KeyState {
     pub fn set_rpm(&mut self, rpm: Option<u32>, now: Instant) {
         match (rpm, &mut self.bucket) {
             (Some(rpm), Some(b)) => b.rpm = rpm,
-            (Some(rpm), None) => {
-                self.bucket = Some(Bucket {
-                    rpm,
-                    tokens: f64::from(rpm),
-                    at: now,
-                })
-            }
+            (Some(rpm), None) => self.bucket = Some(Bucket::new(rpm, now)),
             (None, _) => self.bucket = None,
         }
+    }
+
+    /// `tpm=`, like [`KeyState::set_rpm`]: configuration, kept across reloads.
+    pub fn set_tpm(&mut self, tpm: Option<u32>, now: Instant) {
+        match (tpm, &mut self.token_bucket) {
+            (Some(tpm), Some(b)) => b.set_limit(tpm),
+            (Some(tpm), None) => self.token_bucket = Some(Bucket::new(tpm, now)),
+            (None, _) => self.token_bucket = None,
+        }
+    }
+
+    /// Charges `tokens` (an estimate, or a correction when negative) to the `tpm=` budget.
+    pub fn spend_tokens(&mut self, tokens: f64, now: Instant) {
+        if let Some(bucket) = &mut self.token_bucket {
+            bucket.spend(tokens, now);
+        }
+    }
+
+    pub fn has_tpm(&self) -> bool {
+        self.token_bucket.is_some()
+    }
+
+    /// The upstream said the key's budget is spent until `until`: skip it until then.
+    pub fn pace(&mut self, until: Instant) {
+        self.paced_until = Some(self.paced_until.map_or(until, |p| p.max(until)));
     }
 
     /// Moves expired cooldowns on, into `half_open`: one trial decides between ready and
@@ -275,13 +360,27 @@ impl KeyState {
         if max_concurrent.is_some_and(|max| in_flight >= max) {
             return Err(Blocked::AtLimit { until: None });
         }
-        if let Some(bucket) = &mut self.bucket {
-            bucket.refill(now);
-            if bucket.tokens < 1.0 {
-                return Err(Blocked::AtLimit {
-                    until: Some(bucket.next_token_at()),
-                });
+        match self.paced_until {
+            Some(until) if now < until => {
+                return Err(Blocked::Paced {
+                    until,
+                    by: Pace::Upstream,
+                })
             }
+            Some(_) => self.paced_until = None,
+            None => {}
+        }
+        if let Some(Err(until)) = self.bucket.as_mut().map(|b| b.ready(now)) {
+            return Err(Blocked::Paced {
+                until,
+                by: Pace::Rpm,
+            });
+        }
+        if let Some(Err(until)) = self.token_bucket.as_mut().map(|b| b.ready(now)) {
+            return Err(Blocked::Paced {
+                until,
+                by: Pace::Tpm,
+            });
         }
         Ok(())
     }
@@ -356,8 +455,8 @@ impl KeyState {
                     cause: CoolCause::RateLimited,
                 })
             }
-            Outcome::QuotaExhausted => Some(Health::Cooling {
-                until: now + cfg.quota_bench,
+            Outcome::QuotaExhausted { reset } => Some(Health::Cooling {
+                until: now + reset.unwrap_or(cfg.quota_bench),
                 cause: CoolCause::Quota,
             }),
             Outcome::InvalidCredential => {
@@ -611,7 +710,13 @@ mod tests {
         let cfg = cfg();
         let ok = Transition::ProbeResult { ok: true };
         let mut s = KeyState::new(None, Instant::now());
-        s.record(Instant::now(), Outcome::QuotaExhausted, PLAIN, &cfg, 0.5);
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
         assert!(!s.apply(Instant::now(), ok, &cfg));
         assert!(
             matches!(s.health, Health::Cooling { .. }),
@@ -664,7 +769,7 @@ mod tests {
             Outcome::RateLimited {
                 reset: Some(Duration::from_secs(1)),
             },
-            Outcome::QuotaExhausted,
+            Outcome::QuotaExhausted { reset: None },
             Outcome::Transient,
             Outcome::Success,
         ];
@@ -732,7 +837,13 @@ mod tests {
     async fn quota_benches_for_long() {
         let cfg = cfg();
         let mut s = KeyState::new(None, Instant::now());
-        s.record(Instant::now(), Outcome::QuotaExhausted, PLAIN, &cfg, 0.5);
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
         tokio::time::advance(cfg.quota_bench - Duration::from_secs(1)).await;
         assert!(s.check(Instant::now(), 0, None).is_err());
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -749,11 +860,87 @@ mod tests {
         for _ in 0..60 {
             s.take(Instant::now(), 0, None).unwrap();
         }
-        let Err(Blocked::AtLimit { until: Some(at) }) = s.take(Instant::now(), 0, None) else {
+        let Err(Blocked::Paced {
+            until: at,
+            by: Pace::Rpm,
+        }) = s.take(Instant::now(), 0, None)
+        else {
             panic!("budget spent")
         };
         assert_eq!(at - Instant::now(), Duration::from_secs(1));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(s.take(Instant::now(), 0, None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tpm_charges_the_estimate_and_the_answer_corrects_it() {
+        let mut s = KeyState::new(None, Instant::now());
+        s.set_tpm(Some(60), Instant::now());
+        // Estimate 20, answer 4, ten times over: 40 of 60 tokens spent, still usable.
+        for _ in 0..10 {
+            s.take(Instant::now(), 0, None).unwrap();
+            s.spend_tokens(20.0, Instant::now());
+            s.spend_tokens(4.0 - 20.0, Instant::now());
+        }
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        s.spend_tokens(20.0, Instant::now());
+        let Err(Blocked::Paced { until, by }) = s.check(Instant::now(), 0, None) else {
+            panic!("60 tokens spent")
+        };
+        // At 1 token a second, one token is back after a second.
+        assert_eq!(
+            (by, until - Instant::now()),
+            (Pace::Tpm, Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        s.set_tpm(None, Instant::now());
+        s.spend_tokens(1000.0, Instant::now());
+        assert!(
+            s.check(Instant::now(), 0, None).is_ok(),
+            "no tpm=, no budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_key_is_skipped_until_its_reset() {
+        let mut s = KeyState::new(None, Instant::now());
+        s.pace(Instant::now() + Duration::from_secs(2));
+        let Err(Blocked::Paced { by, .. }) = s.take(Instant::now(), 0, None) else {
+            panic!("paced")
+        };
+        assert_eq!(by, Pace::Upstream);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            s.take(Instant::now(), 0, None),
+            Ok(PLAIN),
+            "no trial: it was never benched"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_account_limit_cuts_a_longer_cooldown_only() {
+        let cfg = cfg();
+        let mut s = KeyState::new(None, Instant::now());
+        let retry = |secs| Outcome::RateLimited {
+            reset: Some(Duration::from_secs(secs)),
+        };
+        s.record(Instant::now(), retry(60), PLAIN, &cfg, 0.5);
+        let cap = Transition::CapRateLimit {
+            until: Instant::now() + Duration::from_secs(2),
+        };
+        assert!(s.apply(Instant::now(), cap, &cfg));
+        assert!(!s.apply(Instant::now(), cap, &cfg), "already as short");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.check(Instant::now(), 0, None).is_ok());
+        // A quota bench or a breaker is the key's own: not cut.
+        s.record(
+            Instant::now(),
+            Outcome::QuotaExhausted { reset: None },
+            PLAIN,
+            &cfg,
+            0.5,
+        );
+        assert!(!s.apply(Instant::now(), cap, &cfg));
     }
 }

@@ -116,6 +116,26 @@ impl Slot {
         self.lock().state.set_rpm(rpm, now);
     }
 
+    /// `tpm=` (local to this replica, like every pacing below).
+    pub fn set_tpm(&self, tpm: Option<u32>, now: Instant) {
+        self.lock().state.set_tpm(tpm, now);
+    }
+
+    pub fn has_tpm(&self) -> bool {
+        self.lock().state.has_tpm()
+    }
+
+    /// Charges (or, negative, gives back) `tokens` of the key's `tpm=` budget.
+    pub fn spend_tokens(&self, tokens: f64, now: Instant) {
+        self.lock().state.spend_tokens(tokens, now);
+    }
+
+    /// The upstream's count for the key is at 0 until `until`: choice skips it until then.
+    /// Local to this replica: another replica learns it from its own answers.
+    pub fn pace(&self, until: Instant) {
+        self.lock().state.pace(until);
+    }
+
     fn rpm(&self) -> Option<u32> {
         match self.rpm.load(Ordering::Relaxed) {
             0 => None,

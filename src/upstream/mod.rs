@@ -3,6 +3,7 @@
 
 mod client;
 mod dispatch;
+mod health;
 pub mod models;
 pub mod probe;
 pub mod sse;

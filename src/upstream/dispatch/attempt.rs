@@ -3,6 +3,7 @@
 //! and, for a whole answer, read and judge the body. Each failure is written to the attempt
 //! trail and reported on the key here, and nowhere else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,9 @@ use super::{describe, Deadline};
 use crate::chat::{
     AttemptOutcome, Attempts, ChatRequest, Completion, GatewayError, RequestContext, TimeoutKind,
 };
-use crate::keys::{classify, KeyLease, Outcome};
+use crate::keys::{classify, KeyLease, KeyPool, Outcome};
 use crate::upstream::client::{Response, UpstreamClient};
+use crate::upstream::health::{connect_cause, Refusal, UpstreamHealth};
 use crate::upstream::verdict::{self, Bad, UpstreamErrorBody};
 
 /// Upstream error bodies are read up to this size: enough for any error JSON, bounded so a
@@ -31,12 +33,19 @@ pub(super) struct Try<'a> {
     /// Longest silence between two events of a live stream.
     pub idle: Duration,
     pub deadline: Deadline,
+    /// The upstream's breaker and the account-wide 429 backoff.
+    pub health: &'a UpstreamHealth,
+    pub pool: &'a Arc<KeyPool>,
 }
 
 /// Why one attempt failed, and whether the loop should go on.
 pub(super) enum Failed {
-    /// Try another key; the error is what the client gets if no try succeeds.
+    /// A failure that could repeat on any key (5xx, timeout, a stream broken before its first
+    /// byte, a 2xx that is no answer): try another key, at the cost of one attempt. The error
+    /// is what the client gets if no try succeeds.
     Retry(GatewayError),
+    /// This key's own fault (401, 403, 429, quota): another key, at no cost.
+    NextKey(GatewayError),
     /// Give this to the client now.
     Final(GatewayError),
 }
@@ -51,16 +60,25 @@ impl Try<'_> {
     ) -> Result<Response, Failed> {
         let sending = client.chat(self.lease.secret(), req.body().clone(), &ctx.request_id);
         match timeout_at(self.first_byte_at, sending).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                self.health.answered();
+                Ok(response)
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                // The upstream's (or the network's) outage, not the key's: its state and
+                // counters stay as they are, and the upstream breaker takes it.
+                let message = describe(&e);
+                tracing::debug!(key = %self.lease.id(), error = %message, "upstream unreachable");
+                self.attempts.push(self.lease.id(), AttemptOutcome::Connect);
+                let refusal = self
+                    .health
+                    .unreachable(Instant::now(), &connect_cause(&message));
+                Err(Failed::Final(super::refused(refusal)))
+            }
             Ok(Err(e)) => {
-                let outcome = if e.is_connect() {
-                    AttemptOutcome::Connect
-                } else {
-                    AttemptOutcome::Error
-                };
                 let message = describe(&e);
                 tracing::debug!(key = %self.lease.id(), error = %message, "upstream request failed");
-                Err(self.transient(outcome, None, &message))
+                Err(self.transient(AttemptOutcome::Error, None, &message))
             }
             Err(_) => Err(self.timed_out()),
         }
@@ -70,9 +88,12 @@ impl Try<'_> {
     /// Its body (bounded) is parsed once, for the key's verdict and the client's error alike.
     pub async fn judge(&mut self, response: Response) -> Result<Response, Failed> {
         let status = response.status().as_u16();
+        self.lease.pace(response.headers());
         if (200..300).contains(&status) {
             return Ok(response);
         }
+        // Refused: the estimate charged to a `tpm=` budget was not spent.
+        self.lease.settle_tokens(0);
         let (head, body) = response.into_parts();
         let body = read_limited(body, self.first_byte_at, ERROR_BODY_LIMIT).await;
         self.attempts
@@ -80,6 +101,23 @@ impl Try<'_> {
         let error = UpstreamErrorBody::parse(&body);
         let outcome = classify(status, &head.headers, Some(&error));
         self.lease.report(outcome, Some(status), &error.message);
+        if let Outcome::RateLimited { reset } = outcome {
+            let now = Instant::now();
+            let reset = reset.unwrap_or(Duration::from_secs(1));
+            let usable = self.pool.usable_count();
+            if let Some(until) = self
+                .health
+                .rate_limited(now, self.lease.id(), reset, usable)
+            {
+                // Most keys at once: the account's limit. The pool comes back together at
+                // the earliest reset, not each key at its own.
+                self.pool.cap_rate_limits(until);
+                return Err(Failed::NextKey(super::refused(Refusal::AccountLimited {
+                    keys: usable,
+                    retry_after: until.saturating_duration_since(now),
+                })));
+            }
+        }
         Err(self.refused(outcome, status, error))
     }
 
@@ -101,6 +139,11 @@ impl Try<'_> {
         if let Err(bad) = verdict::check_body(&body) {
             return Err(self.bad_answer(status, bad));
         }
+        if self.lease.has_tpm() {
+            if let Some(used) = total_tokens(&body) {
+                self.lease.settle_tokens(used);
+            }
+        }
         self.won(status);
         let body = self.lease.mask_content(&body);
         Ok(Completion { status, body })
@@ -119,6 +162,14 @@ impl Try<'_> {
         if self.first_byte_at >= self.deadline.at {
             // The request's own time is up: no key is to blame, and no retry can help.
             return Failed::Final(self.deadline.timeout("waiting for the upstream"));
+        }
+        let usable = self.pool.usable_count();
+        if let Some(refusal) = self
+            .health
+            .timed_out(Instant::now(), self.lease.id(), usable)
+        {
+            // Every key timed out in a row: the upstream's outage, not this key's.
+            return Failed::Final(super::refused(refusal));
         }
         self.lease.report(
             Outcome::Transient,
@@ -180,11 +231,12 @@ impl Try<'_> {
                     code: mask(error.code),
                 })
             }
-            Outcome::RateLimited { reset } => Failed::Retry(GatewayError::RateLimited {
+            Outcome::RateLimited { reset } => Failed::NextKey(GatewayError::RateLimited {
                 retry_after: reset.unwrap_or(Duration::from_secs(1)),
+                why: None,
             }),
-            Outcome::QuotaExhausted | Outcome::InvalidCredential => {
-                Failed::Retry(GatewayError::UpstreamUnavailable {
+            Outcome::QuotaExhausted { .. } | Outcome::InvalidCredential => {
+                Failed::NextKey(GatewayError::UpstreamUnavailable {
                     status: None,
                     message: format!(
                         "the upstream refused the gateway's key {} ({status})",
@@ -200,6 +252,22 @@ impl Try<'_> {
             }),
         }
     }
+}
+
+/// `usage.total_tokens` of an answer (a whole body, or one stream chunk), when it says.
+pub(super) fn total_tokens(json: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        total_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<Answer>(json)
+        .ok()?
+        .usage
+        .map(|u| u.total_tokens)
 }
 
 /// Whether a 2xx answer is one JSON document rather than an event stream.

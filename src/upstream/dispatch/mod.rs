@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::attempt::{Failed, Try};
 use super::client::{Response, UpstreamClient};
+use super::health::{Refusal, UpstreamHealth, RATE_WINDOW};
 use super::unstreamed;
 use crate::chat::{
     Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
@@ -43,6 +44,8 @@ pub struct Dispatcher {
     max_attempts: u32,
     timeouts: Timeouts,
     queue_timeout: Duration,
+    /// The upstream's breaker and the account-wide 429 backoff (per replica).
+    health: UpstreamHealth,
     /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
     shutdown: CancellationToken,
 }
@@ -61,6 +64,7 @@ impl Dispatcher {
             max_attempts: max_attempts.max(1),
             timeouts,
             queue_timeout: scheduler.queue_timeout,
+            health: UpstreamHealth::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -91,7 +95,8 @@ impl Dispatcher {
 
     async fn run<M: Mode>(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<M::Output> {
         let deadline = Deadline::of(ctx, Instant::now() + self.timeouts.total);
-        let mut budget = Budget::new(self.max_attempts, deadline);
+        let keys = u32::try_from(self.pool.len()).unwrap_or(u32::MAX);
+        let mut budget = Budget::new(self.max_attempts, keys, deadline);
         let mut attempts = Attempts::default();
         let result = self.tries::<M>(req, ctx, &mut budget, &mut attempts).await;
         Dispatched { result, attempts }
@@ -107,23 +112,36 @@ impl Dispatcher {
         attempts: &mut Attempts,
     ) -> Result<M::Output, GatewayError> {
         loop {
-            let lease = self.lease(budget).await?;
-            budget.charge(lease.id());
+            // The upstream's own state first: no key is taken while it is down, and a new
+            // request waits out an account-wide backoff without an upstream call.
+            let first = budget.tried.is_empty();
+            if let Err(refusal) = self.health.admit(Instant::now(), first) {
+                return Err(refused(refusal));
+            }
+            let mut lease = self.lease(budget).await?;
+            lease.charge_tokens(req.token_estimate());
+            budget.start(lease.id());
             let attempt = Try {
                 lease,
                 attempts: &mut *attempts,
                 first_byte_at: (Instant::now() + self.timeouts.first_byte).min(budget.deadline.at),
                 idle: self.timeouts.idle,
                 deadline: budget.deadline,
+                health: &self.health,
+                pool: &self.pool,
             };
-            match self.attempt::<M>(attempt, req, ctx).await {
+            let (error, costs) = match self.attempt::<M>(attempt, req, ctx).await {
                 Ok(output) => return Ok(output),
                 Err(Failed::Final(error)) => return Err(error),
-                Err(Failed::Retry(_)) if budget.deadline.passed() => {
-                    return Err(budget.deadline.timeout(""))
-                }
-                Err(Failed::Retry(error)) if budget.spent() => return Err(error),
-                Err(Failed::Retry(_)) => {}
+                Err(Failed::Retry(error)) => (error, true),
+                Err(Failed::NextKey(error)) => (error, false),
+            };
+            if budget.deadline.passed() {
+                return Err(budget.deadline.timeout(""));
+            }
+            budget.failed(costs);
+            if budget.spent() {
+                return Err(error);
             }
         }
     }
@@ -137,12 +155,14 @@ impl Dispatcher {
             Err(_) if budget.deadline.passed() => Err(budget.deadline.timeout(WAITING)),
             // The pool's own state says more than the last failure: when every key is
             // cooling, the client learns when to come back.
-            Err(NoKey::AllRateLimited { retry_after }) => {
-                Err(GatewayError::RateLimited { retry_after })
-            }
-            Err(NoKey::Unavailable { retry_after }) => {
-                Err(GatewayError::NoKeyAvailable { retry_after })
-            }
+            Err(NoKey::AllRateLimited { retry_after }) => Err(GatewayError::RateLimited {
+                retry_after,
+                why: Some(self.pool.no_key_summary()),
+            }),
+            Err(NoKey::Unavailable { retry_after }) => Err(GatewayError::NoKeyAvailable {
+                retry_after,
+                why: self.pool.no_key_summary(),
+            }),
             Ok(_) if budget.deadline.passed() => Err(budget.deadline.timeout(WAITING)),
             Ok(lease) => Ok(lease),
         }
@@ -200,38 +220,75 @@ impl Mode for Streamed {
     }
 }
 
-/// What one request may still spend: tries and time. Every try is charged here, so a rule on
-/// which failures cost a try (a key's own fault, an upstream that is down) is a change to this
-/// type, not to the loop.
+/// The client's error when the upstream's own state refuses a call.
+fn refused(refusal: Refusal) -> GatewayError {
+    match refusal {
+        Refusal::Unreachable { cause, retry_after } => GatewayError::UpstreamUnreachable {
+            cause: cause.to_string(),
+            retry_after,
+        },
+        Refusal::AccountLimited { keys, retry_after } => GatewayError::RateLimited {
+            retry_after,
+            why: Some(account_limited(keys)),
+        },
+    }
+}
+
+/// Why the pool backs off as a whole.
+fn account_limited(keys: usize) -> String {
+    format!(
+        "the account is rate limited ({keys} keys answered 429 within {}s; the pool backs off together)",
+        RATE_WINDOW.as_secs()
+    )
+}
+
+/// What one request may still spend: tries and time. Every try is counted here, so a rule on
+/// which failures cost a try is a change to this type, not to the loop. The rule: a failure
+/// that could repeat on any key (5xx, a timeout, a stream broken before its first byte, a 2xx
+/// that is no answer) costs one of `--max-attempts`; a key's own fault (401, 403, 429, quota)
+/// costs none, so every usable key gets its turn, and `keys` (every key once) bounds those.
 struct Budget {
     /// The keys tried so far, each offered once per request.
     tried: Vec<Arc<str>>,
-    /// Tries charged so far.
+    /// Failures that could repeat on any key, so far.
     charged: u32,
     /// `--max-attempts` (at least 1).
     max: u32,
+    /// Failovers after a key's own fault, so far.
+    free: u32,
+    /// Keys in the pool: at most this many free failovers.
+    keys: u32,
     deadline: Deadline,
 }
 
 impl Budget {
-    fn new(max: u32, deadline: Deadline) -> Self {
+    fn new(max: u32, keys: u32, deadline: Deadline) -> Self {
         Budget {
             tried: Vec::new(),
             charged: 0,
-            max,
+            max: max.max(1),
+            free: 0,
+            keys: keys.max(1),
             deadline,
         }
     }
 
     /// A try on `key` is about to be made.
-    fn charge(&mut self, key: &Arc<str>) {
+    fn start(&mut self, key: &Arc<str>) {
         self.tried.push(key.clone());
-        self.charged += 1;
+    }
+
+    /// The try failed; `costs` when the failure could repeat on any key.
+    fn failed(&mut self, costs: bool) {
+        match costs {
+            true => self.charged += 1,
+            false => self.free += 1,
+        }
     }
 
     /// No try is left: the last failure goes to the client.
     fn spent(&self) -> bool {
-        self.charged >= self.max
+        self.charged >= self.max || self.free >= self.keys
     }
 }
 
@@ -284,4 +341,50 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(max: u32, keys: u32) -> Budget {
+        let deadline = Deadline {
+            at: Instant::now() + Duration::from_secs(60),
+            kind: TimeoutKind::Total,
+        };
+        Budget::new(max, keys, deadline)
+    }
+
+    #[tokio::test]
+    async fn key_faults_cost_no_attempt_and_every_key_gets_its_turn() {
+        // 401, 429, 500 on three keys of four with --max-attempts 3: the fourth is tried.
+        let mut b = budget(3, 4);
+        for costs in [false, false, true] {
+            b.failed(costs);
+            assert!(!b.spent());
+        }
+        // Key faults alone end the loop once every key had its turn.
+        let mut b = budget(1, 3);
+        b.failed(false);
+        b.failed(false);
+        assert!(!b.spent());
+        b.failed(false);
+        assert!(b.spent());
+    }
+
+    #[tokio::test]
+    async fn failures_that_could_repeat_are_bounded_by_max_attempts() {
+        let mut b = budget(2, 4);
+        b.failed(true);
+        assert!(!b.spent());
+        b.failed(false);
+        assert!(!b.spent(), "a key fault between them is free");
+        b.failed(true);
+        assert!(b.spent());
+        // A lone key may retry itself after a transient failure, up to the budget.
+        let mut b = budget(3, 1);
+        b.failed(true);
+        b.failed(true);
+        assert!(!b.spent());
+    }
 }

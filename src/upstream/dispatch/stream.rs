@@ -70,6 +70,7 @@ pub(super) async fn prime(mut attempt: Try<'_>, response: Response) -> Result<Pr
         return Err(attempt.bad_answer(status, Bad::Error(error)));
     }
     attempt.won(status);
+    settle_usage(&mut attempt.lease, &first);
     let first = attempt.lease.mask_content(&first);
     let rest = Live {
         body,
@@ -109,6 +110,7 @@ impl Live {
                     let error = self.error_event(error);
                     return Some((Err(self.broken(error)), self));
                 }
+                settle_usage(&mut self.lease, &event);
                 let event = self.lease.mask_content(&event);
                 return Some((Ok(event), self));
             }
@@ -150,6 +152,17 @@ impl Live {
         self.done = true;
         self.lease.stream_broken(&error.to_string());
         error
+    }
+}
+
+/// A chunk's `usage` (OpenAI sends it on the last chunk when asked) corrects the key's `tpm=`
+/// estimate; read only on keys with such a budget, and only in chunks that name it.
+fn settle_usage(lease: &mut KeyLease, event: &[u8]) {
+    const USAGE: &[u8] = b"\"usage\"";
+    if lease.has_tpm() && event.windows(USAGE.len()).any(|w| w == USAGE) {
+        if let Some(used) = super::attempt::total_tokens(event) {
+            lease.settle_tokens(used);
+        }
     }
 }
 
