@@ -25,7 +25,10 @@ thread_local! {
 fn collect_when_idle() {
     LAST_COLLECT.with(|last| {
         let now = Instant::now();
-        if last.get().is_some_and(|t| now.duration_since(t) < COLLECT_EVERY) {
+        if last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < COLLECT_EVERY)
+        {
             return;
         }
         last.set(Some(now));

@@ -519,7 +519,10 @@ async fn run(args: Args) -> Result<(), String> {
         // in --quick, to keep it short).
         if !memory.streams.is_empty() {
             let wait = Duration::from_secs(if quick { 15 } else { 60 });
-            eprintln!("[streams] waiting {} s for memory to come back", wait.as_secs());
+            eprintln!(
+                "[streams] waiting {} s for memory to come back",
+                wait.as_secs()
+            );
             tokio::time::sleep(wait.saturating_sub(Duration::from_secs(1))).await;
             memory.after_streams_wait_s = Some(wait.as_secs_f64());
             memory.after_streams_wait_kib = procs::rss_kib(g.proc.pid);

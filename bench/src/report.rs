@@ -311,33 +311,53 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 let x = a as f64 / (i as f64).max(1.0);
                 let wait = r.memory.after_streams_wait_s.unwrap_or(0.0);
                 (
-                    format!("{:.1} MiB after {wait:.0} s ({x:.1} × idle)", a as f64 / 1024.0),
+                    format!(
+                        "{:.1} MiB after {wait:.0} s ({x:.1} × idle)",
+                        a as f64 / 1024.0
+                    ),
                     x <= 3.0,
                 )
             }),
     );
-    let cpu_of = |g: Group, c: usize| -> Option<f64> { r.find(g, c)?.gateway.as_ref()?.server_cpu_us_per_req };
+    let cpu_of = |g: Group, c: usize| -> Option<f64> {
+        r.find(g, c)?.gateway.as_ref()?.server_cpu_us_per_req
+    };
     for c in [1usize, 64] {
         push(
             &format!("HTTP stream (8 events) c={c}: gateway CPU vs a non-streamed answer"),
             "≤ 1.5 ×",
             cpu_of(Group::HttpStream, c)
                 .zip(cpu_of(Group::Http, c))
-                .map(|(s, u)| (format!("{s:.0} / {u:.0} µs = {:.2} ×", s / u.max(1e-9)), s <= 1.5 * u)),
+                .map(|(s, u)| {
+                    (
+                        format!("{s:.0} / {u:.0} µs = {:.2} ×", s / u.max(1e-9)),
+                        s <= 1.5 * u,
+                    )
+                }),
         );
         push(
             &format!("gRPC unary c={c}: gateway CPU vs the HTTP door"),
             "≤ 1.2 ×",
             cpu_of(Group::GrpcUnary, c)
                 .zip(cpu_of(Group::Http, c))
-                .map(|(g, h)| (format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)), g <= 1.2 * h)),
+                .map(|(g, h)| {
+                    (
+                        format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)),
+                        g <= 1.2 * h,
+                    )
+                }),
         );
         push(
             &format!("gRPC stream c={c}: gateway CPU vs the HTTP door"),
             "≤ 1.2 ×",
             cpu_of(Group::GrpcStream, c)
                 .zip(cpu_of(Group::HttpStream, c))
-                .map(|(g, h)| (format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)), g <= 1.2 * h)),
+                .map(|(g, h)| {
+                    (
+                        format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)),
+                        g <= 1.2 * h,
+                    )
+                }),
         );
     }
     push(
@@ -643,10 +663,18 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(o, "## Server cost per request, each door and mode\n");
     o.push_str("CPU time (user + system, `/proc/PID/stat`) and write-family syscalls (`syscw`, `/proc/PID/io`) of the serving process over each phase's recorded part, per request (per stream for streams): the mock for direct, the gateway alone for gateway. gRPC has no direct side of its own (its direct column is the HTTP direct run of the same work).\n\n");
     o.push_str("| scenario | c | CPU µs/req direct | CPU µs/req gateway | write syscalls/req direct | write syscalls/req gateway |\n|---|---:|---:|---:|---:|---:|\n");
-    for g in [Group::Http, Group::HttpStream, Group::Paced, Group::GrpcUnary, Group::GrpcStream, Group::GrpcPaced] {
+    for g in [
+        Group::Http,
+        Group::HttpStream,
+        Group::Paced,
+        Group::GrpcUnary,
+        Group::GrpcStream,
+        Group::GrpcPaced,
+    ] {
         for s in rows(g) {
             let f = |side: Option<&Side>, v: fn(&Side) -> Option<f64>, digits: usize| {
-                side.and_then(v).map_or("–".into(), |x| format!("{x:.digits$}"))
+                side.and_then(v)
+                    .map_or("–".into(), |x| format!("{x:.digits$}"))
             };
             let d = s.direct.as_ref();
             let gw = s.gateway.as_ref();
@@ -705,7 +733,11 @@ pub fn markdown(r: &Report) -> String {
             mem.idle_kib.map_or(String::new(), |i| format!(
                 "{:.1} × idle{}",
                 kib as f64 / (i as f64).max(1.0),
-                if wait < 60.0 { "; --quick waits 15 s, a full run 60 s" } else { "" }
+                if wait < 60.0 {
+                    "; --quick waits 15 s, a full run 60 s"
+                } else {
+                    ""
+                }
             ))
         );
     }

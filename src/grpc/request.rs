@@ -31,7 +31,9 @@ pub fn to_json(request: &pb::ChatCompletionRequest, mode: Mode) -> Result<Bytes,
     let body = top_level(request, mode)?;
     let mut out = Vec::with_capacity(256);
     body.serialize(&mut serde_json::Serializer::new(&mut out))
-        .map_err(|e| GatewayError::Internal(format!("encoding the upstream request failed: {e}")))?;
+        .map_err(|e| {
+            GatewayError::Internal(format!("encoding the upstream request failed: {e}"))
+        })?;
     Ok(Bytes::from(out))
 }
 
@@ -512,7 +514,10 @@ mod tests {
 
         /// The upstream JSON body for `request`: `extra_body` first, then every typed field the
         /// client set on top of it (typed fields win), then `stream` as the call decides.
-        pub fn to_json(request: &pb::ChatCompletionRequest, mode: Mode) -> Result<Bytes, GatewayError> {
+        pub fn to_json(
+            request: &pb::ChatCompletionRequest,
+            mode: Mode,
+        ) -> Result<Bytes, GatewayError> {
             let mut body = match &request.extra_body {
                 Some(extra) => struct_to_map(extra, "extra_body")?,
                 None => Map::new(),
@@ -536,16 +541,18 @@ mod tests {
             if !messages.is_empty() {
                 body.insert("messages".into(), Value::Array(messages));
             }
-            let float =
-                |body: &mut Map<String, Value>, name: &str, v: Option<f64>| -> Result<(), GatewayError> {
-                    if let Some(v) = v {
-                        let n = Number::from_f64(v).ok_or_else(|| {
-                            GatewayError::invalid(name, format!("{name} must be a finite number"))
-                        })?;
-                        body.insert(name.into(), Value::Number(n));
-                    }
-                    Ok(())
-                };
+            let float = |body: &mut Map<String, Value>,
+                         name: &str,
+                         v: Option<f64>|
+             -> Result<(), GatewayError> {
+                if let Some(v) = v {
+                    let n = Number::from_f64(v).ok_or_else(|| {
+                        GatewayError::invalid(name, format!("{name} must be a finite number"))
+                    })?;
+                    body.insert(name.into(), Value::Number(n));
+                }
+                Ok(())
+            };
             float(&mut body, "temperature", request.temperature)?;
             float(&mut body, "top_p", request.top_p)?;
             float(&mut body, "presence_penalty", request.presence_penalty)?;
@@ -599,9 +606,9 @@ mod tests {
                 }
                 body.insert("stream".into(), Value::Bool(true));
             }
-            serde_json::to_vec(&body)
-                .map(Bytes::from)
-                .map_err(|e| GatewayError::Internal(format!("encoding the upstream request failed: {e}")))
+            serde_json::to_vec(&body).map(Bytes::from).map_err(|e| {
+                GatewayError::Internal(format!("encoding the upstream request failed: {e}"))
+            })
         }
 
         fn set<T: Into<Value>>(body: &mut Map<String, Value>, name: &str, value: Option<T>) {
@@ -762,7 +769,10 @@ mod tests {
         }
 
         /// A `google.protobuf.Struct` as a JSON object; `field` names it in errors.
-        fn struct_to_map(s: &prost_types::Struct, field: &str) -> Result<Map<String, Value>, GatewayError> {
+        fn struct_to_map(
+            s: &prost_types::Struct,
+            field: &str,
+        ) -> Result<Map<String, Value>, GatewayError> {
             s.fields
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), value(v, &format!("{field}.{k}"))?)))
@@ -957,15 +967,37 @@ mod tests {
         };
         let params = object(vec![
             ("type", text("object")),
-            ("properties", nested(vec![("x", nested(vec![("type", text("number"))]))])),
-            ("weights", prost_types::Value {
-                kind: Some(Kind::ListValue(prost_types::ListValue {
-                    values: vec![num(1.0), num(0.5), num(-3.0), num(1e300), num(2f64.powi(60))],
-                })),
-            }),
+            (
+                "properties",
+                nested(vec![("x", nested(vec![("type", text("number"))]))]),
+            ),
+            (
+                "weights",
+                prost_types::Value {
+                    kind: Some(Kind::ListValue(prost_types::ListValue {
+                        values: vec![
+                            num(1.0),
+                            num(0.5),
+                            num(-3.0),
+                            num(1e300),
+                            num(2f64.powi(60)),
+                        ],
+                    })),
+                },
+            ),
             ("none", prost_types::Value { kind: None }),
-            ("null", prost_types::Value { kind: Some(Kind::NullValue(0)) }),
-            ("yes", prost_types::Value { kind: Some(Kind::BoolValue(true)) }),
+            (
+                "null",
+                prost_types::Value {
+                    kind: Some(Kind::NullValue(0)),
+                },
+            ),
+            (
+                "yes",
+                prost_types::Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            ),
         ]);
         let full = pb::ChatCompletionRequest {
             model: "m".into(),
@@ -1019,8 +1051,21 @@ mod tests {
             extra_body: Some(object(vec![
                 ("temperature", num(1.5)),
                 ("top_logprobs", num(5.0)),
-                ("stream", prost_types::Value { kind: Some(Kind::BoolValue(true)) }),
-                ("stream_options", nested(vec![("include_usage", prost_types::Value { kind: Some(Kind::BoolValue(false)) })])),
+                (
+                    "stream",
+                    prost_types::Value {
+                        kind: Some(Kind::BoolValue(true)),
+                    },
+                ),
+                (
+                    "stream_options",
+                    nested(vec![(
+                        "include_usage",
+                        prost_types::Value {
+                            kind: Some(Kind::BoolValue(false)),
+                        },
+                    )]),
+                ),
                 ("aaa_first", text("a")),
                 ("zzz_last", nested(vec![("k", num(0.25))])),
                 ("messages", text("typed ones win")),
@@ -1043,8 +1088,20 @@ mod tests {
                 })
             }));
         }
-        all.push(with(&|r| r.tool_choice = Some(pb::ToolChoice { choice: None })));
-        for (t, schema) in [(0, false), (1, false), (2, false), (3, false), (1, true), (2, true), (3, true), (0, true), (9, false)] {
+        all.push(with(&|r| {
+            r.tool_choice = Some(pb::ToolChoice { choice: None })
+        }));
+        for (t, schema) in [
+            (0, false),
+            (1, false),
+            (2, false),
+            (3, false),
+            (1, true),
+            (2, true),
+            (3, true),
+            (0, true),
+            (9, false),
+        ] {
             all.push(with(&|r| {
                 let mut f = r.response_format.clone().unwrap();
                 f.r#type = t;
@@ -1061,13 +1118,23 @@ mod tests {
             r.frequency_penalty = Some(f64::NAN);
         }));
         all.push(with(&|r| r.tools[1].function = None));
-        all.push(with(&|r| r.messages[1].content.push(pb::ContentPart { part: None })));
         all.push(with(&|r| {
-            r.extra_body.as_mut().unwrap().fields.insert("bad".into(), num(f64::NAN));
+            r.messages[1].content.push(pb::ContentPart { part: None })
+        }));
+        all.push(with(&|r| {
+            r.extra_body
+                .as_mut()
+                .unwrap()
+                .fields
+                .insert("bad".into(), num(f64::NAN));
             r.temperature = Some(f64::NAN);
         }));
         all.push(with(&|r| {
-            r.extra_body.as_mut().unwrap().fields.insert("stream".into(), num(f64::NEG_INFINITY));
+            r.extra_body
+                .as_mut()
+                .unwrap()
+                .fields
+                .insert("stream".into(), num(f64::NEG_INFINITY));
         }));
         all.push(with(&|r| {
             r.tools[0].function.as_mut().unwrap().parameters = Some(object(vec![(
@@ -1080,8 +1147,13 @@ mod tests {
             )]));
         }));
         all.push(with(&|r| {
-            r.response_format.as_mut().unwrap().json_schema.as_mut().unwrap().schema =
-                Some(object(vec![("x", num(f64::INFINITY))]));
+            r.response_format
+                .as_mut()
+                .unwrap()
+                .json_schema
+                .as_mut()
+                .unwrap()
+                .schema = Some(object(vec![("x", num(f64::INFINITY))]));
         }));
         all.push(pb::ChatCompletionRequest::default());
         all

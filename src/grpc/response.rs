@@ -55,8 +55,7 @@ fn parse<T: FromObject>(bytes: &[u8]) -> Result<T::Out, GatewayError> {
 trait FromObject: Default {
     type Out;
     const FIELDS: &'static [&'static str];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A)
-        -> Result<(), A::Error>;
+    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error>;
     fn done(self) -> Self::Out;
 }
 
@@ -81,9 +80,7 @@ fn object<'de, T: FromObject, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T
     map.next_value_seed(Any(ObjectOnly::<T>(PhantomData)))
 }
 
-fn structure<'de, A: MapAccess<'de>>(
-    map: &mut A,
-) -> Result<Option<prost_types::Struct>, A::Error> {
+fn structure<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<prost_types::Struct>, A::Error> {
     map.next_value_seed(Any(StructOnly))
 }
 

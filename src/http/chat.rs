@@ -146,8 +146,8 @@ mod tests {
 
     #[tokio::test]
     async fn events_of_one_read_go_out_as_one_frame() {
-        let events = ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]
-            .map(|e| Ok(Bytes::from_static(e.as_bytes())));
+        let events =
+            ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"].map(|e| Ok(Bytes::from_static(e.as_bytes())));
         let chunks: ChunkStream = Box::pin(futures_util::stream::iter(events));
         let frames: Vec<Bytes> = sse_body(chunks).map(|f| f.unwrap()).collect().await;
         assert_eq!(frames.len(), 2, "{frames:?}");
