@@ -125,7 +125,16 @@ impl Gateway {
         let keys_file = settings.keys_file.clone();
         let tokens_file = settings.auth_tokens_file.clone();
         let core = Arc::new(Core::new(
-            settings, pool, dispatcher, models, catalogue, clients, usage, metrics,
+            settings,
+            crate::core::Parts {
+                pool,
+                dispatcher,
+                models,
+                catalogue,
+                clients,
+                usage,
+                metrics,
+            },
         ));
         let mut watchers = Vec::new();
         if let Some(path) = keys_file {

@@ -4,7 +4,7 @@
 //! for it upstream, and the meter hides the extra chunk again.
 
 use crate::chat::{ChatRequest, ChunkStream, Completion, Dispatched, RequestContext};
-use crate::usage::{Meter, Metered, Outcome};
+use crate::usage::{Meter, Metered, Outcome, Subject};
 
 use super::{Caller, Core, Door};
 
@@ -76,15 +76,13 @@ impl Core {
     }
 
     fn meter(&self, req: &ChatRequest, ctx: &RequestContext, caller: &Caller, door: Door) -> Meter {
-        Meter::new(
-            self.usage.clone(),
-            ctx,
-            caller.name(),
-            req.model(),
-            door.name(),
-            CHAT,
-            req.body().clone(),
-        )
+        let subject = Subject {
+            client: caller.name(),
+            model: req.model(),
+            door: door.name(),
+            endpoint: CHAT,
+        };
+        Meter::new(self.usage.clone(), ctx, subject, req.body().clone())
     }
 
     /// The caller's `models=` and limits; the admission rides on the meter.

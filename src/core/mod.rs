@@ -51,20 +51,28 @@ pub struct Core {
     usage: Arc<crate::usage::Recorder>,
 }
 
+/// The parts a [`Core`] is made of, each built in `Gateway::start`, which owns their order.
+pub struct Parts {
+    pub pool: Arc<KeyPool>,
+    pub dispatcher: Dispatcher,
+    pub models: Models,
+    pub catalogue: Arc<Catalogue>,
+    pub clients: Arc<Clients>,
+    pub usage: Arc<crate::usage::Recorder>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Core {
-    /// Every part is built in `Gateway::start`, which owns their order; a builder would only
-    /// restate it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        settings: Settings,
-        pool: Arc<KeyPool>,
-        dispatcher: Dispatcher,
-        models: Models,
-        catalogue: Arc<Catalogue>,
-        clients: Arc<Clients>,
-        usage: Arc<crate::usage::Recorder>,
-        metrics: Arc<Metrics>,
-    ) -> Core {
+    pub fn new(settings: Settings, parts: Parts) -> Core {
+        let Parts {
+            pool,
+            dispatcher,
+            models,
+            catalogue,
+            clients,
+            usage,
+            metrics,
+        } = parts;
         let mut endpoints: Vec<Arc<Endpoint>> =
             Endpoint::builtin().into_iter().map(Arc::new).collect();
         for path in &settings.passthrough_paths {

@@ -38,17 +38,27 @@ pub struct Meter {
     done: bool,
 }
 
+/// What a usage record is about, besides its numbers.
+pub struct Subject<'a> {
+    pub client: Option<&'a str>,
+    pub model: &'a str,
+    pub door: &'static str,
+    pub endpoint: &'static str,
+}
+
 impl Meter {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         recorder: Arc<Recorder>,
         ctx: &RequestContext,
-        client: Option<&str>,
-        model: &str,
-        door: &'static str,
-        endpoint: &'static str,
+        subject: Subject<'_>,
         prompt: Bytes,
     ) -> Meter {
+        let Subject {
+            client,
+            model,
+            door,
+            endpoint,
+        } = subject;
         Meter {
             recorder,
             start: std::time::Instant::now(),

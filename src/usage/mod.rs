@@ -13,7 +13,7 @@ mod meter;
 mod recorder;
 mod time;
 
-pub use meter::{Meter, Metered};
+pub use meter::{Meter, Metered, Subject};
 pub use recorder::Recorder;
 
 use serde::Serialize;
