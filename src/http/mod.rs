@@ -50,6 +50,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/keys/reload", post(admin::reload))
         .route("/admin/keys/{id}/disable", post(admin::disable))
         .route("/admin/keys/{id}/enable", post(admin::enable))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/tokens/reload", post(admin::reload_tokens))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(core)
 }
