@@ -70,7 +70,10 @@ async fn unary_json_is_the_proto3_json_mapping() {
     assert_eq!(got["id"], want["id"]);
     assert_eq!(got["model"], "m1");
     // int64 as a string, camelCase names, enums by name: the proto3 JSON mapping.
-    assert_eq!(got["created"], want["created"].as_i64().unwrap().to_string());
+    assert_eq!(
+        got["created"],
+        want["created"].as_i64().unwrap().to_string()
+    );
     assert_eq!(got["choices"][0]["finishReason"], "FINISH_REASON_STOP");
     assert_eq!(
         got["choices"][0]["message"]["content"],
@@ -84,7 +87,9 @@ async fn unary_json_is_the_proto3_json_mapping() {
     // ListModels with an empty JSON body.
     let models = gw.http.post_raw(MODELS, JSON, "{}").await;
     assert_eq!(models.status, 200, "{}", models.text());
-    assert!(models.json()["data"].as_array().is_some_and(|d| !d.is_empty()));
+    assert!(models.json()["data"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty()));
     assert!(models.header("x-gateway-models-source").is_some());
     gw.shutdown().await;
 }
@@ -150,7 +155,9 @@ async fn stream_json_is_enveloped_with_an_end_of_stream() {
         assert_eq!(got["object"], "chat.completion.chunk");
         assert_eq!(
             got["choices"][0]["delta"]["content"].as_str().unwrap_or(""),
-            sent["choices"][0]["delta"]["content"].as_str().unwrap_or("")
+            sent["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
         );
     }
     assert!(end.get("error").is_none(), "{end}");
@@ -233,7 +240,10 @@ async fn invalid_argument_is_connect_error_json() {
     let (messages, end) = split_stream(&response.body);
     assert!(messages.is_empty());
     assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
-    assert!(end["error"]["message"].as_str().unwrap().contains("messages"));
+    assert!(end["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("messages"));
 
     // A streaming body that is no envelope.
     let response = gw
@@ -250,7 +260,10 @@ async fn invalid_argument_is_connect_error_json() {
 
     // Other content types on the gRPC paths are still 415 (OpenAI JSON), and Connect content
     // types on the gRPC-only services too.
-    let response = gw.http.post_raw(CREATE, &[("content-type", "text/plain")], "x").await;
+    let response = gw
+        .http
+        .post_raw(CREATE, &[("content-type", "text/plain")], "x")
+        .await;
     assert_eq!(response.status, 415);
     let response = gw
         .http

@@ -239,7 +239,12 @@ async fn buf_curl_speaks_connect_to_the_gateway() {
     ] {
         assert!(ok, "buf curl {name}: {out}\n{err}");
     }
-    assert!(list.1.contains("megallm.v1.ChatService/StreamChatCompletion"), "{}", list.1);
+    assert!(
+        list.1
+            .contains("megallm.v1.ChatService/StreamChatCompletion"),
+        "{}",
+        list.1
+    );
     let unary: serde_json::Value = serde_json::from_str(&unary.1).expect("one JSON message");
     assert!(
         unary["choices"][0]["message"]["content"]
@@ -248,7 +253,11 @@ async fn buf_curl_speaks_connect_to_the_gateway() {
             .contains("buf here"),
         "{unary}"
     );
-    assert!(stream.1.matches("chat.completion.chunk").count() >= 3, "{}", stream.1);
+    assert!(
+        stream.1.matches("chat.completion.chunk").count() >= 3,
+        "{}",
+        stream.1
+    );
     assert!(stream.1.contains("FINISH_REASON_STOP"), "{}", stream.1);
     assert!(models.1.contains("\"data\""), "{}", models.1);
     // An invalid request: buf reports Connect's error with its code.

@@ -298,7 +298,8 @@ fn content_type(codec: Codec, streaming: bool) -> HeaderValue {
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the compiled-in descriptor set is valid")
+        DescriptorPool::decode(FILE_DESCRIPTOR_SET)
+            .expect("the compiled-in descriptor set is valid")
     })
 }
 
@@ -503,7 +504,10 @@ fn error_json(status: &Status) -> Value {
 fn unary_error(_codec: Codec, status: &Status) -> Response {
     let mut response = (
         http_status(status.code()),
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         error_json(status).to_string(),
     )
         .into_response();
@@ -552,7 +556,9 @@ fn metadata_json(metadata: &MetadataMap) -> Map<String, Value> {
 
 /// The end-of-stream envelope: `{}`, or the error with its metadata.
 fn end_stream(error: Option<&Status>) -> Bytes {
-    let metadata = error.map(|s| metadata_json(s.metadata())).unwrap_or_default();
+    let metadata = error
+        .map(|s| metadata_json(s.metadata()))
+        .unwrap_or_default();
     end_stream_with(error, metadata)
 }
 

@@ -93,5 +93,8 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         // Outermost, so it sees the client's own content type (gRPC-Web included).
         .layer(axum::middleware::from_fn(guard::guard))
         // Connect content types on the ChatService paths are served before the guard.
-        .layer(axum::middleware::from_fn_with_state(connect, connect::route))
+        .layer(axum::middleware::from_fn_with_state(
+            connect,
+            connect::route,
+        ))
 }
