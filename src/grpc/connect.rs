@@ -348,7 +348,7 @@ fn decode<T: Named>(codec: Codec, payload: &[u8]) -> Result<T, Status> {
                 .and_then(|m| deserializer.end().map(|()| m))
                 .map_err(|e| {
                     Status::invalid_argument(format!(
-                        "the request message is not valid JSON for {}: {e}",
+                        "the request message is not valid JSON for {} (the proto3 JSON mapping; OpenAI JSON goes to POST /v1/chat/completions): {e}",
                         T::NAME
                     ))
                 })?;
