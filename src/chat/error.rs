@@ -1,6 +1,9 @@
 //! `GatewayError`: the one error of the core. It knows whose fault it is, whether waiting helps
 //! and for how long; `http/` renders it as OpenAI JSON and `grpc/` as a `tonic::Status`, each
 //! from the table in [`GatewayError::kind`].
+//!
+//! Why this file is longer than the rest: it is one job, the one error enum and its door-neutral
+//! table (kind, status, type, code, retry-after) for every variant.
 
 use std::time::Duration;
 

@@ -2,6 +2,9 @@
 //! in the settings table ([`layer`]), merged once at start (flag > env > file > default) and
 //! checked by [`Settings::validate`]. After that, settings are plain data passed explicitly;
 //! nothing reads the environment again.
+//!
+//! Why this file is longer than the rest: it is one job, the typed settings (the structs every
+//! module reads, their mapping from the table's layer, and the one validation at start).
 
 mod key_spec;
 mod layer;

@@ -14,6 +14,9 @@
 //! [`ChatDoor`] methods the gRPC calls run, and their `tonic::Status` is rendered in Connect's
 //! words. The JSON mapping goes through `prost-reflect` on the compiled-in descriptor set:
 //! camelCase names out (either name accepted in), enums as strings.
+//!
+//! Why this file is longer than the rest: it is one job, the whole Connect protocol (routing,
+//! the unary and streaming framings, the JSON mapping, the error JSON and status table).
 
 use std::sync::{Arc, OnceLock};
 

@@ -16,6 +16,9 @@
 //!   limit divided by the replicas last seen alive).
 //!
 //! Every Redis call is bounded by [`CALL_TIMEOUT`]: a request never fails because Redis does.
+//!
+//! Why this file is longer than the rest: it is one job, keeping the local snapshot and Redis in
+//! step (writer, subscriber, resync, heartbeat and the shared limits they guard).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
