@@ -13,12 +13,14 @@ use serde::Deserialize;
 use super::{HumanDuration, LogFormat, Secret, Strategy, UtcTime};
 
 /// Defines [`Layer`]: `required` rows have a default (every merged layer holds them),
-/// `optional` rows may stay unset, `lists` are comma lists read from the environment only (a
-/// key on the command line would show in `ps`) or as TOML arrays.
+/// `optional` rows may stay unset, `repeated` rows are a flag given once per value (their
+/// environment variable a comma list, their TOML key an array), `lists` are comma lists read
+/// from the environment only (a key on the command line would show in `ps`) or as TOML arrays.
 macro_rules! settings_table {
     (
         required { $( $(#[$ra:meta])* $rf:ident : $rt:ty = $rd:literal, $rh:literal; )* }
         optional { $( $(#[$oa:meta])* $of:ident : $ot:ty, $oh:literal; )* }
+        repeated { $( $(#[$pa:meta])* $pf:ident, $ph:literal; )* }
         lists { $( $lf:ident, $lenv:literal, $lh:literal; )* }
     ) => {
         /// One layer of settings: the command line with the environment, or the TOML file.
@@ -27,6 +29,11 @@ macro_rules! settings_table {
         pub struct Layer {
             $( $(#[$ra])* #[arg(help = concat!($rh, " [default: ", $rd, "]"))] pub $rf: Option<$rt>, )*
             $( $(#[$oa])* #[arg(help = $oh)] pub $of: Option<$ot>, )*
+            $(
+                $(#[$pa])*
+                #[arg(help = $ph, value_delimiter = ',', action = clap::ArgAction::Append)]
+                pub $pf: Option<Vec<String>>,
+            )*
             $(
                 #[doc = $lh]
                 #[arg(skip = CommaList::from_env($lenv))]
@@ -49,13 +56,14 @@ macro_rules! settings_table {
                 Layer {
                     $( $rf: self.$rf.or(lower.$rf), )*
                     $( $of: self.$of.or(lower.$of), )*
+                    $( $pf: self.$pf.or(lower.$pf), )*
                     $( $lf: self.$lf.or(lower.$lf), )*
                 }
             }
 
             /// The names of every setting, as the TOML file spells them.
             pub fn names() -> &'static [&'static str] {
-                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )*]
+                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($pf), )* $( stringify!($lf), )*]
             }
         }
 
@@ -64,6 +72,7 @@ macro_rules! settings_table {
         pub const ROWS: &[Row] = &[
             $( Row { name: stringify!($rf), default: Some($rd), help: $rh, list: false }, )*
             $( Row { name: stringify!($of), default: None, help: $oh, list: false }, )*
+            $( Row { name: stringify!($pf), default: None, help: $ph, list: true }, )*
             $( Row { name: stringify!($lf), default: None, help: $lh, list: true }, )*
         ];
 
@@ -144,6 +153,10 @@ settings_table! {
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
         #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
         quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
+    }
+    repeated {
+        #[arg(long = "cors-origin", env = "GATEWAY_CORS_ORIGINS")]
+        cors_origins, "Browser origin allowed to call the gateway (HTTP API, gRPC-Web, Connect), like https://app.example.com or *; repeat the flag (env: a comma list). None: no CORS headers at all";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";
@@ -309,6 +322,24 @@ mod tests {
                 "{name} is not in gateway.example.toml"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_flag_collects_every_value() {
+        let cli = Cli::try_parse_from([
+            "megallm-gateway",
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "https://b.example,https://c.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.layer.cors_origins.unwrap(),
+            ["https://a.example", "https://b.example", "https://c.example"]
+        );
+        let file: Layer = toml::from_str(r#"cors_origins = ["https://d.example"]"#).unwrap();
+        assert_eq!(file.cors_origins.unwrap(), ["https://d.example"]);
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
     /// share one Redis; also keys the fingerprint that names a key there.
     pub redis_prefix: String,
+    /// Browser origins allowed by CORS (`*`: any). Empty: no CORS headers at all, so a
+    /// gateway nobody asked to open to browsers answers exactly as before.
+    pub cors_origins: Vec<String>,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -270,6 +273,7 @@ impl Settings {
             max_connections,
             redis,
             quota_reset_utc,
+            cors_origins,
             api_keys: _,
             auth_tokens,
         } = layer;
@@ -316,6 +320,7 @@ impl Settings {
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
+            cors_origins: cors_origins.unwrap_or_default(),
         }
     }
 
@@ -373,6 +378,9 @@ impl Settings {
         if self.redis_prefix.trim().is_empty() {
             return Err("--redis-prefix must not be empty".into());
         }
+        for origin in &self.cors_origins {
+            check_origin(origin)?;
+        }
         let sch = &self.scheduler;
         for (name, d) in [
             ("--connect-timeout", self.timeouts.connect),
@@ -420,6 +428,32 @@ impl Settings {
             );
         }
         Ok(tokens)
+    }
+}
+
+/// A CORS origin as a browser sends it: `*`, or `scheme://host[:port]` with no path, nothing
+/// else (a trailing `/` would never match).
+fn check_origin(origin: &str) -> Result<(), SettingsError> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let ok = rest.is_some_and(|host| {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--cors-origin `{origin}` is not an origin: write it as a browser sends it, \
+             scheme://host[:port] with no path (https://app.example.com), or * for any"
+        )
+        .into())
     }
 }
 

@@ -4,11 +4,12 @@
 //! deadline error ([`BodyTimeout`]).
 //!
 //! It imports no door and not the server: `http/` and `grpc/` reach the key pool only through
-//! `Core`'s methods, and the plain data they show (`KeyView`, `ReloadSummary`) is re-exported
-//! here.
+//! `Core`'s methods, and the plain data they show (`KeyView`, `KeyStats`, `ReloadSummary`) is
+//! re-exported here. [`context`]: a model's context window (`Core::context_length`).
 
 mod auth;
 mod body_timeout;
+mod context;
 mod render;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub use render::{error_response, set_attempts};
 use crate::chat::{ChatRequest, GatewayError};
 use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
-pub use crate::keys::{KeyView, ReloadSummary};
+pub use crate::keys::{KeyStats, KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics};
 pub use crate::upstream::ModelInfo;
 use crate::upstream::{Dispatcher, Models};
@@ -85,6 +86,19 @@ impl Core {
     /// no key `id`.
     pub fn enable_key(&self, id: &str) -> bool {
         self.pool.enable(id)
+    }
+
+    /// Makes every key that is not ready (cooling, half-open, disabled) ready now; the ids it
+    /// changed. The original service's `reset-failed-keys`.
+    pub fn reset_failed_keys(&self) -> Vec<String> {
+        let reset = self.pool.reset_failed();
+        tracing::info!(keys = reset.len(), "admin reset every failed key");
+        reset
+    }
+
+    /// Keys in total, able to serve now, cooling or disabled (`/health`).
+    pub fn key_stats(&self) -> KeyStats {
+        self.pool.stats()
     }
 
     /// The Prometheus text: request metrics and each key's state and counters.

@@ -1,4 +1,6 @@
-//! `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list/object shape.
+//! `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list/object shape, and the route
+//! they share with `GET /v1/models/{id}/info` (a model id may hold `/`, so one catch-all
+//! route serves both and the `/info` suffix picks [`super::dropin::model_info`]).
 
 use std::sync::Arc;
 
@@ -23,6 +25,9 @@ pub async fn list(_: ClientAuth, State(core): State<Arc<Core>>) -> Response {
 }
 
 pub async fn get(_: ClientAuth, State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
+    if let Some(model) = id.strip_suffix("/info").filter(|m| !m.is_empty()) {
+        return super::dropin::model_info(&core, model);
+    }
     match core.models.get(&id).await {
         Some(model) => Json(object(&model)).into_response(),
         None => HttpError::from(GatewayError::NotFound(format!(
