@@ -88,10 +88,12 @@ impl Core {
         self.pool.enable(id)
     }
 
-    /// Makes every key that is not ready (cooling, half-open, disabled) ready now; the ids it
-    /// changed. The original service's `reset-failed-keys`.
+    /// Makes every key that is not ready (cooling, half-open, disabled) ready now, and drops
+    /// the account-wide 429 backoff with them; the ids it changed. The original service's
+    /// `reset-failed-keys`.
     pub fn reset_failed_keys(&self) -> Vec<String> {
         let reset = self.pool.reset_failed();
+        self.dispatcher.forget_rate_limits();
         tracing::info!(keys = reset.len(), "admin reset every failed key");
         reset
     }
