@@ -13,8 +13,9 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::catalogue::Catalogue;
 use crate::config::KeySpec;
-use crate::upstream::models::builtin;
+use crate::upstream::models::from_catalogue;
 
 pub struct Demo {
     pub upstream: String,
@@ -30,7 +31,11 @@ pub async fn start(stop: CancellationToken) -> Result<Demo, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
-        .route("/v1/models", get(models));
+        .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -43,7 +48,7 @@ pub async fn start(stop: CancellationToken) -> Result<Demo, String> {
 }
 
 async fn models() -> Response {
-    let data: Vec<Value> = builtin()
+    let data: Vec<Value> = from_catalogue(&Catalogue::builtin())
         .iter()
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}))
         .collect();
@@ -128,4 +133,155 @@ async fn chat(Json(body): Json<Value>) -> Response {
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A short deterministic vector per input: enough to show the shape.
+async fn embeddings(Json(body): Json<Value>) -> Response {
+    let inputs: Vec<String> = match &body["input"] {
+        Value::Array(items) => items.iter().map(|i| i.to_string()).collect(),
+        other => vec![other.to_string()],
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let seed = text
+                .bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+            let vector: Vec<f64> = (0..8)
+                .map(|i| f64::from((seed >> i) % 200) / 100.0 - 1.0)
+                .collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    Json(
+        json!({"object": "list", "model": body["model"], "data": data,
+                "usage": {"prompt_tokens": inputs.len(), "total_tokens": inputs.len()}}),
+    )
+    .into_response()
+}
+
+/// Server-sent events from `(event name, data)` pairs, 40 ms apart; `done`: end with
+/// `data: [DONE]`.
+fn sse(events: Vec<(Option<&'static str>, Value)>, done: bool) -> Response {
+    let mut frames: Vec<String> = events
+        .into_iter()
+        .map(|(name, data)| match name {
+            Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+            None => format!("data: {data}\n\n"),
+        })
+        .collect();
+    if done {
+        frames.push("data: [DONE]\n\n".into());
+    }
+    let stream = futures_util::stream::unfold(frames.into_iter(), |mut it| async move {
+        let frame = it.next()?;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        Some((Ok::<_, std::convert::Infallible>(frame), it))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn echo(prompt: &str) -> String {
+    format!("Hello from the megallm-gateway demo upstream! You said: {prompt}")
+}
+
+async fn completions(Json(body): Json<Value>) -> Response {
+    let text = echo(body["prompt"].as_str().unwrap_or(""));
+    let head = json!({"id": "cmpl-demo", "object": "text_completion", "model": body["model"]});
+    if body["stream"] != Value::Bool(true) {
+        let mut whole = head;
+        whole["choices"] = json!([{"index": 0, "text": text, "finish_reason": "stop"}]);
+        return Json(whole).into_response();
+    }
+    let events = text
+        .split_inclusive(' ')
+        .map(|piece| {
+            let mut chunk = head.clone();
+            chunk["choices"] = json!([{"index": 0, "text": piece, "finish_reason": null}]);
+            (None, chunk)
+        })
+        .collect();
+    sse(events, true)
+}
+
+async fn responses(Json(body): Json<Value>) -> Response {
+    let input = match &body["input"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = echo(&input);
+    let response = |status: &str, text: &str| {
+        json!({"id": "resp_demo", "object": "response", "status": status, "model": body["model"],
+               "output": [{"type": "message", "id": "msg_demo", "role": "assistant", "status": status,
+                           "content": [{"type": "output_text", "text": text, "annotations": []}]}]})
+    };
+    if body["stream"] != Value::Bool(true) {
+        return Json(response("completed", &text)).into_response();
+    }
+    let mut events = vec![(
+        Some("response.created"),
+        json!({"type": "response.created", "response": response("in_progress", "")}),
+    )];
+    for piece in text.split_inclusive(' ') {
+        events.push((
+            Some("response.output_text.delta"),
+            json!({"type": "response.output_text.delta", "item_id": "msg_demo", "output_index": 0,
+                   "content_index": 0, "delta": piece}),
+        ));
+    }
+    events.push((
+        Some("response.completed"),
+        json!({"type": "response.completed", "response": response("completed", &text)}),
+    ));
+    sse(events, false)
+}
+
+/// Anthropic's Messages API, as its SDKs read it.
+async fn messages(Json(body): Json<Value>) -> Response {
+    let text = reply_text(&body);
+    let model = body["model"].clone();
+    let usage = json!({"input_tokens": body.to_string().len() / 4, "output_tokens": text.split_whitespace().count()});
+    if body["stream"] != Value::Bool(true) {
+        return Json(
+            json!({"id": "msg_demo", "type": "message", "role": "assistant", "model": model,
+                           "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                           "stop_sequence": null, "usage": usage}),
+        )
+        .into_response();
+    }
+    let mut events = vec![
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_demo", "type": "message",
+                   "role": "assistant", "model": model, "content": [], "stop_reason": null,
+                   "stop_sequence": null, "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}}),
+        ),
+        (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+    ];
+    for piece in text.split_inclusive(' ') {
+        events.push((
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+        ));
+    }
+    events.push((
+        Some("content_block_stop"),
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push((
+        Some("message_delta"),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+               "usage": {"output_tokens": usage["output_tokens"]}}),
+    ));
+    events.push((Some("message_stop"), json!({"type": "message_stop"})));
+    sse(events, false)
 }

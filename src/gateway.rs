@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::catalogue::Catalogue;
 use crate::config::{Settings, SettingsError};
 use crate::core::Core;
 use crate::keys::KeyPool;
@@ -41,6 +42,8 @@ const FLUSH_AFTER_GRACE: Duration = Duration::from_secs(2);
 /// A started gateway.
 pub struct Gateway {
     addr: SocketAddr,
+    /// Every address served, `addr` first.
+    addrs: Vec<SocketAddr>,
     /// Cancelled on shutdown: background tasks end, the server stops accepting.
     stop: CancellationToken,
     /// Cancelled once the grace is over: open streams end with `ShuttingDown`.
@@ -73,6 +76,7 @@ impl Gateway {
         let store = crate::keys::store::build(&settings).await?;
         let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         let client = UpstreamClient::new(&settings)?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let dispatcher = Dispatcher::new(
             pool.clone(),
             client.clone(),
@@ -80,10 +84,16 @@ impl Gateway {
             settings.timeouts.clone(),
             &settings.scheduler,
         )
-        .with_shutdown(drain.clone());
+        .with_shutdown(drain.clone())
+        .with_metrics(metrics.clone());
+        let catalogue = Arc::new(
+            Catalogue::load(settings.models_file.as_deref())
+                .map_err(|e| StartError::Setup(e.to_string()))?,
+        );
         let models = Models::new(
             client.clone(),
             pool.clone(),
+            catalogue.clone(),
             settings.models_cache_ttl,
             settings.timeouts.first_byte,
         );
@@ -95,16 +105,30 @@ impl Gateway {
         );
         let grace = settings.shutdown_grace;
         let keys_file = settings.keys_file.clone();
-        let core = Arc::new(Core::new(settings, pool, dispatcher, models, auth_tokens));
+        let core = Arc::new(Core::new(
+            settings,
+            pool,
+            dispatcher,
+            models,
+            catalogue,
+            auth_tokens,
+            metrics,
+        ));
         let watcher = match keys_file {
             Some(path) => Some(watch_keys_file(core.clone(), path, stop.clone())?),
             None => None,
         };
         reload_on_sighup(core.clone(), stop.clone());
-        let listener = tokio::net::TcpListener::bind(core.settings.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", core.settings.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for at in std::iter::once(core.settings.listen).chain(core.settings.extra_listen.clone()) {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen on {at}: {e}"))?;
+            addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            listeners.push(listener);
+        }
+        let addr = addrs[0];
         let open_files = crate::server::raise_nofile_limit();
         let max_connections = core
             .settings
@@ -124,18 +148,24 @@ impl Gateway {
         };
         let kill = shutdown.kill.clone();
         let server = tokio::spawn(crate::server::serve(
-            listener,
+            listeners,
             app,
             core.settings.client.clone(),
             max_connections,
             shutdown,
         ));
-        tracing::info!(%addr, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
+        let all = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(%addr, listen = %all, upstream = %core.settings.upstream, keys = specs.len(), demo = core.settings.demo, "megallm-gateway listening");
         if core.client_tokens_required() && core.settings.metrics_token.is_none() {
             tracing::warn!("clients need a gateway token but /metrics is open to anyone who reaches this address; set --metrics-token to close it");
         }
         Ok(Gateway {
             addr,
+            addrs,
             stop,
             drain,
             kill,
@@ -148,6 +178,12 @@ impl Gateway {
     /// The address the gateway listens on (the port chosen, if the settings said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every address the gateway listens on (`--listen` given more than once), the first one
+    /// [`Gateway::local_addr`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, then ends the

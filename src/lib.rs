@@ -16,16 +16,20 @@
 //! - `keys`: the key scheduler: pool, per-key state machine, outcome classification, choice
 //!   strategies, leases, masking of key material.
 //! - `chat`: the transport-neutral types: validated request, request context, chunk stream,
-//!   attempt trail, the one error enum, the header names the gateway defines.
+//!   attempt trail, the one error enum, the header names the gateway defines; `chat::context`
+//!   the context-length check. `catalogue`: what the gateway knows of each model (context
+//!   length, output limit, capabilities), built in or from `--models-file`.
 //!
 //! Around them: `gateway` at the top (the [`Gateway`] handle: start, address, shutdown, key
 //! reloads by file watch and SIGHUP); [`config`]: [`Settings`]; `metrics`; `demo`: the
-//! embedded simulated upstream behind `--demo`; [`telemetry`]: logging.
+//! embedded simulated upstream behind `--demo`; [`telemetry`]: logging and the OTLP trace export; `trace`: the request and
+//! upstream-attempt spans it exports (none are made while it is off).
 //!
 //! The public surface is what `main` and the integration tests use: [`Gateway`],
 //! [`Settings`] (and [`config`]'s types), the generated gRPC types ([`grpc::pb`]) and
 //! [`telemetry::init`].
 
+mod catalogue;
 mod chat;
 pub mod config;
 mod core;
@@ -37,6 +41,7 @@ mod keys;
 mod metrics;
 mod server;
 pub mod telemetry;
+mod trace;
 mod upstream;
 
 pub use config::Settings;

@@ -18,7 +18,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    let telemetry = match telemetry::init(settings.log_format, settings.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("megallm-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let gateway = match Gateway::start(settings).await {
         Ok(g) => g,
         Err(e) => {
@@ -29,6 +35,8 @@ async fn main() -> ExitCode {
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
     gateway.shutdown().await;
+    // The exporter's last batch goes out on a blocking thread (its shutdown waits for it).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     ExitCode::SUCCESS
 }
 

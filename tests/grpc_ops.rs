@@ -189,6 +189,13 @@ async fn health_follows_the_pool_through_admin_disable_and_enable() {
     .await
     .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+    // Watch on an unknown service: SERVICE_UNKNOWN, the call kept open (health.proto).
+    watch_until(
+        &mut health,
+        "no.such.Service",
+        ServingStatus::ServiceUnknown,
+    )
+    .await;
 
     for id in ["key-1", "key-2"] {
         assert_eq!(

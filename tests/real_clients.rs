@@ -1,6 +1,7 @@
 //! Clients nobody here wrote, run as users run them against a real gateway in demo mode: the
-//! official OpenAI Python SDK on the HTTP door, and Python grpcio (stubs generated from
-//! `proto/megallm/v1/chat.proto` at test time) and grpcurl (reflection only) on the gRPC door.
+//! official OpenAI Python SDK on the HTTP door, `prometheus_client`'s parser on `/metrics`, and
+//! Python grpcio (stubs generated from `proto/megallm/v1/chat.proto` at test time) and grpcurl
+//! (reflection only) on the gRPC door.
 //! CI installs them in `.venv` and sets `MEGALLM_TEST_PYTHON`; a build without it (and without
 //! `CI`) reports these tests as ignored, never as passed.
 
@@ -61,6 +62,23 @@ async fn openai_python_sdk_talks_to_the_gateway() {
     gateway.shutdown().await;
 }
 
+/// The official Anthropic SDK on `/v1/messages` (unary and streaming), and embeddings through
+/// the OpenAI SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(real_clients),
+    ignore = "needs Python with the client SDKs: bash .ci/run installs them and sets MEGALLM_TEST_PYTHON"
+)]
+async fn anthropic_python_sdk_talks_to_the_gateway() {
+    let python = python();
+    let gateway = demo_gateway().await;
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::task::spawn_blocking(move || run_script(&python, "anthropic_check.py", &base))
+        .await
+        .unwrap();
+    gateway.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(real_clients),
@@ -71,6 +89,22 @@ async fn python_grpcio_client_talks_to_the_gateway() {
     let gateway = demo_gateway().await;
     let addr = gateway.local_addr().to_string();
     tokio::task::spawn_blocking(move || run_script(&python, "grpc_client_check.py", &addr))
+        .await
+        .unwrap();
+    gateway.shutdown().await;
+}
+
+/// `prometheus_client`'s parser reads `/metrics`, and the names follow the rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(real_clients),
+    ignore = "needs Python with the client SDKs: bash .ci/run installs them and sets MEGALLM_TEST_PYTHON"
+)]
+async fn prometheus_client_parses_the_metrics() {
+    let python = python();
+    let gateway = demo_gateway().await;
+    let base = format!("http://{}", gateway.local_addr());
+    tokio::task::spawn_blocking(move || run_script(&python, "metrics_check.py", &base))
         .await
         .unwrap();
     gateway.shutdown().await;

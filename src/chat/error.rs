@@ -333,6 +333,40 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// Anthropic's error `type` for this error: the upstream's own when it gave one (an
+    /// upstream rejection passed through), else the one Anthropic uses for the status.
+    pub fn anthropic_type(&self) -> &str {
+        if let GatewayError::UpstreamRejected {
+            error_type: Some(t),
+            ..
+        } = self
+        {
+            return t;
+        }
+        match self.http_status() {
+            400 | 415 | 405 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            408 | 504 => "timeout_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    /// Anthropic's error JSON, `{"type": "error", "error": {"type", "message"}}`.
+    pub fn to_anthropic_json(&self) -> Bytes {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": self.to_string()},
+        });
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,9 @@
 //! [`RequestContext`], the answer shapes ([`Completion`], [`ChunkStream`]), the attempt trail and
 //! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
 
+pub mod context;
 mod error;
+mod forward;
 pub mod headers;
 mod request;
 mod scan;
@@ -19,6 +21,7 @@ use futures_util::Stream;
 use tokio::time::Instant;
 
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
+pub use forward::{Auth, Endpoint, Events, Flavor, Forward};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;
 pub use upstream_error::UpstreamErrorBody;
@@ -30,6 +33,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// The client's own deadline (gRPC `grpc-timeout`); the gateway's `total` timeout applies too.
     pub deadline: Option<Instant>,
+    /// The request's trace span (`trace::request_span`): `Span::none()` unless traces are
+    /// exported, so a clone costs nothing then.
+    pub span: tracing::Span,
 }
 
 impl RequestContext {
@@ -48,6 +54,7 @@ impl RequestContext {
         RequestContext {
             request_id,
             deadline: None,
+            span: tracing::Span::none(),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct ChatRequest {
     body: Bytes,
     /// The answer's length the client allows (`max_completion_tokens`, else `max_tokens`).
     max_tokens: Option<u32>,
+    /// Bytes of the `messages` JSON: a bound on the prompt's tokens that costs nothing.
+    messages_len: usize,
 }
 
 /// The fields the gateway checks, borrowed from the body; everything else is ignored here and
@@ -118,6 +120,7 @@ impl ChatRequest {
             .into_iter()
             .flatten()
             .find_map(|raw| raw.get().parse::<u32>().ok());
+        let messages_len = checked.messages.map_or(0, |raw| raw.get().len());
         let (model, body) = match checked.model {
             Some(raw) => {
                 let model = match serde_json::from_str::<String>(raw.get()) {
@@ -140,6 +143,7 @@ impl ChatRequest {
             stream,
             max_tokens,
             body,
+            messages_len,
         })
     }
 
@@ -150,6 +154,16 @@ impl ChatRequest {
 
     pub fn stream(&self) -> bool {
         self.stream
+    }
+
+    /// The output the client asked room for (`max_completion_tokens`, else `max_tokens`).
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens.map(u64::from)
+    }
+
+    /// The length in bytes of `messages`: no prompt has more tokens than this.
+    pub fn messages_len(&self) -> usize {
+        self.messages_len
     }
 
     /// The exact JSON bytes to send upstream.
@@ -172,7 +186,7 @@ pub const DEFAULT_ANSWER_TOKENS: u32 = 16;
 impl ChatRequest {}
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
-fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
+pub(super) fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {
     let model_json = serde_json::to_string(model).unwrap_or_else(|_| "\"\"".into());
     let rest = &body[brace + 1..];
     let empty_object = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');

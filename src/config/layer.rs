@@ -13,15 +13,14 @@ use serde::Deserialize;
 use super::{HumanDuration, LogFormat, Secret, Strategy, UtcTime};
 
 /// Defines [`Layer`]: `required` rows have a default (every merged layer holds them),
-/// `optional` rows may stay unset, `repeated` rows are a flag given once per value (their
-/// environment variable a comma list, their TOML key an array), `lists` are comma lists read
-/// from the environment only (a key on the command line would show in `ps`) or as TOML arrays.
+/// `optional` rows may stay unset, `lists` are comma lists read from the environment only (a
+/// key on the command line would show in `ps`) or as TOML arrays.
 macro_rules! settings_table {
     (
         required { $( $(#[$ra:meta])* $rf:ident : $rt:ty = $rd:literal, $rh:literal; )* }
         optional { $( $(#[$oa:meta])* $of:ident : $ot:ty, $oh:literal; )* }
-        repeated { $( $(#[$pa:meta])* $pf:ident, $ph:literal; )* }
         lists { $( $lf:ident, $lenv:literal, $lh:literal; )* }
+        repeated { $( $(#[$pa:meta])* $pf:ident : $pt:ty = $pd:literal, $ph:literal; )* }
     ) => {
         /// One layer of settings: the command line with the environment, or the TOML file.
         #[derive(clap::Args, Deserialize, Default, Debug)]
@@ -30,14 +29,14 @@ macro_rules! settings_table {
             $( $(#[$ra])* #[arg(help = concat!($rh, " [default: ", $rd, "]"))] pub $rf: Option<$rt>, )*
             $( $(#[$oa])* #[arg(help = $oh)] pub $of: Option<$ot>, )*
             $(
-                $(#[$pa])*
-                #[arg(help = $ph, value_delimiter = ',', action = clap::ArgAction::Append)]
-                pub $pf: Option<Vec<String>>,
-            )*
-            $(
                 #[doc = $lh]
                 #[arg(skip = CommaList::from_env($lenv))]
                 pub $lf: Option<CommaList>,
+            )*
+            $(
+                $(#[$pa])* #[arg(help = $ph)]
+                #[serde(default, deserialize_with = "one_or_many")]
+                pub $pf: Option<Vec<$pt>>,
             )*
         }
 
@@ -46,6 +45,8 @@ macro_rules! settings_table {
             pub fn defaults() -> Layer {
                 Layer {
                     $( $rf: Some(parse_default::<$rt>(stringify!($rf), $rd)), )*
+                    $( $pf: (!$pd.is_empty())
+                        .then(|| vec![parse_default::<$pt>(stringify!($pf), $pd)]), )*
                     ..Layer::default()
                 }
             }
@@ -56,14 +57,14 @@ macro_rules! settings_table {
                 Layer {
                     $( $rf: self.$rf.or(lower.$rf), )*
                     $( $of: self.$of.or(lower.$of), )*
-                    $( $pf: self.$pf.or(lower.$pf), )*
                     $( $lf: self.$lf.or(lower.$lf), )*
+                    $( $pf: self.$pf.filter(|v| !v.is_empty()).or(lower.$pf), )*
                 }
             }
 
             /// The names of every setting, as the TOML file spells them.
             pub fn names() -> &'static [&'static str] {
-                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($pf), )* $( stringify!($lf), )*]
+                &[$( stringify!($rf), )* $( stringify!($of), )* $( stringify!($lf), )* $( stringify!($pf), )*]
             }
         }
 
@@ -72,8 +73,13 @@ macro_rules! settings_table {
         pub const ROWS: &[Row] = &[
             $( Row { name: stringify!($rf), default: Some($rd), help: $rh, list: false }, )*
             $( Row { name: stringify!($of), default: None, help: $oh, list: false }, )*
-            $( Row { name: stringify!($pf), default: None, help: $ph, list: true }, )*
             $( Row { name: stringify!($lf), default: None, help: $lh, list: true }, )*
+            $( Row {
+                name: stringify!($pf),
+                default: if $pd.is_empty() { None } else { Some($pd) },
+                help: $ph,
+                list: true,
+            }, )*
         ];
 
         /// What `--help` says after the flags: the settings the command line does not take.
@@ -86,8 +92,6 @@ macro_rules! settings_table {
 
 settings_table! {
     required {
-        #[arg(long, env = "GATEWAY_LISTEN")]
-        listen: SocketAddr = "127.0.0.1:8000", "One address serving HTTP/1.1, h2c and gRPC";
         #[arg(long, env = "MEGALLM_BASE_URL")]
         upstream: String = "https://ai.megallm.io/v1", "OpenAI-compatible upstream base URL";
         #[arg(long, env = "GATEWAY_DEFAULT_MODEL")]
@@ -151,16 +155,24 @@ settings_table! {
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
         #[arg(long = "redis", env = "GATEWAY_REDIS_URL", hide_env_values = true)]
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
+        #[arg(long, env = "GATEWAY_MODELS_FILE")]
+        models_file: PathBuf, "TOML model catalogue (context length, output limit, capabilities) over the built-in one";
         #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]
         quota_reset_utc: UtcTime, "Daily time (HH:MM, UTC) the upstream's quotas reset: a key out of quota is benched until then, not for --quota-bench";
-    }
-    repeated {
-        #[arg(long = "cors-origin", env = "GATEWAY_CORS_ORIGINS")]
-        cors_origins, "Browser origin allowed to call the gateway (HTTP API, gRPC-Web, Connect), like https://app.example.com or *; repeat the flag (env: a comma list). None: no CORS headers at all";
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: String, "OTLP/gRPC collector (http://host:4317) to export request and upstream-attempt spans to; off when unset";
     }
     lists {
         api_keys, "MEGALLM_API_KEYS", "Upstream keys separated by commas; joined with the keys file's";
         auth_tokens, "GATEWAY_AUTH_TOKENS", "Gateway tokens clients must present, separated by commas";
+    }
+    repeated {
+        #[arg(long, env = "GATEWAY_LISTEN", value_delimiter = ',')]
+        listen: SocketAddr = "127.0.0.1:8000", "Address serving HTTP/1.1, h2c and gRPC; repeat (or comma-separate) for several, e.g. [::1]:8000 [default: 127.0.0.1:8000]";
+        #[arg(long = "passthrough-path", env = "GATEWAY_PASSTHROUGH_PATHS", value_delimiter = ',')]
+        passthrough_path: String = "", "Extra path forwarded through the key pool to the same path upstream (e.g. /v1/audio/speech); repeatable";
+        #[arg(long = "cors-origin", env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+        cors_origin: String = "", "Browser origin allowed to call the gateway (HTTP API, gRPC-Web, Connect), like https://app.example.com, or * for any; repeatable. None: no CORS headers at all";
     }
 }
 
@@ -251,6 +263,24 @@ impl<'de> Deserialize<'de> for CommaList {
     }
 }
 
+/// A TOML value that is one item or an array of them.
+fn one_or_many<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(Some(match Raw::<T>::deserialize(d)? {
+        Raw::One(item) => vec![item],
+        Raw::Many(items) => items,
+    }))
+}
+
 fn parse_default<T: FromStr>(name: &str, literal: &str) -> T {
     match literal.parse() {
         Ok(v) => v,
@@ -267,7 +297,8 @@ mod tests {
     #[test]
     fn every_default_parses_and_the_command_line_is_well_formed() {
         let d = Layer::defaults();
-        assert_eq!(d.listen, Some("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(d.listen, Some(vec!["127.0.0.1:8000".parse().unwrap()]));
+        assert_eq!(d.passthrough_path, None);
         assert!(d.keys_file.is_none());
         Cli::command().debug_assert();
         assert!(Layer::names().contains(&"client_idle_timeout"));
@@ -325,7 +356,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_flag_collects_every_value() {
+    fn cors_origins_repeat_and_split_on_commas() {
         let cli = Cli::try_parse_from([
             "megallm-gateway",
             "--cors-origin",
@@ -335,11 +366,38 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.layer.cors_origins.unwrap(),
+            cli.layer.cors_origin.unwrap(),
             ["https://a.example", "https://b.example", "https://c.example"]
         );
-        let file: Layer = toml::from_str(r#"cors_origins = ["https://d.example"]"#).unwrap();
-        assert_eq!(file.cors_origins.unwrap(), ["https://d.example"]);
+        let file: Layer = toml::from_str(r#"cors_origin = ["https://d.example"]"#).unwrap();
+        assert_eq!(file.cors_origin.unwrap(), ["https://d.example"]);
+    }
+
+    #[test]
+    fn listen_and_passthrough_paths_repeat() {
+        let cli = Cli::try_parse_from([
+            "megallm-gateway",
+            "--listen",
+            "127.0.0.1:8000",
+            "--listen",
+            "[::]:8001",
+            "--passthrough-path",
+            "/v1/audio/speech",
+            "--passthrough-path",
+            "/v1/rerank",
+        ])
+        .unwrap();
+        let listen = cli.layer.listen.unwrap();
+        assert_eq!(listen.len(), 2);
+        assert_eq!(listen[1].to_string(), "[::]:8001");
+        assert_eq!(
+            cli.layer.passthrough_path.unwrap(),
+            ["/v1/audio/speech", "/v1/rerank"]
+        );
+        let file: Layer =
+            toml::from_str("listen = \"127.0.0.1:1\"\npassthrough_path = [\"/v1/a\"]").unwrap();
+        assert_eq!(file.listen.unwrap().len(), 1);
+        assert_eq!(file.passthrough_path.unwrap(), ["/v1/a"]);
     }
 
     #[test]

@@ -118,7 +118,11 @@ pub struct SchedulerSettings {
 /// settings table and in `gateway.example.toml`.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The first address to serve on (`--listen`; the one `Gateway::local_addr` reports).
     pub listen: SocketAddr,
+    /// Further addresses served like `listen` (`--listen` given more than once), so that
+    /// `localhost` works whether it resolves to 127.0.0.1 or ::1.
+    pub extra_listen: Vec<SocketAddr>,
     /// Base URL of the OpenAI-compatible upstream, without a trailing slash.
     pub upstream: String,
     pub keys_file: Option<PathBuf>,
@@ -150,8 +154,15 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
     /// share one Redis; also keys the fingerprint that names a key there.
     pub redis_prefix: String,
-    /// Browser origins allowed by CORS (`*`: any). Empty: no CORS headers at all, so a
-    /// gateway nobody asked to open to browsers answers exactly as before.
+    /// The OTLP/gRPC collector spans are exported to (`telemetry::init`); no spans are made
+    /// without one, so tracing costs nothing unless asked for.
+    pub otlp_endpoint: Option<String>,
+    /// The model catalogue file (`--models-file`); `None`: the built-in catalogue.
+    pub models_file: Option<PathBuf>,
+    /// Extra paths forwarded through the pool to the same path upstream (`--passthrough-path`).
+    pub passthrough_paths: Vec<String>,
+    /// Browser origins allowed by CORS (`--cors-origin`; `*`: any). Empty: no CORS headers at
+    /// all, so a gateway nobody asked to open to browsers answers exactly as before.
     pub cors_origins: Vec<String>,
 }
 
@@ -186,6 +197,20 @@ impl FromStr for LogFormat {
         value_enum(s)
     }
 }
+
+/// Paths the gateway serves itself: `--passthrough-path` may not name them.
+const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
 
 /// Longest duration any setting takes: far past any sane value, far short of overflowing
 /// the clock arithmetic it feeds.
@@ -241,7 +266,6 @@ impl Settings {
     /// whole, so a setting added to the table and forgotten here does not compile.
     fn from_layer(layer: Layer, keys: Vec<KeySpec>) -> Settings {
         let Layer {
-            listen,
             upstream,
             default_model,
             max_attempts,
@@ -272,13 +296,20 @@ impl Settings {
             metrics_token,
             max_connections,
             redis,
+            models_file,
             quota_reset_utc,
-            cors_origins,
+            otlp_endpoint,
             api_keys: _,
             auth_tokens,
+            listen,
+            passthrough_path,
+            cors_origin,
         } = layer;
+        let mut listen = listen.unwrap_or_default().into_iter();
+        let default_listen = || "127.0.0.1:8000".parse().expect("a valid address");
         Settings {
-            listen: set(listen),
+            listen: listen.next().unwrap_or_else(default_listen),
+            extra_listen: listen.collect(),
             upstream: set(upstream).trim_end_matches('/').to_owned(),
             keys_file,
             keys,
@@ -320,7 +351,10 @@ impl Settings {
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
-            cors_origins: cors_origins.unwrap_or_default(),
+            otlp_endpoint,
+            models_file,
+            passthrough_paths: passthrough_path.unwrap_or_default(),
+            cors_origins: cors_origin.unwrap_or_default(),
         }
     }
 
@@ -373,6 +407,16 @@ impl Settings {
             let url = url.expose();
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err("--redis must be a redis:// or rediss:// URL".into());
+            }
+        }
+        for path in &self.passthrough_paths {
+            let reserved = RESERVED_PATHS.contains(&path.as_str()) || path.starts_with("/admin/");
+            if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) || reserved {
+                return Err(format!(
+                    "--passthrough-path `{path}` must be a plain path starting with `/` (no `{{}}`, `*`, `?`), \
+                     and not one the gateway serves itself"
+                )
+                .into());
             }
         }
         if self.redis_prefix.trim().is_empty() {

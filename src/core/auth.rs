@@ -15,12 +15,27 @@ impl Core {
 
     /// Checks a client's `Authorization` value when gateway tokens are configured.
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), GatewayError> {
+        self.authorize_token(authorization.and_then(bearer_token))
+    }
+
+    /// Anthropic's clients send the token as `x-api-key`; a bearer `Authorization` is taken
+    /// too, first when both are sent.
+    pub fn authorize_api_key(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+    ) -> Result<(), GatewayError> {
+        let token = authorization
+            .and_then(bearer_token)
+            .or_else(|| api_key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()));
+        self.authorize_token(token)
+    }
+
+    fn authorize_token(&self, token: Option<&[u8]>) -> Result<(), GatewayError> {
         if self.auth_tokens.is_empty() {
             return Ok(());
         }
-        let token = authorization
-            .and_then(bearer_token)
-            .ok_or(GatewayError::Unauthenticated)?;
+        let token = token.ok_or(GatewayError::Unauthenticated)?;
         // Check every token so the time taken does not say which one nearly matched.
         let ok = self
             .auth_tokens

@@ -5,11 +5,10 @@
 //!
 //! It imports no door and not the server: `http/` and `grpc/` reach the key pool only through
 //! `Core`'s methods, and the plain data they show (`KeyView`, `KeyStats`, `ReloadSummary`) is
-//! re-exported here. [`context`]: a model's context window (`Core::context_length`).
+//! re-exported here.
 
 mod auth;
 mod body_timeout;
-mod context;
 mod render;
 
 use std::sync::Arc;
@@ -17,22 +16,30 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use body_timeout::BodyTimeout;
-pub use render::{error_response, set_attempts};
+pub use render::{anthropic_error_response, error_response, set_attempts};
 
-use crate::chat::{ChatRequest, GatewayError};
+pub use crate::catalogue::Catalogue;
+use crate::chat::{ChatRequest, Endpoint, Forward, GatewayError};
 use crate::config::{Secret, Settings};
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyStats, KeyView, ReloadSummary};
-pub use crate::metrics::{Door, Metrics};
-pub use crate::upstream::ModelInfo;
+pub use crate::metrics::{Door, Metrics, Route, Status};
+/// The trace spans, for the doors to open a request's and record its status.
+pub(crate) use crate::trace;
 use crate::upstream::{Dispatcher, Models};
+pub use crate::upstream::{ModelInfo, ModelsSource};
 
 /// Shared by both doors; one per gateway.
 pub struct Core {
     pub settings: Settings,
     pub dispatcher: Dispatcher,
     pub models: Models,
-    pub metrics: Metrics,
+    /// Shared with the dispatcher, which records the attempt and stream metrics.
+    pub metrics: Arc<Metrics>,
+    /// What the gateway knows of each model (context length, output limit, capabilities).
+    pub catalogue: Arc<Catalogue>,
+    /// The forwarded endpoints: the built-in ones, then `--passthrough-path`s.
+    endpoints: Vec<Arc<Endpoint>>,
     /// Private: doors see the pool through the methods below, so none imports `keys/`.
     pool: Arc<KeyPool>,
     auth_tokens: Vec<Secret>,
@@ -44,21 +51,58 @@ impl Core {
         pool: Arc<KeyPool>,
         dispatcher: Dispatcher,
         models: Models,
+        catalogue: Arc<Catalogue>,
         auth_tokens: Vec<Secret>,
+        metrics: Arc<Metrics>,
     ) -> Core {
+        let mut endpoints: Vec<Arc<Endpoint>> =
+            Endpoint::builtin().into_iter().map(Arc::new).collect();
+        for path in &settings.passthrough_paths {
+            if !endpoints.iter().any(|e| &e.path == path) {
+                endpoints.push(Arc::new(Endpoint::passthrough(path)));
+            }
+        }
         Core {
+            endpoints,
             settings,
             dispatcher,
             models,
-            metrics: Metrics::default(),
+            catalogue,
+            metrics,
             pool,
             auth_tokens,
         }
     }
 
-    /// Validates and defaults a chat body: the one validation both doors use.
+    /// Validates and defaults a chat body: the one validation both doors use. A request
+    /// whose prompt plus `max_tokens` certainly exceeds the model's context (when the
+    /// catalogue knows it) is refused here, before any key is spent.
     pub fn validate_chat(&self, body: Bytes) -> Result<ChatRequest, GatewayError> {
-        ChatRequest::from_json(body, &self.settings.default_model)
+        let request = ChatRequest::from_json(body, &self.settings.default_model)?;
+        let context = self
+            .catalogue
+            .get(request.model())
+            .and_then(|m| m.context_length);
+        if let Some(context) = context {
+            crate::chat::context::check(&request, context)?;
+        }
+        Ok(request)
+    }
+
+    /// The endpoints forwarded besides chat, each for the HTTP door to route.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// Checks and defaults a forwarded endpoint's body (JSON object, `model` defaulted where
+    /// the endpoint needs one); `headers`: the client headers the endpoint forwards.
+    pub fn validate_forward(
+        &self,
+        endpoint: Arc<Endpoint>,
+        body: Bytes,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Forward, GatewayError> {
+        Forward::from_json(endpoint, body, &self.settings.default_model, headers)
     }
 
     /// At least one key can take a request now (`/readyz`, gRPC health).
@@ -86,6 +130,12 @@ impl Core {
     /// no key `id`.
     pub fn enable_key(&self, id: &str) -> bool {
         self.pool.enable(id)
+    }
+
+    /// The model's context window in tokens, from the catalogue (built in, or
+    /// `--models-file`); `None` for a model it does not know or knows no length of.
+    pub fn context_length(&self, model: &str) -> Option<u64> {
+        self.catalogue.get(model).and_then(|m| m.context_length)
     }
 
     /// Makes every key that is not ready (cooling, half-open, disabled) ready now, and drops

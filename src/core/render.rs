@@ -10,8 +10,17 @@ use crate::chat::{headers, Attempts, GatewayError};
 
 /// `error` as OpenAI's error JSON with its status and headers.
 pub fn error_response(error: &GatewayError) -> Response {
+    render(error, error.to_openai_json())
+}
+
+/// `error` as Anthropic's error JSON (`/v1/messages`), with the same status and headers.
+pub fn anthropic_error_response(error: &GatewayError) -> Response {
+    render(error, error.to_anthropic_json())
+}
+
+fn render(error: &GatewayError, body: bytes::Bytes) -> Response {
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (status, error.to_openai_json()).into_response();
+    let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 use crate::chat::{headers, Attempts, GatewayError, RequestContext};
-use crate::core::{Core, Door};
+use crate::core::{trace, Core, Door, Route, Status};
 
 /// One gRPC call in flight.
 pub struct Call {
@@ -92,9 +92,12 @@ impl Drop for Call {
     fn drop(&mut self) {
         let code = self.code.unwrap_or(Code::Cancelled);
         let elapsed = self.start.elapsed();
-        self.core
-            .metrics
-            .record(Door::Grpc, code as u16, self.head.unwrap_or(elapsed));
+        self.core.metrics.record(
+            Route::grpc(self.method),
+            Status::Grpc(code as u8),
+            self.head.unwrap_or(elapsed),
+        );
+        trace::grpc_status(&self.ctx.span, code as i32);
         let attempts = self.attempts.as_ref();
         tracing::info!(
             target: "megallm_gateway::access",
@@ -106,10 +109,15 @@ impl Drop for Call {
             attempts = %attempts.map(|a| a.to_string()).unwrap_or_default(),
             code = ?code,
             grpc_status = code as i32,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = millis(elapsed),
             "grpc call"
         );
     }
+}
+
+/// A duration in milliseconds to the microsecond (`0.466`), as the HTTP door's log prints it.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). A malformed

@@ -55,3 +55,48 @@ fn status(core: &Core) -> ServingStatus {
         ServingStatus::NotServing
     }
 }
+
+/// `grpc.health.v1.Health` as health.proto says it: tonic-health's service, except that
+/// `Watch` on a service the gateway does not know sends SERVICE_UNKNOWN and keeps the call
+/// open (tonic-health fails it with NOT_FOUND, which a watching client reads as an error).
+pub(super) struct Health(pub tonic_health::server::HealthService);
+
+type WatchStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<tonic_health::pb::HealthCheckResponse, tonic::Status>,
+            > + Send,
+    >,
+>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        self.0.check(request).await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<WatchStream>, tonic::Status> {
+        use futures_util::StreamExt;
+        match self.0.watch(request).await {
+            Ok(stream) => Ok(tonic::Response::new(Box::pin(stream.into_inner()))),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let unknown = tonic_health::pb::HealthCheckResponse {
+                    status: tonic_health::pb::health_check_response::ServingStatus::ServiceUnknown
+                        as i32,
+                };
+                let stream = futures_util::stream::once(async move { Ok(unknown) })
+                    .chain(futures_util::stream::pending());
+                Ok(tonic::Response::new(Box::pin(stream)))
+            }
+            Err(status) => Err(status),
+        }
+    }
+}

@@ -53,7 +53,10 @@ const SERVICE_NAME: &str = "megallm.v1.ChatService";
 /// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
 /// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched.
 pub(crate) fn router(core: Arc<Core>) -> Router {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
+        tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+    ));
     health::spawn(Arc::downgrade(&core), reporter);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -164,14 +164,23 @@ impl ChatDoor {
             None => list.await,
         };
         let data = models
+            .models
             .iter()
             .map(|m| pb::Model {
                 id: m.id.clone(),
                 created: m.created,
                 owned_by: m.owned_by.clone(),
+                context_length: m.context_length,
+                max_output_tokens: m.max_output_tokens,
+                capabilities: m.capabilities.iter().map(|c| c.name().to_owned()).collect(),
             })
             .collect();
-        Ok(Response::new(pb::ListModelsResponse { data }))
+        let mut response = Response::new(pb::ListModelsResponse { data });
+        response.metadata_mut().insert(
+            crate::chat::headers::MODELS_SOURCE,
+            tonic::metadata::MetadataValue::from_static(models.source.name()),
+        );
+        Ok(response)
     }
 }
 

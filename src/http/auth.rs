@@ -33,6 +33,34 @@ impl FromRequestParts<Arc<Core>> for ClientAuth {
     }
 }
 
+/// The caller of Anthropic's `/v1/messages` presented a gateway token, as `x-api-key` (what
+/// Anthropic's SDKs send) or as a bearer token, or none is configured. The refusal is in
+/// Anthropic's error shape.
+pub struct AnthropicAuth;
+
+/// A refusal in Anthropic's error shape.
+pub struct AnthropicRefusal(GatewayError);
+
+impl axum::response::IntoResponse for AnthropicRefusal {
+    fn into_response(self) -> axum::response::Response {
+        crate::core::anthropic_error_response(&self.0)
+    }
+}
+
+impl FromRequestParts<Arc<Core>> for AnthropicAuth {
+    type Rejection = AnthropicRefusal;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        core: &Arc<Core>,
+    ) -> Result<Self, AnthropicRefusal> {
+        let api_key = parts.headers.get("x-api-key").map(|v| v.as_bytes());
+        core.authorize_api_key(authorization(parts), api_key)
+            .map_err(AnthropicRefusal)?;
+        Ok(AnthropicAuth)
+    }
+}
+
 /// The admin API is on and the caller presented its token.
 pub struct AdminAuth;
 

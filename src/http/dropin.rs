@@ -15,7 +15,7 @@ use crate::core::Core;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The context length the original assumed for a model it did not know.
-const DEFAULT_CONTEXT: u32 = 128_000;
+const DEFAULT_CONTEXT: u64 = 128_000;
 
 pub async fn root() -> Response {
     Json(json!({
@@ -46,12 +46,13 @@ pub async fn health(State(core): State<Arc<Core>>) -> Response {
     Json(json!({"status": status, "key_stats": stats, "version": VERSION})).into_response()
 }
 
-/// The body of `GET /v1/models/{id}/info` (the caller checked the client token).
+/// The body of `GET /v1/models/{id}/info` (the caller checked the client token): the
+/// catalogue's context length (`--models-file` included), else the original's default.
 pub fn model_info(core: &Core, id: &str) -> Response {
     let known = core.context_length(id);
     let context = known.unwrap_or(DEFAULT_CONTEXT);
     // The original reserved a tenth of the window for the answer.
-    let usable = (u64::from(context) * 9 / 10) as u32;
+    let usable = context / 10 * 9 + context % 10 * 9 / 10;
     let mut body = json!({
         "id": id,
         "object": "model.info",
@@ -70,7 +71,7 @@ pub fn model_info(core: &Core, id: &str) -> Response {
 }
 
 /// `128000` → `"128,000 tokens"`.
-fn tokens(n: u32) -> String {
+fn tokens(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

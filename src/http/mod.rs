@@ -8,6 +8,7 @@ mod body;
 mod chat;
 mod dropin;
 mod error;
+mod forward;
 mod models;
 mod openapi;
 mod ops;
@@ -15,7 +16,7 @@ mod ops;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use crate::chat::{headers, Attempts, GatewayError, RequestContext};
-use crate::core::{Core, Door};
+use crate::core::{trace, Core, Door, Route, Status};
 use error::HttpError;
 
 /// What a handler tells the access log about a request it served.
@@ -36,7 +37,7 @@ pub struct RequestNote {
 /// One route of the HTTP door: the router's path, its handler, and the operations the OpenAPI
 /// document lists for it (`"GET /v1/models/{id}"`). Usually one; `/v1/models/{*id}` serves
 /// two, since a model id may hold `/` and so `…/{id}/info` cannot be a route of its own.
-pub(crate) struct Route {
+pub(crate) struct HttpRoute {
     pub path: &'static str,
     /// Read by the OpenAPI test only.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -46,8 +47,8 @@ pub(crate) struct Route {
 
 /// Every route the HTTP door serves. The router is built from this list and nothing else, and
 /// `openapi`'s test checks the document against it, so no route is served undocumented.
-pub(crate) fn routes() -> Vec<Route> {
-    let route = |path, documented, handler| Route {
+pub(crate) fn routes() -> Vec<HttpRoute> {
+    let route = |path, documented, handler| HttpRoute {
         path,
         documented,
         handler,
@@ -91,9 +92,12 @@ pub(crate) fn routes() -> Vec<Route> {
 /// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
 /// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
+    let router = core.endpoints().iter().fold(Router::new(), |router, endpoint| {
+        router.route(&endpoint.path.clone(), forward::route(endpoint.clone()))
+    });
     routes()
         .into_iter()
-        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
+        .fold(router, |router, r| router.route(r.path, r.handler))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(core)
 }
@@ -109,15 +113,16 @@ async fn method_not_allowed(method: Method) -> Response {
     response
 }
 
-/// Gives every request a [`RequestContext`] (request id in and out) and writes one log line
-/// and one metrics sample per HTTP request. gRPC calls log in their own door.
+/// Gives every request a [`RequestContext`] (request id in and out, and with traces on its
+/// span, continuing the client's `traceparent`) and writes one log line and one metrics sample
+/// per HTTP request, labelled by the route axum matched. gRPC calls log in their own door.
 pub async fn access_layer(
     State(core): State<Arc<Core>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let start = Instant::now();
-    let ctx = RequestContext::new(
+    let mut ctx = RequestContext::new(
         request
             .headers()
             .get(headers::REQUEST_ID)
@@ -128,8 +133,23 @@ pub async fn access_layer(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let route = if grpc {
+        Route::grpc_path(request.uri().path())
+    } else {
+        let matched = request.extensions().get::<MatchedPath>();
+        Some(Route::http(matched.map(|m| m.as_str())))
+    };
+    if let Some(route) = route {
+        ctx.span = trace::request_span(
+            route,
+            request.method().as_str(),
+            &ctx.request_id,
+            request.headers(),
+        );
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let span = ctx.span.clone();
     request.extensions_mut().insert(ctx);
     let mut response = next.run(request).await;
     if let Some(id) = request_id {
@@ -137,12 +157,13 @@ pub async fn access_layer(
             .headers_mut()
             .insert(headers::REQUEST_ID, id.clone());
     }
-    if grpc {
+    let Some(route) = route.filter(|_| !grpc) else {
         return response;
-    }
+    };
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    core.metrics.record(Door::Http, status, elapsed);
+    core.metrics.record(route, Status::Http(status), elapsed);
+    trace::http_status(&span, status);
     let note = response
         .extensions()
         .get::<RequestNote>()
@@ -159,10 +180,17 @@ pub async fn access_layer(
         key = attempts.and_then(|a| a.last_key()).unwrap_or(""),
         attempts = %attempts.map(|a| a.to_string()).unwrap_or_default(),
         status,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        duration_ms = millis(elapsed),
         "request"
     );
     response
+}
+
+/// A duration in milliseconds to the microsecond: `0.466`, not `0.46578400000000003` (the
+/// quotient of whole microseconds is the double nearest the 3-decimal value, which prints as
+/// that value). The gRPC door's log has the same.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 fn request_id_str(response: &Response) -> &str {

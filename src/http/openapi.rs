@@ -3,8 +3,9 @@
 //! (`docs.html`, self-contained: it fetches nothing but the document, so it works with no
 //! internet).
 //!
-//! The document is kept true by the tests below (every route of [`super::routes`] is in it
-//! and nothing else is, every example validates against its schema) and by the integration
+//! The document is kept true by the tests below (every route of [`super::routes`] and every
+//! built-in forwarded endpoint is in it and nothing else is, every example validates against
+//! its schema) and by the integration
 //! tests that request each documented operation and fuzz the API from it (schemathesis).
 
 use axum::http::header;
@@ -53,9 +54,16 @@ mod tests {
     fn every_route_the_router_serves_is_documented_and_nothing_else() {
         let doc = doc();
         let in_doc = documented(&doc);
+        // The door's own routes, and the forwarded endpoints the core routes beside them (an
+        // operator's `--passthrough-path`s aside: the document says they are not listed).
         let served: BTreeSet<String> = super::super::routes()
             .iter()
             .flat_map(|r| r.documented.iter().map(|s| s.to_string()))
+            .chain(
+                crate::chat::Endpoint::builtin()
+                    .iter()
+                    .map(|e| format!("POST {}", e.path)),
+            )
             .collect();
         let undocumented: Vec<_> = served.difference(&in_doc).collect();
         let unserved: Vec<_> = in_doc.difference(&served).collect();

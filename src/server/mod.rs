@@ -78,6 +78,17 @@ pub fn app(core: Arc<Core>) -> Router {
     ))
 }
 
+/// The next connection on any of the listeners (`--listen` given more than once).
+async fn accept_any(
+    listeners: &[TcpListener],
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    if let [one] = listeners {
+        return one.accept().await;
+    }
+    let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+    futures_util::future::select_all(accepts).await.0
+}
+
 /// How the server stops: `stop` ends accepting and asks every connection to finish its open
 /// requests and close; `drain` (the grace is over) ends open gRPC streams with UNAVAILABLE;
 /// `kill` closes whatever is still open.
@@ -91,7 +102,7 @@ pub struct Shutdown {
 /// Serves until `shutdown.stop` is cancelled, then stops accepting and returns once every
 /// connection has closed (or `shutdown.kill` closed them).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     app: Router,
     limits: ClientLimits,
     max_connections: usize,
@@ -142,7 +153,7 @@ pub async fn serve(
             }
         };
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = accept_any(&listeners) => accepted,
             _ = stop.cancelled() => break,
         };
         let tcp = match accepted {
@@ -166,7 +177,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         tracker.spawn(conn::serve(tcp, shared.clone(), permit));
     }
-    drop(listener);
+    drop(listeners);
     tracker.close();
     tracker.wait().await;
 }

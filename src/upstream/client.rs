@@ -13,8 +13,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::chat::headers;
+use crate::chat::{headers, Auth, Forward};
 use crate::config::{Secret, Settings};
+
+/// W3C Trace Context's header.
+const TRACEPARENT: &str = "traceparent";
 
 pub type Response = http::Response<hyper::body::Incoming>;
 pub type Error = hyper_util::client::legacy::Error;
@@ -38,6 +41,8 @@ pub enum ClientSetupError {
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The base URL, no trailing slash: forwarded endpoints' URIs are made from it.
+    base: String,
     chat_uri: Uri,
     models_uri: Uri,
     user_agent: HeaderValue,
@@ -71,8 +76,10 @@ impl UpstreamClient {
                     source,
                 })
         };
+        uri("embeddings")?;
         Ok(UpstreamClient {
             http,
+            base: base.to_owned(),
             chat_uri: uri("chat/completions")?,
             models_uri: uri("models")?,
             user_agent: HeaderValue::from_static(concat!(
@@ -98,7 +105,48 @@ impl UpstreamClient {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             request = request.header(headers::REQUEST_ID, id);
         }
+        // With traces on, the attempt's span (the current one) continues upstream.
+        if let Some(parent) = crate::trace::traceparent() {
+            request = request.header(TRACEPARENT, parent);
+        }
         self.send(request, body).await
+    }
+
+    /// `POST {upstream}/<the endpoint's path>` with the pool key as the endpoint wants it
+    /// (bearer, or Anthropic's `x-api-key`) and the client headers the endpoint forwards.
+    pub async fn forward(
+        &self,
+        key: &Secret,
+        req: &Forward,
+        request_id: &str,
+    ) -> Result<Response, Error> {
+        let endpoint = req.endpoint();
+        let uri = format!("{}/{}", self.base, endpoint.upstream_path());
+        // The base parsed at start and the path is a route the gateway serves: valid.
+        let uri = uri.parse::<Uri>().unwrap_or_else(|_| self.chat_uri.clone());
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, self.user_agent.clone());
+        request = match endpoint.auth {
+            Auth::Bearer => request.header(AUTHORIZATION, bearer(key)),
+            Auth::XApiKey => {
+                let mut value = HeaderValue::try_from(key.expose())
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
+                value.set_sensitive(true);
+                request.header("x-api-key", value)
+            }
+        };
+        for (name, value) in req.headers() {
+            if let Ok(value) = HeaderValue::try_from(value.as_str()) {
+                request = request.header(*name, value);
+            }
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            request = request.header(headers::REQUEST_ID, id);
+        }
+        self.send(request, req.body().clone()).await
     }
 
     /// `GET {upstream}/models` with a pool key (the model list, and the revoked-key probe).

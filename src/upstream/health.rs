@@ -7,6 +7,7 @@
 //! `std::sync::Mutex` section per call, never held across an await. Per replica: with
 //! `--redis` each replica learns an outage or an account limit from its own answers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +69,16 @@ struct Inner {
 #[derive(Debug)]
 pub struct UpstreamHealth {
     inner: Mutex<Inner>,
+    /// True while there is nothing to check: breaker closed, no backoff, no timeout streak.
+    /// Every request asks [`UpstreamHealth::admit`] and reports [`UpstreamHealth::answered`];
+    /// in the common, healthy case both read this flag and take no lock.
+    calm: AtomicBool,
+}
+
+impl Inner {
+    fn calm(&self) -> bool {
+        self.breaker == Breaker::Closed && self.backoff_until.is_none() && self.timed_out.is_empty()
+    }
 }
 
 impl Default for UpstreamHealth {
@@ -79,19 +90,51 @@ impl Default for UpstreamHealth {
                 limited: Vec::new(),
                 backoff_until: None,
             }),
+            calm: AtomicBool::new(true),
         }
     }
 }
 
+/// A locked section that keeps [`UpstreamHealth::calm`] true to the state when it ends.
+struct Guard<'a> {
+    inner: std::sync::MutexGuard<'a, Inner>,
+    calm: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.calm.store(self.inner.calm(), Ordering::Release);
+    }
+}
+
 impl UpstreamHealth {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Guard<'_> {
+        Guard {
+            inner: self.inner.lock().unwrap_or_else(|p| p.into_inner()),
+            calm: &self.calm,
+        }
     }
 
     /// May a request call the upstream now? `first` for a request's first try: only that one
     /// waits out an account-wide backoff (a request already on its round finishes it, so that
     /// every key is asked once).
     pub fn admit(&self, now: Instant, first: bool) -> Result<Admission, Refusal> {
+        if self.calm.load(Ordering::Acquire) {
+            return Ok(Admission { probe: false });
+        }
         let mut inner = self.lock();
         if first {
             if let Some(until) = inner.backoff_until {
@@ -148,6 +191,9 @@ impl UpstreamHealth {
 
     /// The upstream answered (any status): it is reachable, and no timeout streak stands.
     pub fn answered(&self) {
+        if self.calm.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.lock();
         inner.timed_out.clear();
         if inner.breaker != Breaker::Closed {

@@ -12,4 +12,4 @@ mod verdict;
 
 pub use client::{ClientSetupError, UpstreamClient};
 pub use dispatch::Dispatcher;
-pub use models::{ModelInfo, Models};
+pub use models::{ModelInfo, Models, Source as ModelsSource};

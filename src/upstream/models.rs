@@ -1,5 +1,7 @@
-//! The model list: the upstream's `GET /models`, cached for a short time, with a built-in list
-//! when the upstream cannot say (so `/v1/models` and `ListModels` always answer).
+//! The model list: the upstream's `GET /models`, cached for a short time, each entry enriched
+//! with the catalogue's fields. When the upstream cannot say, the answer is the last good list
+//! (`cache`) or the catalogue's models (`catalogue`), and says so ([`Source`]), with one WARN
+//! naming the cause: a dead upstream must not look like a working setup.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use tokio::time::{timeout, Instant};
 
 use super::client::UpstreamClient;
 use super::verdict::UpstreamErrorBody;
+use crate::catalogue::{Capability, Catalogue};
 use crate::keys::{classify, KeyPool};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -19,69 +22,116 @@ pub struct ModelInfo {
     pub created: i64,
     #[serde(default = "default_owner")]
     pub owned_by: String,
+    /// From the catalogue, when it knows the model.
+    #[serde(skip)]
+    pub context_length: Option<u64>,
+    #[serde(skip)]
+    pub max_output_tokens: Option<u64>,
+    #[serde(skip)]
+    pub capabilities: Vec<Capability>,
 }
 
 fn default_owner() -> String {
     "megallm".into()
 }
 
-/// Models MegaLLM serves, used when the upstream's list cannot be had.
-pub const BUILTIN_MODELS: &[&str] = &[
-    "openai-gpt-oss-120b",
-    "openai-gpt-oss-20b",
-    "gpt-4",
-    "gpt-4o",
-    "gpt-4o-mini",
-    "gpt-5",
-    "llama3.3-70b-instruct",
-    "claude-sonnet-4",
-    "gemini-2.5-flash",
-    "deepseek-v3",
-];
+/// Where a model list came from: the header `x-gateway-models-source` (gRPC: metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The upstream's own list, fetched within `--models-cache-ttl`.
+    Upstream,
+    /// The upstream could not be asked: its last good list.
+    Cache,
+    /// The upstream could not be asked and never answered: the catalogue's models.
+    Catalogue,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Upstream => "upstream",
+            Source::Cache => "cache",
+            Source::Catalogue => "catalogue",
+        }
+    }
+}
+
+/// A model list and where it came from.
+#[derive(Clone, Debug)]
+pub struct ModelList {
+    pub models: Arc<Vec<ModelInfo>>,
+    pub source: Source,
+}
 
 /// A failed fetch is not retried for this long, so a down upstream is not hammered by
-/// `/v1/models` traffic.
+/// `/v1/models` traffic (and the WARN is not repeated on every call).
 const FAILURE_TTL: Duration = Duration::from_secs(5);
 
 pub struct Models {
     client: UpstreamClient,
     pool: Arc<KeyPool>,
+    catalogue: Arc<Catalogue>,
     ttl: Duration,
     request_timeout: Duration,
-    cache: Mutex<Option<(Instant, Arc<Vec<ModelInfo>>)>>,
+    /// The answer to give until the instant.
+    cache: Mutex<Option<(Instant, ModelList)>>,
+    /// The upstream's last good list, for when it cannot be asked.
+    last_good: Mutex<Option<Arc<Vec<ModelInfo>>>>,
     /// One fetch at a time; others wait for its result instead of stampeding the upstream.
     refresh: tokio::sync::Mutex<()>,
 }
 
-pub fn builtin() -> Vec<ModelInfo> {
-    BUILTIN_MODELS
+/// The catalogue's models as a list (the demo upstream serves it; the fallback of last resort).
+pub fn from_catalogue(catalogue: &Catalogue) -> Vec<ModelInfo> {
+    catalogue
+        .models()
         .iter()
-        .map(|id| ModelInfo {
-            id: (*id).into(),
-            created: 1_700_000_000,
-            owned_by: default_owner(),
+        .map(|m| {
+            enrich(
+                ModelInfo {
+                    id: m.id.clone(),
+                    created: 1_700_000_000,
+                    owned_by: default_owner(),
+                    context_length: None,
+                    max_output_tokens: None,
+                    capabilities: Vec::new(),
+                },
+                catalogue,
+            )
         })
         .collect()
+}
+
+fn enrich(mut model: ModelInfo, catalogue: &Catalogue) -> ModelInfo {
+    if let Some(spec) = catalogue.get(&model.id) {
+        model.context_length = spec.context_length;
+        model.max_output_tokens = spec.max_output_tokens;
+        model.capabilities = spec.capabilities.clone();
+    }
+    model
 }
 
 impl Models {
     pub fn new(
         client: UpstreamClient,
         pool: Arc<KeyPool>,
+        catalogue: Arc<Catalogue>,
         ttl: Duration,
         request_timeout: Duration,
     ) -> Self {
         Models {
             client,
             pool,
+            catalogue,
             ttl,
             request_timeout,
             cache: Mutex::new(None),
+            last_good: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn cached(&self) -> Option<Arc<Vec<ModelInfo>>> {
+    fn cached(&self) -> Option<ModelList> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .as_ref()
@@ -89,7 +139,7 @@ impl Models {
             .map(|(_, list)| list.clone())
     }
 
-    pub async fn list(&self) -> Arc<Vec<ModelInfo>> {
+    pub async fn list(&self) -> ModelList {
         if let Some(list) = self.cached() {
             return list;
         }
@@ -98,48 +148,101 @@ impl Models {
             return list;
         }
         let (list, ttl) = match self.fetch().await {
-            Some(list) => (list, self.ttl),
-            None => (builtin(), FAILURE_TTL.min(self.ttl)),
+            Ok(list) => {
+                let models = Arc::new(list);
+                *self.last_good.lock().unwrap_or_else(|p| p.into_inner()) = Some(models.clone());
+                let list = ModelList {
+                    models,
+                    source: Source::Upstream,
+                };
+                (list, self.ttl)
+            }
+            Err(cause) => {
+                let last_good = self
+                    .last_good
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let list = match last_good {
+                    Some(models) => ModelList {
+                        models,
+                        source: Source::Cache,
+                    },
+                    None => ModelList {
+                        models: Arc::new(from_catalogue(&self.catalogue)),
+                        source: Source::Catalogue,
+                    },
+                };
+                tracing::warn!(
+                    cause = %cause,
+                    source = list.source.name(),
+                    "the upstream's model list cannot be had: serving the {} list",
+                    if list.source == Source::Cache { "last good" } else { "catalogue's" }
+                );
+                (list, FAILURE_TTL.min(self.ttl))
+            }
         };
-        let list = Arc::new(list);
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now() + ttl, list.clone()));
         list
     }
 
-    pub async fn get(&self, id: &str) -> Option<ModelInfo> {
-        self.list().await.iter().find(|m| m.id == id).cloned()
+    /// One model of the list, and where the list came from.
+    pub async fn get(&self, id: &str) -> (Option<ModelInfo>, Source) {
+        let list = self.list().await;
+        let model = list.models.iter().find(|m| m.id == id).cloned();
+        (model, list.source)
     }
 
-    async fn fetch(&self) -> Option<Vec<ModelInfo>> {
+    /// The upstream's list, enriched; `Err` names why there is none.
+    async fn fetch(&self) -> Result<Vec<ModelInfo>, String> {
         #[derive(Deserialize)]
         struct List {
             data: Vec<ModelInfo>,
         }
-        let mut lease = self.pool.acquire(&[]).ok()?;
+        let mut lease = self
+            .pool
+            .acquire(&[])
+            .map_err(|_| "no key can serve now".to_owned())?;
         let response = match timeout(self.request_timeout, self.client.models(lease.secret())).await
         {
             Ok(Ok(r)) => r,
-            _ => return None,
+            Ok(Err(e)) => {
+                return Err(lease.mask(&format!(
+                    "GET /models failed: {}",
+                    super::dispatch::describe(&e)
+                )))
+            }
+            Err(_) => return Err("GET /models timed out".into()),
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = timeout(self.request_timeout, response.into_body().collect())
-            .await
-            .ok()?
-            .ok()?
-            .to_bytes();
+        let body = match timeout(self.request_timeout, response.into_body().collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(_)) => return Err("reading GET /models broke off".into()),
+            Err(_) => return Err("reading GET /models timed out".into()),
+        };
         let ok = (200..300).contains(&status);
         let error = (!ok).then(|| UpstreamErrorBody::parse(&body));
         let outcome = classify(status, &headers, error.as_ref());
         lease.report(outcome, Some(status), "GET /models failed");
         if !ok {
-            tracing::warn!(status, key = %lease.id(), "upstream model list unavailable; serving the built-in list");
-            return None;
+            return Err(format!(
+                "GET /models answered {status} (key {})",
+                lease.id()
+            ));
         }
         // Clients see these names: they pass the pool's masking like every upstream byte.
         let body = lease.mask_content(&body);
-        let list: List = serde_json::from_slice(&body).ok()?;
-        (!list.data.is_empty()).then_some(list.data)
+        let list: List = serde_json::from_slice(&body)
+            .map_err(|e| format!("GET /models answered no model list: {e}"))?;
+        if list.data.is_empty() {
+            return Err("GET /models answered an empty list".into());
+        }
+        Ok(list
+            .data
+            .into_iter()
+            .map(|m| enrich(m, &self.catalogue))
+            .collect())
     }
 }

@@ -1,7 +1,10 @@
 //! Incremental Server-Sent Events parser: bytes in as they arrive from the network (events may
 //! split anywhere, lines end in `\n`, `\r\n` or `\r`), complete events' `data` out. Comments
-//! and fields other than `data` are skipped. A single-line `data` is returned as a slice of the
-//! read buffer, without copying.
+//! and fields other than `data` and `event` are skipped; an event's name (`event:`) is kept
+//! beside its data ([`SseParser::event_name`]) for the endpoints whose events are named (the
+//! Responses API, Anthropic's Messages), and [`named_frame`] writes such an event out again.
+//! Chat reads the data alone. A single-line `data` is returned as a slice of the read buffer,
+//! without copying.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -18,6 +21,9 @@ pub struct SseParser {
     /// Data lines of the event being assembled.
     data: Option<Bytes>,
     joined: Option<BytesMut>,
+    /// The `event:` name of the event being assembled, and of the last one returned.
+    name: Option<Bytes>,
+    last_name: Option<Bytes>,
 }
 
 impl SseParser {
@@ -56,11 +62,14 @@ impl SseParser {
             if line.is_empty() {
                 if let Some(joined) = self.joined.take() {
                     self.data = None;
+                    self.last_name = self.name.take();
                     return Some(joined.freeze());
                 }
                 if let Some(data) = self.data.take() {
+                    self.last_name = self.name.take();
                     return Some(data);
                 }
+                self.name = None;
                 continue; // blank line with no data: nothing to dispatch
             }
             if line[0] == b':' {
@@ -77,6 +86,10 @@ impl SseParser {
                 }
                 None => (&line[..], Bytes::new()),
             };
+            if field == b"event" {
+                self.name = Some(value);
+                continue;
+            }
             if field != b"data" {
                 continue;
             }
@@ -96,6 +109,11 @@ impl SseParser {
             }
         }
         None
+    }
+
+    /// The `event:` name of the event [`SseParser::next_event`] returned last, if it had one.
+    pub fn event_name(&self) -> Option<&Bytes> {
+        self.last_name.as_ref()
     }
 
     fn next_line(&mut self) -> Option<Bytes> {
@@ -125,6 +143,24 @@ impl SseParser {
         self.scanned = 0;
         Some(line)
     }
+}
+
+/// An event as it goes out again: `event: <name>` (when it had one), then its data, a `data:`
+/// line for each of its lines, then the blank line.
+pub fn named_frame(name: Option<&[u8]>, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 32);
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\n");
+    }
+    for line in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -167,6 +203,25 @@ mod tests {
             got.extend(all(&mut p));
         }
         assert_eq!(got, ["line1\nline2", "no-space"]);
+    }
+
+    #[test]
+    fn event_names_are_kept_beside_the_data() {
+        let input = b"event: message_start\ndata: {\"a\":1}\n\ndata: plain\n\nevent: ping\r\ndata: x\r\ndata: y\r\n\r\n";
+        let mut p = SseParser::new();
+        p.push(input);
+        let mut got = Vec::new();
+        while let Some(data) = p.next_event() {
+            got.push(named_frame(p.event_name().map(|n| &n[..]), &data));
+        }
+        assert_eq!(
+            got,
+            [
+                &b"event: message_start\ndata: {\"a\":1}\n\n"[..],
+                b"data: plain\n\n",
+                b"event: ping\ndata: x\ndata: y\n\n"
+            ]
+        );
     }
 
     #[test]

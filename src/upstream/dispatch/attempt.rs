@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use tokio::time::{timeout_at, Instant};
 
-use super::{describe, Deadline};
+use super::{describe, Call, Deadline};
 use crate::chat::{
-    AttemptOutcome, Attempts, ChatRequest, Completion, GatewayError, RequestContext, TimeoutKind,
+    AttemptOutcome, Attempts, Completion, GatewayError, RequestContext, TimeoutKind,
 };
 use crate::keys::{classify, KeyLease, KeyPool, Outcome};
 use crate::upstream::client::{Response, UpstreamClient};
@@ -55,10 +55,16 @@ impl Try<'_> {
     pub async fn send(
         &mut self,
         client: &UpstreamClient,
-        req: &ChatRequest,
+        req: Call<'_>,
         ctx: &RequestContext,
     ) -> Result<Response, Failed> {
-        let sending = client.chat(self.lease.secret(), req.body().clone(), &ctx.request_id);
+        let key = self.lease.secret();
+        let sending = async {
+            match req {
+                Call::Chat(chat) => client.chat(key, chat.body().clone(), &ctx.request_id).await,
+                Call::Forward(f) => client.forward(key, f, &ctx.request_id).await,
+            }
+        };
         match timeout_at(self.first_byte_at, sending).await {
             Ok(Ok(response)) => {
                 self.health.answered();

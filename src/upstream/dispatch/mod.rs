@@ -32,11 +32,14 @@ use super::client::{Response, UpstreamClient};
 use super::health::{Refusal, UpstreamHealth, RATE_WINDOW};
 use super::unstreamed;
 use crate::chat::{
-    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, GatewayError, RequestContext,
-    TimeoutKind,
+    Attempts, ChatRequest, ChunkStream, Completion, Dispatched, Events, Forward, GatewayError,
+    RequestContext, TimeoutKind,
 };
 use crate::config::{SchedulerSettings, Timeouts};
 use crate::keys::{KeyLease, KeyPool, NoKey};
+use crate::metrics::Metrics;
+use crate::trace;
+use tracing::Instrument;
 
 pub struct Dispatcher {
     pool: Arc<KeyPool>,
@@ -48,6 +51,8 @@ pub struct Dispatcher {
     health: UpstreamHealth,
     /// Cancelled when the shutdown grace is over: open streams then end with `ShuttingDown`.
     shutdown: CancellationToken,
+    /// Attempts per request, each attempt's latency by key, a stream's first token and end.
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -66,6 +71,7 @@ impl Dispatcher {
             queue_timeout: scheduler.queue_timeout,
             health: UpstreamHealth::default(),
             shutdown: CancellationToken::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -80,30 +86,68 @@ impl Dispatcher {
         self
     }
 
+    /// The metrics the dispatcher records into (the gateway's, which `/metrics` renders).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// A whole (non-streaming) completion.
     pub async fn complete(
         &self,
         req: &ChatRequest,
         ctx: &RequestContext,
     ) -> Dispatched<Completion> {
-        self.run::<Whole>(req, ctx).await
+        let dispatched = self.run::<Whole>(Call::Chat(req), ctx).await;
+        if let Ok(completion) = &dispatched.result {
+            trace::completion(&ctx.span, &completion.body);
+        }
+        dispatched
     }
 
     /// A streaming completion: the chunk stream starts with the first upstream event.
     pub async fn stream(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<ChunkStream> {
-        let Dispatched { result, attempts } = self.run::<Streamed>(req, ctx).await;
+        self.streamed(Call::Chat(req), ctx).await
+    }
+
+    /// A forwarded endpoint's whole answer (embeddings, legacy completions, responses,
+    /// Anthropic's messages, passthrough paths): the same keys, attempts, timeouts, verdicts
+    /// and masking as chat.
+    pub async fn forward(&self, req: &Forward, ctx: &RequestContext) -> Dispatched<Completion> {
+        self.run::<Whole>(Call::Forward(req), ctx).await
+    }
+
+    /// A forwarded endpoint's stream, framed as its [`Events`] say.
+    pub async fn forward_stream(
+        &self,
+        req: &Forward,
+        ctx: &RequestContext,
+    ) -> Dispatched<ChunkStream> {
+        self.streamed(Call::Forward(req), ctx).await
+    }
+
+    async fn streamed(&self, call: Call<'_>, ctx: &RequestContext) -> Dispatched<ChunkStream> {
+        let started = Instant::now();
+        let Dispatched { result, attempts } = self.run::<Streamed>(call, ctx).await;
+        let metrics = &self.metrics;
         Dispatched {
-            result: result.map(|chunks| crate::chat::until_shutdown(chunks, self.shutdown.clone())),
+            result: result.map(|chunks| {
+                let chunks = crate::chat::until_shutdown(chunks, self.shutdown.clone());
+                trace::observe_stream(chunks, metrics.clone(), &ctx.span, started)
+            }),
             attempts,
         }
     }
 
-    async fn run<M: Mode>(&self, req: &ChatRequest, ctx: &RequestContext) -> Dispatched<M::Output> {
+    async fn run<M: Mode>(&self, req: Call<'_>, ctx: &RequestContext) -> Dispatched<M::Output> {
         let deadline = Deadline::of(ctx, Instant::now() + self.timeouts.total);
         let keys = u32::try_from(self.pool.len()).unwrap_or(u32::MAX);
         let mut budget = Budget::new(self.max_attempts, keys, deadline);
         let mut attempts = Attempts::default();
+        trace::chat_requested(&ctx.span, req.model());
         let result = self.tries::<M>(req, ctx, &mut budget, &mut attempts).await;
+        self.metrics.attempts(attempts.0.len());
+        trace::attempts_done(&ctx.span, attempts.0.len());
         Dispatched { result, attempts }
     }
 
@@ -111,7 +155,7 @@ impl Dispatcher {
     /// then the last failure is the client's.
     async fn tries<M: Mode>(
         &self,
-        req: &ChatRequest,
+        req: Call<'_>,
         ctx: &RequestContext,
         budget: &mut Budget,
         attempts: &mut Attempts,
@@ -126,6 +170,9 @@ impl Dispatcher {
             let mut lease = self.lease(budget).await?;
             lease.charge_tokens(req.token_estimate());
             budget.start(lease.id());
+            let key = lease.id().clone();
+            let span = trace::attempt_span(&ctx.span, &key, req.model(), attempts.0.len() + 1);
+            let started = Instant::now();
             let attempt = Try {
                 lease,
                 attempts: &mut *attempts,
@@ -135,7 +182,13 @@ impl Dispatcher {
                 health: &self.health,
                 pool: &self.pool,
             };
-            let (error, costs) = match self.attempt::<M>(attempt, req, ctx).await {
+            let result = self
+                .attempt::<M>(attempt, req, ctx)
+                .instrument(span.clone())
+                .await;
+            self.metrics.attempt(&key, started.elapsed());
+            trace::attempt_done(&span, attempts.0.last(), result.is_ok());
+            let (error, costs) = match result {
                 Ok(output) => return Ok(output),
                 Err(Failed::Final(error)) => return Err(error),
                 Err(Failed::Retry(error)) => (error, true),
@@ -177,12 +230,46 @@ impl Dispatcher {
     async fn attempt<M: Mode>(
         &self,
         mut attempt: Try<'_>,
-        req: &ChatRequest,
+        req: Call<'_>,
         ctx: &RequestContext,
     ) -> Result<M::Output, Failed> {
         let response = attempt.send(&self.client, req, ctx).await?;
         let response = attempt.judge(response).await?;
-        M::finish(attempt, response).await
+        M::finish(attempt, response, req).await
+    }
+}
+
+/// What a request sends upstream: a chat completion, or a forwarded endpoint's body. Every
+/// step of an attempt is the same for both but the request's line and head
+/// ([`Try::send`]) and how a stream's events are framed.
+#[derive(Clone, Copy)]
+pub(super) enum Call<'a> {
+    Chat(&'a ChatRequest),
+    Forward(&'a Forward),
+}
+
+impl<'a> Call<'a> {
+    /// What a key's `tpm=` budget is charged up front.
+    fn token_estimate(self) -> u32 {
+        match self {
+            Call::Chat(req) => req.token_estimate(),
+            Call::Forward(req) => req.token_estimate(),
+        }
+    }
+
+    /// The model asked for, for the trace (a forwarded body may name none).
+    fn model(self) -> &'a str {
+        match self {
+            Call::Chat(req) => req.model(),
+            Call::Forward(req) => req.model().unwrap_or(""),
+        }
+    }
+
+    fn events(self) -> Events {
+        match self {
+            Call::Chat(_) => Events::Data,
+            Call::Forward(f) => f.endpoint().events,
+        }
     }
 }
 
@@ -194,6 +281,7 @@ trait Mode {
     fn finish(
         attempt: Try<'_>,
         response: Response,
+        call: Call<'_>,
     ) -> impl Future<Output = Result<Self::Output, Failed>> + Send;
 }
 
@@ -203,7 +291,11 @@ struct Whole;
 impl Mode for Whole {
     type Output = Completion;
 
-    async fn finish(attempt: Try<'_>, response: Response) -> Result<Completion, Failed> {
+    async fn finish(
+        attempt: Try<'_>,
+        response: Response,
+        _: Call<'_>,
+    ) -> Result<Completion, Failed> {
         attempt.read_whole(response).await
     }
 }
@@ -215,12 +307,24 @@ struct Streamed;
 impl Mode for Streamed {
     type Output = ChunkStream;
 
-    async fn finish(attempt: Try<'_>, response: Response) -> Result<ChunkStream, Failed> {
+    async fn finish(
+        attempt: Try<'_>,
+        response: Response,
+        call: Call<'_>,
+    ) -> Result<ChunkStream, Failed> {
         if !attempt::is_json(&response) {
-            return Ok(stream::prime(attempt, response).await?.into_chunks());
+            let primed = stream::prime(attempt, response, call.events()).await?;
+            return Ok(primed.into_chunks());
         }
         let completion = attempt.read_whole(response).await?;
-        let events = unstreamed::completion_to_chunks(&completion.body);
+        let events = match call {
+            Call::Chat(_) => unstreamed::completion_to_chunks(&completion.body),
+            // Another endpoint's whole answer goes out as its one event.
+            Call::Forward(f) => match f.endpoint().events {
+                Events::Data => vec![completion.body],
+                Events::Named => vec![super::sse::named_frame(None, &completion.body)],
+            },
+        };
         Ok(Box::pin(futures_stream::iter(events.into_iter().map(Ok))))
     }
 }
@@ -337,7 +441,7 @@ fn timeout(kind: TimeoutKind, detail: &str) -> GatewayError {
 }
 
 /// An error's chain as one line (a client error's top-level message alone says little).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

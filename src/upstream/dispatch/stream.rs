@@ -12,10 +12,10 @@ use tokio::time::{timeout_at, Instant};
 
 use super::attempt::{Failed, Try};
 use super::{describe, timeout, Deadline};
-use crate::chat::{AttemptOutcome, ChunkStream, GatewayError, TimeoutKind};
+use crate::chat::{AttemptOutcome, ChunkStream, Events, GatewayError, TimeoutKind};
 use crate::keys::KeyLease;
 use crate::upstream::client::Response;
-use crate::upstream::sse::{SseParser, MAX_PENDING};
+use crate::upstream::sse::{named_frame, SseParser, MAX_PENDING};
 use crate::upstream::verdict::{self, Bad, UpstreamErrorBody};
 
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
@@ -43,7 +43,11 @@ impl Primed {
 /// The last step of a stream: read until its first event is complete (by the `first_byte`
 /// timeout), and judge it. An error as the first event is the key's failure: nothing reached
 /// the client, so another key may serve.
-pub(super) async fn prime(mut attempt: Try<'_>, response: Response) -> Result<Primed, Failed> {
+pub(super) async fn prime(
+    mut attempt: Try<'_>,
+    response: Response,
+    events: Events,
+) -> Result<Primed, Failed> {
     let status = response.status().as_u16();
     let mut body: ByteStream = Box::pin(response.into_body().into_data_stream());
     let mut parser = SseParser::new();
@@ -72,9 +76,16 @@ pub(super) async fn prime(mut attempt: Try<'_>, response: Response) -> Result<Pr
     attempt.won(status);
     settle_usage(&mut attempt.lease, &first);
     let first = attempt.lease.mask_content(&first);
+    let named = events == Events::Named;
+    let first = if named {
+        named_frame(parser.event_name().map(|n| &n[..]), &first)
+    } else {
+        first
+    };
     let rest = Live {
         body,
         parser,
+        named,
         done: false,
         lease: attempt.lease,
         idle: attempt.idle,
@@ -87,6 +98,9 @@ pub(super) async fn prime(mut attempt: Try<'_>, response: Response) -> Result<Pr
 pub(super) struct Live {
     body: ByteStream,
     parser: SseParser,
+    /// Named events ([`Events::Named`]): each event goes out whole, `event:` line kept, and
+    /// the upstream closing the stream is its end (no `[DONE]` is awaited or swallowed).
+    named: bool,
     /// Set at `[DONE]` and at a break: the stream yields nothing more.
     done: bool,
     /// Held for the stream's life so the key's in-flight count covers it.
@@ -102,7 +116,7 @@ impl Live {
         }
         loop {
             if let Some(event) = self.parser.next_event() {
-                if is_done(&event) {
+                if !self.named && is_done(&event) {
                     self.done = true;
                     return None;
                 }
@@ -112,6 +126,10 @@ impl Live {
                 }
                 settle_usage(&mut self.lease, &event);
                 let event = self.lease.mask_content(&event);
+                if self.named {
+                    let name = self.parser.event_name().map(|n| self.lease.mask_content(n));
+                    return Some((Ok(named_frame(name.as_deref(), &event)), self));
+                }
                 return Some((Ok(event), self));
             }
             let idle_at = (Instant::now() + self.idle).min(self.deadline.at);
@@ -122,6 +140,10 @@ impl Live {
                 }
                 Ok(Some(Ok(_))) => GatewayError::StreamBroken(oversized()),
                 Ok(Some(Err(e))) => GatewayError::StreamBroken(self.lease.mask(&describe(&e))),
+                Ok(None) if self.named => {
+                    self.done = true;
+                    return None;
+                }
                 Ok(None) => GatewayError::StreamBroken(
                     "the upstream closed the stream before [DONE]".into(),
                 ),

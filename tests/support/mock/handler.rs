@@ -42,7 +42,15 @@ impl Drop for InFlight {
     }
 }
 
+/// The pool key of a request: its bearer token, or Anthropic's `x-api-key`.
 fn bearer(headers: &HeaderMap) -> Option<String> {
+    bearer_only(headers).or_else(|| {
+        let v = headers.get("x-api-key")?.to_str().ok()?;
+        Some(v.trim().to_string())
+    })
+}
+
+fn bearer_only(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let rest = v
         .strip_prefix("Bearer ")
@@ -100,7 +108,8 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
         status: None,
         reply_body: None,
     };
-    let is_chat = rec.is_chat();
+    // Every POST the mock serves (chat and the other endpoints) follows the chat rules.
+    let is_chat = rec.is_chat() || rec.is_endpoint();
     let is_models = rec.is_models();
     let stream = rec.is_stream();
     let key_s = key.clone().unwrap_or_default();
@@ -192,6 +201,30 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
         .and_then(|j| j.get("model"))
         .cloned()
         .unwrap_or(Value::Null);
+    let mut reply = reply;
+    if path != "/v1/chat/completions" {
+        if let Some(shaped) = super::endpoints::answer(&path, seq, &model, stream, &reply) {
+            match shaped {
+                super::endpoints::Shaped::Whole(body) => {
+                    let body = reply.body.clone().map(Bytes::from).unwrap_or(body);
+                    set_status(reply.status, Some(body.clone()));
+                    drop(in_flight);
+                    return build(
+                        reply.status,
+                        &reply.headers,
+                        "application/json",
+                        Body::from(body),
+                    );
+                }
+                super::endpoints::Shaped::Events { events, done } => {
+                    if reply.events.is_none() {
+                        reply = reply.events(events);
+                        reply.done = done && reply.done;
+                    }
+                }
+            }
+        }
+    }
     if !stream || reply.unstreamed {
         let body = reply.body.clone().map(Bytes::from).unwrap_or_else(|| {
             Bytes::from(

@@ -30,6 +30,7 @@ use http::{HeaderMap, Method};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+mod endpoints;
 mod handler;
 mod reply;
 mod stream;
@@ -62,6 +63,13 @@ pub struct Recorded {
 impl Recorded {
     pub fn is_chat(&self) -> bool {
         self.method == Method::POST && self.path == "/v1/chat/completions"
+    }
+    /// A POST to one of the other endpoints (`/v1/embeddings`, `/v1/completions`,
+    /// `/v1/responses`, `/v1/messages`, or any other path but chat and models).
+    pub fn is_endpoint(&self) -> bool {
+        self.method == Method::POST
+            && self.path != "/v1/chat/completions"
+            && !self.path.starts_with("/v1/models")
     }
     pub fn is_models(&self) -> bool {
         self.method == Method::GET && self.path.starts_with("/v1/models")
@@ -248,6 +256,14 @@ impl MockUpstream {
         self.shared.lock().requests.clone()
     }
     /// Every `POST /v1/chat/completions` received so far.
+    /// The POSTs to `path` (any key), in arrival order.
+    pub fn requests_to(&self, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == Method::POST && r.path == path)
+            .collect()
+    }
+
     pub fn chat_requests(&self) -> Vec<Recorded> {
         self.shared
             .lock()

@@ -70,7 +70,14 @@ fn event_pieces(reply: &Reply, data: &str) -> VecDeque<Bytes> {
     if reply.comments {
         text.push_str(&format!(": keep-alive{nl}{nl}: a comment line{nl}"));
     }
-    text.push_str(&format!("data: {data}{nl}{nl}"));
+    // A named event is given as `event: <name>\n<data>`.
+    match data
+        .strip_prefix("event: ")
+        .and_then(|rest| rest.split_once('\n'))
+    {
+        Some((name, data)) => text.push_str(&format!("event: {name}{nl}data: {data}{nl}{nl}")),
+        None => text.push_str(&format!("data: {data}{nl}{nl}")),
+    }
     let bytes = Bytes::from(text.clone());
     if !reply.split {
         return VecDeque::from([bytes]);

@@ -1,0 +1,105 @@
+//! The context-length check: a request whose prompt plus `max_tokens` certainly exceeds the
+//! model's context is refused (400, `context_length_exceeded`) before any key is spent.
+//!
+//! "Certainly": the prompt's tokens are counted with a real tokenizer (`o200k_base`, shipped
+//! inside the `tiktoken-rs` crate, nothing downloaded) over the messages' text only, a lower
+//! bound of what any model's template adds. Counting costs time, so it runs only when a free
+//! bound says the request might exceed: no prompt has more tokens than the bytes of its
+//! `messages`, so `bytes + max_tokens <= context` forwards at once. When unsure, forward: the
+//! upstream has the last word.
+
+use serde_json::Value;
+
+use super::{ChatRequest, GatewayError};
+
+/// Refuses `req` when its prompt plus `max_tokens` certainly exceeds `context_length`.
+pub fn check(req: &ChatRequest, context_length: u64) -> Result<(), GatewayError> {
+    let room = req.max_tokens().unwrap_or(0);
+    if (req.messages_len() as u64).saturating_add(room) <= context_length {
+        return Ok(());
+    }
+    let prompt = prompt_tokens(req.body());
+    let total = prompt.saturating_add(room);
+    if total <= context_length {
+        return Ok(());
+    }
+    Err(GatewayError::InvalidRequest {
+        message: format!(
+            "This model's maximum context length is {context_length} tokens. However, you \
+             requested {total} tokens ({prompt} in the messages, {room} in the completion). \
+             Please reduce the length of the messages or completion."
+        ),
+        param: Some("messages".into()),
+        code: "context_length_exceeded",
+    })
+}
+
+/// The tokens of every text in `messages` (string contents, text parts, tool call
+/// arguments), by `o200k_base`: what the model reads at least.
+fn prompt_tokens(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Messages {
+        #[serde(default)]
+        messages: Vec<Value>,
+    }
+    let Ok(parsed) = serde_json::from_slice::<Messages>(body) else {
+        return 0;
+    };
+    let mut texts = Vec::new();
+    for message in &parsed.messages {
+        collect_texts(&message["content"], &mut texts);
+        if let Some(calls) = message["tool_calls"].as_array() {
+            for call in calls {
+                collect_texts(&call["function"]["arguments"], &mut texts);
+            }
+        }
+    }
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    texts
+        .iter()
+        .map(|t| bpe.encode_ordinary(t).len() as u64)
+        .sum()
+}
+
+fn collect_texts<'a>(content: &'a Value, out: &mut Vec<&'a str>) {
+    match content {
+        Value::String(s) => out.push(s),
+        Value::Array(parts) => {
+            for part in parts {
+                if let Some(text) = part["text"].as_str() {
+                    out.push(text);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn request(content: &str, max_tokens: Option<u64>) -> ChatRequest {
+        let mut body = serde_json::json!({"messages": [{"role": "user", "content": content}]});
+        if let Some(n) = max_tokens {
+            body["max_tokens"] = n.into();
+        }
+        ChatRequest::from_json(Bytes::from(body.to_string()), "m").unwrap()
+    }
+
+    #[test]
+    fn both_sides_of_the_limit() {
+        // "hello " is one token in o200k_base: 1,000 of them are 1,000 tokens, 6,000 bytes.
+        let text = "hello ".repeat(1000);
+        let counted = prompt_tokens(request(&text, None).body());
+        assert!((990..=1010).contains(&counted), "{counted}");
+        // The byte bound says "might exceed", the count says it fits.
+        assert!(check(&request(&text, Some(2_000)), 4_000).is_ok());
+        let err = check(&request(&text, Some(3_500)), 4_000).unwrap_err();
+        assert_eq!(err.code(), Some("context_length_exceeded"));
+        assert_eq!((err.http_status(), err.param()), (400, Some("messages")));
+        // Far under: no count at all.
+        assert!(check(&request("hi", Some(100)), 8_000).is_ok());
+    }
+}
