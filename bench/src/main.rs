@@ -192,6 +192,7 @@ fn side_from(path: &str, m: &load::Measured) -> Side {
         latency: Summary::of(&m.latency),
         ttfc: m.ttfc.as_ref().map(Summary::of),
         server_cpu_us_per_req: None,
+        server_writes_per_req: None,
         other_cpu_pct: None,
         upstream_calls_per_req: None,
     }
@@ -216,6 +217,11 @@ where
         if let Some(d) = s0.server_delta(&snap1) {
             if total > 0 {
                 side.server_cpu_us_per_req = Some(d.as_secs_f64() * 1e6 / total as f64);
+            }
+        }
+        if let Some(w) = s0.server_writes(&snap1) {
+            if total > 0 {
+                side.server_writes_per_req = Some(w as f64 / total as f64);
             }
         }
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -508,6 +514,23 @@ async fn run(args: Args) -> Result<(), String> {
             memory.streams.push(h);
             // Let sockets in TIME_WAIT and the mock's timers drain.
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Memory that comes back: the RSS a while after the last streams closed (60 s; 15 s
+        // in --quick, to keep it short).
+        if !memory.streams.is_empty() {
+            let wait = Duration::from_secs(if quick { 15 } else { 60 });
+            eprintln!(
+                "[streams] waiting {} s for memory to come back",
+                wait.as_secs()
+            );
+            tokio::time::sleep(wait.saturating_sub(Duration::from_secs(1))).await;
+            memory.after_streams_wait_s = Some(wait.as_secs_f64());
+            memory.after_streams_wait_kib = procs::rss_kib(g.proc.pid);
+            eprintln!(
+                "[streams] gateway RSS {} s after closing: {:.1} MiB",
+                wait.as_secs(),
+                memory.after_streams_wait_kib.unwrap_or(0) as f64 / 1024.0
+            );
         }
     }
 

@@ -271,6 +271,16 @@ pub struct CpuSnap {
     at: Instant,
     system: Option<Duration>,
     ours: Vec<Option<Duration>>,
+    /// Write syscalls of the serving process so far (`syscw` in `/proc/PID/io`).
+    writes: Option<u64>,
+}
+
+/// Write-family syscalls (`write`, `writev`, …) a process has made: `syscw` in `/proc/PID/io`.
+pub fn write_syscalls(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl CpuSnap {
@@ -282,6 +292,7 @@ impl CpuSnap {
             at: Instant::now(),
             system: system_busy(),
             ours,
+            writes: pids.first().and_then(|p| write_syscalls(*p)),
         }
     }
 
@@ -292,6 +303,11 @@ impl CpuSnap {
             .first()
             .copied()??
             .checked_sub(self.ours.first().copied()??)
+    }
+
+    /// Write syscalls of the serving process between two readings.
+    pub fn server_writes(&self, later: &CpuSnap) -> Option<u64> {
+        later.writes?.checked_sub(self.writes?)
     }
 
     /// The share of the machine (all cores) that processes other than ours used, in percent.

@@ -26,6 +26,8 @@ pub struct Side {
     pub ttfc: Option<Summary>,
     /// CPU time of the serving process (mock for direct, gateway for gateway) per request, µs.
     pub server_cpu_us_per_req: Option<f64>,
+    /// Write syscalls of the serving process per request (`syscw`, `/proc/PID/io`).
+    pub server_writes_per_req: Option<f64>,
     /// CPU that processes other than this benchmark's took meanwhile, in percent of the whole
     /// machine: noise from elsewhere (a build, say) that the figures could not exclude.
     pub other_cpu_pct: Option<f64>,
@@ -75,6 +77,9 @@ pub struct Memory {
     pub idle_kib: Option<u64>,
     pub after_load_kib: Option<u64>,
     pub streams: Vec<StreamsHold>,
+    /// How long after the last open streams closed `after_streams_wait_kib` was read.
+    pub after_streams_wait_s: Option<f64>,
+    pub after_streams_wait_kib: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Default)]
@@ -296,6 +301,65 @@ pub fn targets(r: &Report) -> Vec<Target> {
             Some((text, mb <= 150.0 && full))
         }),
     );
+    push(
+        "RSS a while after the open streams closed",
+        "≤ 3 × idle",
+        r.memory
+            .after_streams_wait_kib
+            .zip(r.memory.idle_kib)
+            .map(|(a, i)| {
+                let x = a as f64 / (i as f64).max(1.0);
+                let wait = r.memory.after_streams_wait_s.unwrap_or(0.0);
+                (
+                    format!(
+                        "{:.1} MiB after {wait:.0} s ({x:.1} × idle)",
+                        a as f64 / 1024.0
+                    ),
+                    x <= 3.0,
+                )
+            }),
+    );
+    let cpu_of = |g: Group, c: usize| -> Option<f64> {
+        r.find(g, c)?.gateway.as_ref()?.server_cpu_us_per_req
+    };
+    for c in [1usize, 64] {
+        push(
+            &format!("HTTP stream (8 events) c={c}: gateway CPU vs a non-streamed answer"),
+            "≤ 1.5 ×",
+            cpu_of(Group::HttpStream, c)
+                .zip(cpu_of(Group::Http, c))
+                .map(|(s, u)| {
+                    (
+                        format!("{s:.0} / {u:.0} µs = {:.2} ×", s / u.max(1e-9)),
+                        s <= 1.5 * u,
+                    )
+                }),
+        );
+        push(
+            &format!("gRPC unary c={c}: gateway CPU vs the HTTP door"),
+            "≤ 1.2 ×",
+            cpu_of(Group::GrpcUnary, c)
+                .zip(cpu_of(Group::Http, c))
+                .map(|(g, h)| {
+                    (
+                        format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)),
+                        g <= 1.2 * h,
+                    )
+                }),
+        );
+        push(
+            &format!("gRPC stream c={c}: gateway CPU vs the HTTP door"),
+            "≤ 1.2 ×",
+            cpu_of(Group::GrpcStream, c)
+                .zip(cpu_of(Group::HttpStream, c))
+                .map(|(g, h)| {
+                    (
+                        format!("{g:.0} / {h:.0} µs = {:.2} ×", g / h.max(1e-9)),
+                        g <= 1.2 * h,
+                    )
+                }),
+        );
+    }
     push(
         "Startup to first 200 on /healthz (median)",
         "≤ 50 ms",
@@ -596,6 +660,38 @@ pub fn markdown(r: &Report) -> String {
     }
     o.push('\n');
 
+    let _ = writeln!(o, "## Server cost per request, each door and mode\n");
+    o.push_str("CPU time (user + system, `/proc/PID/stat`) and write-family syscalls (`syscw`, `/proc/PID/io`) of the serving process over each phase's recorded part, per request (per stream for streams): the mock for direct, the gateway alone for gateway. gRPC has no direct side of its own (its direct column is the HTTP direct run of the same work).\n\n");
+    o.push_str("| scenario | c | CPU µs/req direct | CPU µs/req gateway | write syscalls/req direct | write syscalls/req gateway |\n|---|---:|---:|---:|---:|---:|\n");
+    for g in [
+        Group::Http,
+        Group::HttpStream,
+        Group::Paced,
+        Group::GrpcUnary,
+        Group::GrpcStream,
+        Group::GrpcPaced,
+    ] {
+        for s in rows(g) {
+            let f = |side: Option<&Side>, v: fn(&Side) -> Option<f64>, digits: usize| {
+                side.and_then(v)
+                    .map_or("–".into(), |x| format!("{x:.digits$}"))
+            };
+            let d = s.direct.as_ref();
+            let gw = s.gateway.as_ref();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.title,
+                s.concurrency,
+                f(d, |s| s.server_cpu_us_per_req, 0),
+                f(gw, |s| s.server_cpu_us_per_req, 0),
+                f(d, |s| s.server_writes_per_req, 1),
+                f(gw, |s| s.server_writes_per_req, 1),
+            );
+        }
+    }
+    o.push('\n');
+
     let _ = writeln!(o, "## Memory (gateway RSS, VmRSS)\n");
     let mem = &r.memory;
     o.push_str("| when | gateway RSS | detail |\n|---|---:|---|\n");
@@ -627,6 +723,22 @@ pub fn markdown(r: &Report) -> String {
             kib_mb(h.mock_rss_kib),
             kib_mb(h.gateway_rss_after_release_kib),
             h.note.as_ref().map_or(String::new(), |n| format!("; {n}"))
+        );
+    }
+    if let (Some(kib), Some(wait)) = (mem.after_streams_wait_kib, mem.after_streams_wait_s) {
+        let _ = writeln!(
+            o,
+            "| {wait:.0} s after the last open streams closed | {} | {} |",
+            kib_mb(Some(kib)),
+            mem.idle_kib.map_or(String::new(), |i| format!(
+                "{:.1} × idle{}",
+                kib as f64 / (i as f64).max(1.0),
+                if wait < 60.0 {
+                    "; --quick waits 15 s, a full run 60 s"
+                } else {
+                    ""
+                }
+            ))
         );
     }
     o.push('\n');

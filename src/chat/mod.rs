@@ -2,6 +2,7 @@
 //! [`RequestContext`], the answer shapes ([`Completion`], [`ChunkStream`]), the attempt trail and
 //! the one [`GatewayError`]. Nothing here knows HTTP frameworks or protobuf.
 
+mod batch;
 pub mod context;
 mod error;
 mod forward;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
 
+pub use batch::{batches, Batches};
 pub use error::{ErrorKind, GatewayError, TimeoutKind};
 pub use forward::{Auth, Endpoint, Events, Flavor, Forward};
 pub use request::ChatRequest;

@@ -139,6 +139,10 @@ settings_table! {
         client_body_timeout: HumanDuration = "60s", "The whole request body must arrive in this time";
         #[arg(long, env = "GATEWAY_CLIENT_IDLE_TIMEOUT")]
         client_idle_timeout: HumanDuration = "75s", "A client connection with no request open is closed after this";
+        #[arg(long, env = "GATEWAY_UPSTREAM_MAX_IDLE")]
+        upstream_max_idle: usize = "64", "Idle keep-alive connections kept open to the upstream (more are closed once idle)";
+        #[arg(long, env = "GATEWAY_UPSTREAM_IDLE_TIMEOUT")]
+        upstream_idle_timeout: HumanDuration = "15s", "An idle upstream connection is closed after this";
         #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
         redis_prefix: String = "megallm-gateway", "Prefix of every Redis key and channel the gateway uses (with --redis)";
     }

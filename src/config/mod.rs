@@ -146,6 +146,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// What a client connection may cost the gateway before it is closed.
     pub client: ClientLimits,
+    /// The upstream client's keep-alive pool.
+    pub upstream_pool: UpstreamPool,
     /// When set, `/metrics` asks for it as a bearer token.
     pub metrics_token: Option<Secret>,
     /// Redis URL shared by the replicas (key state and limits); `None`: in-process state only.
@@ -164,6 +166,17 @@ pub struct Settings {
     /// Browser origins allowed by CORS (`--cors-origin`; `*`: any). Empty: no CORS headers at
     /// all, so a gateway nobody asked to open to browsers answers exactly as before.
     pub cors_origins: Vec<String>,
+}
+
+/// The upstream keep-alive pool: how many idle connections it keeps, and for how long. Every
+/// open stream holds a connection; when a burst of them ends, what the pool does not keep is
+/// closed, so its sockets and buffers are given back.
+#[derive(Clone, Debug)]
+pub struct UpstreamPool {
+    /// Idle connections kept per upstream host.
+    pub max_idle: usize,
+    /// An idle connection is closed after this.
+    pub idle_timeout: Duration,
 }
 
 /// Limits on client connections, so that no peer can hold the gateway's sockets for ever.
@@ -289,6 +302,8 @@ impl Settings {
             client_header_timeout,
             client_body_timeout,
             client_idle_timeout,
+            upstream_max_idle,
+            upstream_idle_timeout,
             redis_prefix,
             keys_file,
             auth_tokens_file,
@@ -348,6 +363,10 @@ impl Settings {
                 idle_timeout: set(client_idle_timeout).0,
                 max_connections,
             },
+            upstream_pool: UpstreamPool {
+                max_idle: set(upstream_max_idle),
+                idle_timeout: set(upstream_idle_timeout).0,
+            },
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
@@ -398,6 +417,7 @@ impl Settings {
             ("--client-header-timeout", self.client.header_timeout),
             ("--client-body-timeout", self.client.body_timeout),
             ("--client-idle-timeout", self.client.idle_timeout),
+            ("--upstream-idle-timeout", self.upstream_pool.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be greater than zero").into());

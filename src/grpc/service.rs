@@ -14,7 +14,7 @@ use super::pb::chat_service_server::ChatService;
 use super::request::{self, Mode};
 use super::status::{set_attempts, to_status};
 use super::{pb, response};
-use crate::chat::{Attempts, ChatRequest, ChunkStream, GatewayError};
+use crate::chat::{batches, Attempts, Batches, ChatRequest, ChunkStream, GatewayError};
 use crate::core::Core;
 
 /// The chat service: a handle on the shared core, nothing more.
@@ -56,11 +56,7 @@ impl ChatService for ChatDoor {
                 call.head_ready();
                 let mut metadata = MetadataMap::new();
                 set_attempts(&mut metadata, &attempts);
-                let relay = Relay {
-                    chunks,
-                    call,
-                    attempts,
-                };
+                let relay = Relay::new(chunks, call, attempts);
                 let mut response = Response::new(relay.into_messages());
                 *response.metadata_mut() = metadata;
                 Ok(response)
@@ -185,31 +181,49 @@ impl ChatDoor {
 }
 
 /// A streamed call's life after its head: each upstream chunk becomes one message the moment
-/// it arrives. Built directly on the core's chunk stream, so a client that cancels drops the
-/// upstream request with it. The core's stream already ends at the call's deadline.
+/// it arrives, and every chunk already at hand ([`batches`]) is ready at once, so tonic encodes
+/// them into one DATA frame. Built directly on the core's chunk stream, so a client that
+/// cancels drops the upstream request with it. The core's stream already ends at the call's
+/// deadline.
 struct Relay {
-    chunks: ChunkStream,
+    chunks: Batches,
+    /// The rest of the batch at hand.
+    pending: std::vec::IntoIter<bytes::Bytes>,
     call: Call,
     attempts: Attempts,
 }
 
 impl Relay {
+    fn new(chunks: ChunkStream, call: Call, attempts: Attempts) -> Relay {
+        Relay {
+            chunks: batches(chunks),
+            pending: Vec::new().into_iter(),
+            call,
+            attempts,
+        }
+    }
+
     fn into_messages(self) -> ChunkMessages {
         Box::pin(futures_util::stream::unfold(
             Some(self),
             |state| async move {
                 let mut relay = state?;
-                let error = match relay.chunks.next().await {
-                    Some(Ok(data)) => match response::chunk(&data) {
-                        Ok(message) => return Some((Ok(message), Some(relay))),
-                        Err(error) => error,
-                    },
-                    Some(Err(error)) => error,
-                    None => {
-                        // A clean end ([DONE]): OK. The trailers get the attempt trail from
-                        // `trailers::attempts_in_trailers`.
-                        relay.call.finish(Code::Ok);
-                        return None;
+                let error = loop {
+                    if let Some(data) = relay.pending.next() {
+                        match response::chunk(&data) {
+                            Ok(message) => return Some((Ok(message), Some(relay))),
+                            Err(error) => break error,
+                        }
+                    }
+                    match relay.chunks.next().await {
+                        Some(Ok(batch)) => relay.pending = batch.into_iter(),
+                        Some(Err(error)) => break error,
+                        None => {
+                            // A clean end ([DONE]): OK. The trailers get the attempt trail from
+                            // `trailers::attempts_in_trailers`.
+                            relay.call.finish(Code::Ok);
+                            return None;
+                        }
                     }
                 };
                 tracing::warn!(request_id = %relay.call.ctx.request_id, error = %error, "stream ended with an error");

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use super::auth::ClientAuth;
 use super::error::HttpError;
 use super::{body, RequestNote};
-use crate::chat::{ChunkStream, GatewayError, RequestContext};
+use crate::chat::{batches, ChunkStream, GatewayError, RequestContext};
 use crate::core::{set_attempts, Core};
 
 /// The token is checked ([`ClientAuth`]) before a byte of the body is read.
@@ -80,23 +80,41 @@ async fn handle(
     }
 }
 
-/// Each chunk as `data: {json}\n\n` the moment it arrives; `data: [DONE]\n\n` after a clean
-/// end; after a break, one `data: {"error": …}` event and no `[DONE]`.
+/// Each chunk as `data: {json}\n\n` the moment it arrives, every event already at hand in one
+/// write ([`batches`]); `data: [DONE]\n\n` after a clean end; after a break, one
+/// `data: {"error": …}` event and no `[DONE]`.
 fn sse_body(
     chunks: ChunkStream,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
-    futures_util::stream::unfold(Some(chunks), |state| async move {
+    futures_util::stream::unfold(Some(batches(chunks)), |state| async move {
         let mut chunks = state?;
         match chunks.next().await {
-            Some(Ok(data)) => Some((Ok(frame(&data)), Some(chunks))),
+            Some(Ok(batch)) => Some((Ok(frames(&batch)), Some(chunks))),
             Some(Err(error)) => Some((Ok(error_frame(&error)), None)),
-            None => Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), None)),
+            None => Some((Ok(Bytes::from_static(DONE)), None)),
         }
     })
 }
 
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A batch of events as one buffer, so it goes out in one write.
+fn frames(batch: &[Bytes]) -> Bytes {
+    let len = batch.iter().map(|d| d.len() + 8).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for data in batch {
+        put_frame(&mut out, data);
+    }
+    out.freeze()
+}
+
 fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);
+    put_frame(&mut out, data);
+    out.freeze()
+}
+
+fn put_frame(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(b"data: ");
     // A multi-line event keeps its lines: each goes out as its own `data:` line.
     let mut lines = data.split(|&b| b == b'\n');
@@ -108,7 +126,6 @@ fn frame(data: &[u8]) -> Bytes {
         out.put_slice(line);
     }
     out.put_slice(b"\n\n");
-    out.freeze()
 }
 
 fn error_frame(error: &GatewayError) -> Bytes {
@@ -118,11 +135,46 @@ fn error_frame(error: &GatewayError) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::frame;
+    use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn frames_keep_every_line() {
         assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
         assert_eq!(&frame(b"one\ntwo")[..], b"data: one\ndata: two\n\n");
+    }
+
+    #[tokio::test]
+    async fn events_of_one_read_go_out_as_one_frame() {
+        let events =
+            ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"].map(|e| Ok(Bytes::from_static(e.as_bytes())));
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(events));
+        let frames: Vec<Bytes> = sse_body(chunks).map(|f| f.unwrap()).collect().await;
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(
+            &frames[0][..],
+            b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: {\"c\":3}\n\n"
+        );
+        assert_eq!(&frames[1][..], DONE);
+    }
+
+    #[tokio::test]
+    async fn one_event_per_read_goes_out_at_once() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, GatewayError>>();
+        let chunks: ChunkStream =
+            Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let mut body = Box::pin(sse_body(chunks));
+        for event in ["one", "two", "three"] {
+            assert!(body.next().now_or_never().is_none(), "nothing sent yet");
+            tx.send(Ok(Bytes::from_static(event.as_bytes()))).unwrap();
+            let frame = tokio::time::timeout(std::time::Duration::from_millis(50), body.next())
+                .await
+                .expect("an event alone goes out without waiting for another")
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame, format!("data: {event}\n\n"));
+        }
+        drop(tx);
+        assert_eq!(&body.next().await.unwrap().unwrap()[..], DONE);
     }
 }

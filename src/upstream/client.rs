@@ -2,8 +2,6 @@
 //! HTTP/2 where TLS negotiates it), no redirects (hyper follows none: a redirect would carry the
 //! key somewhere else), and the only place a key is put on the wire.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, Uri};
@@ -63,8 +61,8 @@ impl UpstreamClient {
         let http = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(settings.upstream_pool.idle_timeout)
+            .pool_max_idle_per_host(settings.upstream_pool.max_idle)
             .http1_read_buf_exact_size(READ_BUFFER)
             .build(tls);
         let base = settings.upstream.trim_end_matches('/');

@@ -90,6 +90,7 @@ pub(super) async fn prime(
         lease: attempt.lease,
         idle: attempt.idle,
         deadline: attempt.deadline,
+        timer: None,
     };
     Ok(Primed { first, rest })
 }
@@ -107,6 +108,8 @@ pub(super) struct Live {
     lease: KeyLease,
     idle: Duration,
     deadline: Deadline,
+    /// The idle and deadline timer, armed at the first wait ([`Live::read`]).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Live {
@@ -133,7 +136,7 @@ impl Live {
                 return Some((Ok(event), self));
             }
             let idle_at = (Instant::now() + self.idle).min(self.deadline.at);
-            let error = match timeout_at(idle_at, self.body.next()).await {
+            let error = match self.read(idle_at).await {
                 Ok(Some(Ok(bytes))) if !self.parser.overflowed() => {
                     self.parser.push(&bytes);
                     continue;
@@ -156,6 +159,27 @@ impl Live {
                 ),
             };
             return Some((Err(self.broken(error)), self));
+        }
+    }
+
+    /// The next upstream read, or `Err` at `due`. One timer serves the whole stream: armed
+    /// once, it is moved on only when it fires before `due` (the stream was not idle), instead
+    /// of a timer set and cancelled for every event.
+    async fn read(&mut self, due: Instant) -> Result<Option<Result<Bytes, hyper::Error>>, ()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        loop {
+            tokio::select! {
+                biased;
+                item = self.body.next() => return Ok(item),
+                () = timer.as_mut() => {
+                    if Instant::now() >= due {
+                        return Err(());
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
         }
     }
 
