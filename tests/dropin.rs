@@ -24,7 +24,10 @@ impl Document {
 
     fn resolve<'a>(&'a self, mut node: &'a Value) -> &'a Value {
         while let Some(r) = node["$ref"].as_str() {
-            node = self.0.pointer(r.trim_start_matches('#')).expect("reference resolves");
+            node = self
+                .0
+                .pointer(r.trim_start_matches('#'))
+                .expect("reference resolves");
         }
         node
     }
@@ -111,7 +114,13 @@ async fn the_original_services_example_calls_answer() {
             7_200,
             "7,200 tokens",
         ),
-        ("unknown", 128_000, "128,000 tokens", 115_200, "115,200 tokens"),
+        (
+            "unknown",
+            128_000,
+            "128,000 tokens",
+            115_200,
+            "115,200 tokens",
+        ),
     ] {
         let resp = gw.http.get(&format!("/v1/models/{model}/info")).await;
         doc.check("GET", "/v1/models/{id}/info", &resp);
@@ -135,7 +144,10 @@ async fn the_original_services_example_calls_answer() {
     assert_eq!(chat.json()["object"], "chat.completion");
     let sent = mock.requests().into_iter().find(|r| r.is_chat()).unwrap();
     let sent = sent.json.unwrap();
-    assert_eq!((&sent["temperature"], &sent["max_tokens"]), (&json!(0.7), &json!(100)));
+    assert_eq!(
+        (&sent["temperature"], &sent["max_tokens"]),
+        (&json!(0.7), &json!(100))
+    );
 
     let mut body = body;
     body["stream"] = json!(true);
@@ -158,7 +170,10 @@ async fn health_says_degraded_with_200_and_reset_failed_keys_brings_them_back() 
     mock.set_chat("key-b", Reply::rate_limited(600));
     let gw = spawn_gateway(&mock, &["key-a", "key-b"], with_admin).await;
     let doc = Document::fetch(&gw).await;
-    gw.http.chat(&chat_body()).await.assert_openai_error(429, None);
+    gw.http
+        .chat(&chat_body())
+        .await
+        .assert_openai_error(429, None);
 
     let health = gw.http.get("/health").await;
     doc.check("GET", "/health", &health);
@@ -184,8 +199,14 @@ async fn health_says_degraded_with_200_and_reset_failed_keys_brings_them_back() 
     assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
     // An admin-disabled key comes back too.
     gw.admin_post(ADMIN, "/admin/keys/key-2/disable").await;
-    assert_eq!(gw.http.get("/health").await.json()["key_stats"]["failed"], 1);
-    let reset = gw.admin_post(ADMIN, "/admin/reset-failed-keys").await.json();
+    assert_eq!(
+        gw.http.get("/health").await.json()["key_stats"]["failed"],
+        1
+    );
+    let reset = gw
+        .admin_post(ADMIN, "/admin/reset-failed-keys")
+        .await
+        .json();
     assert_eq!(reset["keys"], json!(["key-2"]));
     assert_eq!(gw.admin_key(ADMIN, "key-2").await["state"], "ready");
 
@@ -281,7 +302,10 @@ async fn cors_preflight_from_an_allowed_origin_gets_the_headers_and_another_does
         );
         let allowed = list(&resp, "access-control-allow-headers");
         for h in headers.split(',') {
-            assert!(allowed.iter().any(|a| a == h), "{path}: {h} not in {allowed:?}");
+            assert!(
+                allowed.iter().any(|a| a == h),
+                "{path}: {h} not in {allowed:?}"
+            );
         }
         assert!(list(&resp, "access-control-allow-methods").contains(&"post".to_string()));
         assert!(resp.header("access-control-max-age").is_some());
@@ -335,7 +359,10 @@ async fn without_cors_origins_no_answer_carries_a_cors_header() {
             .keys()
             .filter(|k| k.as_str().starts_with("access-control-"))
             .collect();
-        assert!(cors.is_empty(), "CORS headers with no --cors-origin: {cors:?}");
+        assert!(
+            cors.is_empty(),
+            "CORS headers with no --cors-origin: {cors:?}"
+        );
     }
     gw.shutdown().await;
 }
@@ -357,7 +384,9 @@ async fn every_documented_operation_is_served_and_answers_as_documented() {
             for p in op["parameters"].as_array().into_iter().flatten() {
                 let p = doc.resolve(p);
                 let name = p["name"].as_str().unwrap();
-                let example = p["example"].as_str().expect("a path parameter has an example");
+                let example = p["example"]
+                    .as_str()
+                    .expect("a path parameter has an example");
                 url = url.replace(&format!("{{{name}}}"), example);
             }
             let body = op["requestBody"]["content"]["application/json"]["examples"]
@@ -376,7 +405,11 @@ async fn every_documented_operation_is_served_and_answers_as_documented() {
                 !resp.text().contains("no route for"),
                 "{method_name} {url} is documented but not served"
             );
-            assert!(resp.status.is_success(), "{method_name} {url}: {}", resp.text());
+            assert!(
+                resp.status.is_success(),
+                "{method_name} {url}: {}",
+                resp.text()
+            );
             doc.check(&method_name, path, &resp);
             called += 1;
         }

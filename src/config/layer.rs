@@ -371,7 +371,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             cli.layer.cors_origin.unwrap(),
-            ["https://a.example", "https://b.example", "https://c.example"]
+            [
+                "https://a.example",
+                "https://b.example",
+                "https://c.example"
+            ]
         );
         let file: Layer = toml::from_str(r#"cors_origin = ["https://d.example"]"#).unwrap();
         assert_eq!(file.cors_origin.unwrap(), ["https://d.example"]);

@@ -125,7 +125,12 @@ fn cors_origins_must_be_origins() {
     ] {
         assert!(with(good).validate().is_ok(), "{good:?}");
     }
-    for bad in ["https://app.example.com/", "app.example.com", "https://", "ftp://x"] {
+    for bad in [
+        "https://app.example.com/",
+        "app.example.com",
+        "https://",
+        "ftp://x",
+    ] {
         let err = with(&[bad]).validate().unwrap_err().to_string();
         assert!(err.contains("--cors-origin") && err.contains(bad), "{err}");
     }

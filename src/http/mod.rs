@@ -54,7 +54,11 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
         handler,
     };
     vec![
-        route("/v1/chat/completions", &["POST /v1/chat/completions"], post(chat::completions)),
+        route(
+            "/v1/chat/completions",
+            &["POST /v1/chat/completions"],
+            post(chat::completions),
+        ),
         route("/v1/models", &["GET /v1/models"], get(models::list)),
         route(
             "/v1/models/{*id}",
@@ -66,10 +70,18 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
         route("/healthz", &["GET /healthz"], get(ops::healthz)),
         route("/readyz", &["GET /readyz"], get(ops::readyz)),
         route("/metrics", &["GET /metrics"], get(ops::metrics)),
-        route("/openapi.json", &["GET /openapi.json"], get(openapi::document)),
+        route(
+            "/openapi.json",
+            &["GET /openapi.json"],
+            get(openapi::document),
+        ),
         route("/docs", &["GET /docs"], get(openapi::page)),
         route("/admin/keys", &["GET /admin/keys"], get(admin::keys)),
-        route("/admin/keys/reload", &["POST /admin/keys/reload"], post(admin::reload)),
+        route(
+            "/admin/keys/reload",
+            &["POST /admin/keys/reload"],
+            post(admin::reload),
+        ),
         route(
             "/admin/keys/{id}/disable",
             &["POST /admin/keys/{id}/disable"],
@@ -80,7 +92,11 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
             &["POST /admin/keys/{id}/enable"],
             post(admin::enable),
         ),
-        route("/admin/reload-keys", &["POST /admin/reload-keys"], post(admin::reload)),
+        route(
+            "/admin/reload-keys",
+            &["POST /admin/reload-keys"],
+            post(admin::reload),
+        ),
         route(
             "/admin/reset-failed-keys",
             &["POST /admin/reset-failed-keys"],
@@ -92,9 +108,12 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
 /// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
 /// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
-    let router = core.endpoints().iter().fold(Router::new(), |router, endpoint| {
-        router.route(&endpoint.path.clone(), forward::route(endpoint.clone()))
-    });
+    let router = core
+        .endpoints()
+        .iter()
+        .fold(Router::new(), |router, endpoint| {
+            router.route(&endpoint.path.clone(), forward::route(endpoint.clone()))
+        });
     routes()
         .into_iter()
         .fold(router, |router, r| router.route(r.path, r.handler))

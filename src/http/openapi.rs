@@ -158,9 +158,18 @@ mod tests {
         examples(&doc["paths"], "#/paths", &mut found);
         examples(&doc["components"], "#/components", &mut found);
         for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
-            for (i, example) in schema["examples"].as_array().into_iter().flatten().enumerate() {
+            for (i, example) in schema["examples"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let at = format!("#/components/schemas/{name}/examples/{i}");
-                found.push((at, json!({"$ref": format!("#/components/schemas/{name}")}), example.clone()));
+                found.push((
+                    at,
+                    json!({"$ref": format!("#/components/schemas/{name}")}),
+                    example.clone(),
+                ));
             }
         }
         assert!(found.len() >= 20, "only {} examples found", found.len());
@@ -177,7 +186,10 @@ mod tests {
                 .iter_errors(example)
                 .map(|e| format!("{} at {}", e, e.instance_path()))
                 .collect();
-            assert!(errors.is_empty(), "{at}: the example does not match: {errors:?}");
+            assert!(
+                errors.is_empty(),
+                "{at}: the example does not match: {errors:?}"
+            );
         }
         // A wrong example is caught: the check is not vacuous.
         let bad = json!({"$ref": "#/components/schemas/Health", "components": doc["components"]});

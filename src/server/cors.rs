@@ -46,11 +46,7 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
     let names = |list: &[&'static str]| -> Vec<HeaderName> {
         list.iter().map(|h| HeaderName::from_static(h)).collect()

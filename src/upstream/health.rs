@@ -403,7 +403,11 @@ mod tests {
         assert!(h.admit(now, true).is_err());
         h.forget_rate_limits();
         assert!(h.admit(now, true).is_ok());
-        assert_eq!(h.rate_limited(now, &key("a"), reset, 2), None, "the count starts over");
+        assert_eq!(
+            h.rate_limited(now, &key("a"), reset, 2),
+            None,
+            "the count starts over"
+        );
     }
 
     #[test]
