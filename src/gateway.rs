@@ -52,7 +52,7 @@ pub struct Gateway {
     kill: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     grace: Duration,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl Gateway {
@@ -73,6 +73,24 @@ impl Gateway {
             return Err(StartError::NoKeys);
         }
         let auth_tokens = settings.read_auth_tokens()?;
+        let shared_limits = match &settings.redis {
+            Some(url) => Some(crate::clients::shared::SharedLimits::new(
+                url,
+                &settings.redis_prefix,
+            )?),
+            None => None,
+        };
+        // A concurrency place in Redis outlives a replica that died holding it by this much.
+        let lease_ttl = settings.timeouts.total + Duration::from_secs(60);
+        let clients = Arc::new(crate::clients::Clients::new(
+            auth_tokens,
+            shared_limits.clone(),
+            lease_ttl,
+        ));
+        let usage = Arc::new(crate::usage::Recorder::new(
+            settings.usage_log.clone(),
+            shared_limits,
+        ));
         let store = crate::keys::store::build(&settings).await?;
         let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         let client = UpstreamClient::new(&settings)?;
@@ -105,19 +123,37 @@ impl Gateway {
         );
         let grace = settings.shutdown_grace;
         let keys_file = settings.keys_file.clone();
+        let tokens_file = settings.auth_tokens_file.clone();
         let core = Arc::new(Core::new(
             settings,
-            pool,
-            dispatcher,
-            models,
-            catalogue,
-            auth_tokens,
-            metrics,
+            crate::core::Parts {
+                pool,
+                dispatcher,
+                models,
+                catalogue,
+                clients,
+                usage,
+                metrics,
+            },
         ));
-        let watcher = match keys_file {
-            Some(path) => Some(watch_keys_file(core.clone(), path, stop.clone())?),
-            None => None,
-        };
+        let mut watchers = Vec::new();
+        if let Some(path) = keys_file {
+            let core = core.clone();
+            watchers.push(watch_file(path, "keys file", stop.clone(), move || {
+                let _ = core.reload_keys();
+            })?);
+        }
+        if let Some(path) = tokens_file {
+            let core = core.clone();
+            watchers.push(watch_file(
+                path,
+                "auth tokens file",
+                stop.clone(),
+                move || {
+                    let _ = core.reload_tokens();
+                },
+            )?);
+        }
         reload_on_sighup(core.clone(), stop.clone());
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -171,7 +207,7 @@ impl Gateway {
             kill,
             server,
             grace,
-            _watcher: watcher,
+            _watchers: watchers,
         })
     }
 
@@ -208,12 +244,13 @@ impl Gateway {
     }
 }
 
-/// Watches the keys file (through its directory, so editors that replace the file are seen)
-/// and reloads shortly after it changes.
-fn watch_keys_file(
-    core: Arc<Core>,
+/// Watches a file (through its directory, so editors that replace the file are seen) and
+/// calls `reload` shortly after it changes: the keys file and the auth tokens file.
+fn watch_file(
     path: PathBuf,
+    what: &'static str,
     stop: CancellationToken,
+    reload: impl Fn() + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, String> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -228,7 +265,7 @@ fn watch_keys_file(
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| format!("cannot watch the keys file: {e}"))?;
+    .map_err(|e| format!("cannot watch the {what}: {e}"))?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -245,7 +282,7 @@ fn watch_keys_file(
             // Editors write in steps; let the burst settle before reading.
             tokio::time::sleep(Duration::from_millis(100)).await;
             while rx.try_recv().is_ok() {}
-            let _ = core.reload_keys();
+            reload();
         }
     });
     Ok(watcher)
@@ -277,8 +314,12 @@ fn reload_on_sighup(core: Arc<Core>, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            tracing::info!("SIGHUP: reloading keys");
+            tracing::info!("SIGHUP: reloading keys and client tokens, reopening the usage log");
             let _ = core.reload_keys();
+            if core.settings.auth_tokens_file.is_some() {
+                let _ = core.reload_tokens();
+            }
+            core.reopen_usage_log();
         }
     });
 }

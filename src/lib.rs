@@ -12,6 +12,10 @@
 //!   routes (`/`, `/health`, `/v1/models/{id}/info`).
 //! - `core`: `Core`, what both doors share (settings, the key pool behind its methods, the
 //!   dispatcher, the model list, metrics), and the token checks. No door is imported by it.
+//! - `clients`: the client tokens (name, `sha256:` form, `models=`) and their limits (`rpm`,
+//!   `tpm`, `max_concurrent`, `daily_tokens`), per process or across replicas in Redis.
+//! - `usage`: one usage record per request (the meter that goes with it, streams included),
+//!   the usage log writer, totals for `/admin/usage` and `gateway_tokens_total`.
 //! - `upstream`: the dispatcher (attempt loop with retries before the first byte), the one
 //!   hyper client (TLS by rustls), the incremental SSE parser, the model list, the revoked-key
 //!   probe.
@@ -33,6 +37,7 @@
 
 mod catalogue;
 mod chat;
+mod clients;
 pub mod config;
 mod core;
 mod demo;
@@ -45,6 +50,7 @@ mod server;
 pub mod telemetry;
 mod trace;
 mod upstream;
+mod usage;
 
 pub use config::Settings;
 pub use gateway::{Gateway, StartError};

@@ -285,6 +285,10 @@ async fn cors_preflight_from_an_allowed_origin_gets_the_headers_and_another_does
     for (path, headers) in [
         ("/v1/chat/completions", "authorization,content-type"),
         (
+            "/v1/messages",
+            "x-api-key,anthropic-version,content-type,x-stainless-lang",
+        ),
+        (
             "/megallm.v1.ChatService/StreamChatCompletion",
             "content-type,x-grpc-web,x-user-agent,grpc-timeout",
         ),

@@ -36,10 +36,19 @@ async fn chunks_arrive_in_order_and_identical_then_done() {
     assert_eq!(sent.len(), 6);
 
     let data = t.data();
-    assert_eq!(data.len(), 7, "want 6 chunks + [DONE]; got {data:?}");
+    // The client asked for usage: the mock's usage chunk comes before [DONE].
+    assert_eq!(
+        data.len(),
+        8,
+        "want 6 chunks + usage + [DONE]; got {data:?}"
+    );
     for (i, (got, want)) in data.iter().zip(&sent).enumerate() {
         assert_eq!(as_json(got), as_json(want), "chunk {i}");
     }
+    assert_eq!(
+        as_json(&data[6]),
+        as_json(&usage_chunk_json(up[0].seq, &json!("m1"), 6))
+    );
     assert_eq!(data.last().unwrap(), "[DONE]");
     assert_eq!(t.end, StreamEnd::Clean);
 }
@@ -393,7 +402,11 @@ async fn an_upstream_that_ignores_stream_still_gives_the_client_a_stream() {
     })
     .await;
 
-    let sse = gw.http.chat_stream(&stream_body()).await;
+    // The client asks for usage: the recast answer's usage chunk is its own (a client that did
+    // not ask gets no usage chunk, whatever the upstream sends).
+    let mut body = stream_body();
+    body["stream_options"] = json!({"include_usage": true});
+    let sse = gw.http.chat_stream(&body).await;
     assert_eq!(sse.status, 200);
     assert_eq!(
         sse.header("x-gateway-attempts").as_deref(),

@@ -1,7 +1,8 @@
 //! Clients nobody here wrote, run as users run them against a real gateway in demo mode: the
 //! official OpenAI Python SDK on the HTTP door, `prometheus_client`'s parser on `/metrics`, and
 //! Python grpcio (stubs generated from `proto/megallm/v1/chat.proto` at test time) and grpcurl
-//! (reflection only) on the gRPC door.
+//! (reflection only) on the gRPC door, and `buf curl` (npm `@bufbuild/buf`) with its default
+//! protocol, Connect.
 //! CI installs them in `.venv` and sets `MEGALLM_TEST_PYTHON`; a build without it (and without
 //! `CI`) reports these tests as ignored, never as passed.
 
@@ -9,6 +10,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use megallm_gateway::{Gateway, Settings};
+
+/// The `buf` binary: `MEGALLM_TEST_BUF`, else the `.buf` npm prefix that .ci/run installs.
+fn buf() -> PathBuf {
+    let explicit = std::env::var_os("MEGALLM_TEST_BUF").map(PathBuf::from);
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".buf/node_modules/.bin/buf");
+    explicit
+        .or_else(|| local.exists().then_some(local))
+        .expect("no buf: run bash .ci/run once (npm install --prefix .buf @bufbuild/buf), or set MEGALLM_TEST_BUF")
+}
 
 /// The Python that has the clients: `MEGALLM_TEST_PYTHON`, else the `.venv` that .ci/run makes.
 fn python() -> PathBuf {
@@ -241,5 +251,81 @@ async fn schemathesis_finds_every_answer_as_documented() {
         "schemathesis found answers the document does not allow:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    gateway.shutdown().await;
+}
+
+/// `buf curl` with its default protocol (Connect, over h2c) and the proto file as its schema:
+/// it lists the methods, calls the unary RPC, streams the other, and reads a Connect error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(real_clients),
+    ignore = "needs buf: bash .ci/run installs it (npm @bufbuild/buf) and sets MEGALLM_TEST_BUF"
+)]
+async fn buf_curl_speaks_connect_to_the_gateway() {
+    let buf = buf();
+    let gateway = demo_gateway().await;
+    let base = format!("http://{}/megallm.v1.ChatService", gateway.local_addr());
+    let schema = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto/megallm/v1/chat.proto");
+    let run = move |args: &[&str]| {
+        let out = Command::new(&buf)
+            .arg("curl")
+            .arg("--schema")
+            .arg(&schema)
+            .args(["--http2-prior-knowledge", "--connect-timeout", "20"])
+            .args(args)
+            .output()
+            .expect("run buf");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let outputs = tokio::task::spawn_blocking(move || {
+        let body = r#"{"messages":[{"role":"user","content":[{"text":"buf here"}]}]}"#;
+        [
+            run(&["--list-methods"]),
+            run(&["-d", body, &format!("{base}/CreateChatCompletion")]),
+            run(&["-d", body, &format!("{base}/StreamChatCompletion")]),
+            run(&[&format!("{base}/ListModels")]),
+            run(&["-d", "{}", &format!("{base}/CreateChatCompletion")]),
+        ]
+    })
+    .await
+    .unwrap();
+    let [list, unary, stream, models, invalid] = &outputs;
+    for (name, (ok, out, err)) in [
+        ("list", list),
+        ("unary", unary),
+        ("stream", stream),
+        ("models", models),
+    ] {
+        assert!(ok, "buf curl {name}: {out}\n{err}");
+    }
+    assert!(
+        list.1
+            .contains("megallm.v1.ChatService/StreamChatCompletion"),
+        "{}",
+        list.1
+    );
+    let unary: serde_json::Value = serde_json::from_str(&unary.1).expect("one JSON message");
+    assert!(
+        unary["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("buf here"),
+        "{unary}"
+    );
+    assert!(
+        stream.1.matches("chat.completion.chunk").count() >= 3,
+        "{}",
+        stream.1
+    );
+    assert!(stream.1.contains("FINISH_REASON_STOP"), "{}", stream.1);
+    assert!(models.1.contains("\"data\""), "{}", models.1);
+    // An invalid request: buf reports Connect's error with its code.
+    let (ok, out, err) = invalid;
+    assert!(!ok, "an empty request is refused: {out}");
+    assert!(err.contains("invalid_argument"), "{out}\n{err}");
     gateway.shutdown().await;
 }

@@ -6,6 +6,7 @@ mod chart;
 mod grpc;
 mod load;
 mod procs;
+mod redis;
 mod report;
 mod streams;
 
@@ -484,6 +485,23 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    // Redis mode: replicas sharing key state through a redis-server this run starts.
+    let mut redis_bench = None;
+    if let Some((local, local_pid)) = gwp_ref {
+        let env = redis::RedisEnv {
+            bin: &gateway_bin,
+            upstream: &upstream,
+            logs: &logs,
+            local: (local, local_pid),
+            quick,
+        };
+        let rb = redis::scenario(&mut ctx, env).await;
+        for n in &rb.notes {
+            eprintln!("[redis] {n}");
+        }
+        redis_bench = Some(rb);
+    }
+
     // Open streams held at once.
     if let Some(g) = &gw {
         let mut levels = vec![1_000usize, 10_000];
@@ -571,6 +589,7 @@ async fn run(args: Args) -> Result<(), String> {
         scenarios,
         memory,
         startup,
+        redis: redis_bench,
         targets: Vec::new(),
         notes,
         wall_time_s: 0.0,

@@ -75,6 +75,31 @@ pub async fn spawn_mock(bin: &Path, log: &Path) -> Result<(Proc, SocketAddr), St
     Ok((Proc { pid, child }, addr))
 }
 
+/// Starts `bin` with `args`, stdout and stderr to `log`; killed when dropped or when this
+/// process dies.
+pub fn spawn_logged(bin: &str, args: &[&str], log: &Path) -> Result<Proc, String> {
+    let out = log_file(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .map(Stdio::from)
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {bin}: {e}"))?;
+    Ok(Proc {
+        pid: child.id().unwrap_or(0),
+        child,
+    })
+}
+
 /// A free loopback port (bound then released; a tiny race, fine for a benchmark).
 pub fn free_port() -> std::io::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
@@ -95,6 +120,18 @@ pub async fn spawn_gateway(
     keys: &[&str],
     log: &Path,
 ) -> Result<GatewayStart, String> {
+    spawn_gateway_with(bin, upstream, keys, &[], log).await
+}
+
+/// [`spawn_gateway`] with more command-line arguments (`--redis …`, `--keys-file …`). With
+/// no `keys`, the keys come from those arguments alone (`MEGALLM_API_KEYS` is unset).
+pub async fn spawn_gateway_with(
+    bin: &Path,
+    upstream: &str,
+    keys: &[&str],
+    extra: &[String],
+    log: &Path,
+) -> Result<GatewayStart, String> {
     let port = free_port().map_err(|e| e.to_string())?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let stdout = log_file(log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -106,12 +143,19 @@ pub async fn spawn_gateway(
     let mut cmd = Command::new(bin);
     die_with_parent(&mut cmd);
     cmd.args(["--listen", &addr.to_string(), "--upstream", upstream])
-        .env("MEGALLM_API_KEYS", keys.join(","))
-        .env("RUST_LOG", "warn")
+        .args(extra);
+    if keys.is_empty() {
+        cmd.env_remove("MEGALLM_API_KEYS");
+    } else {
+        cmd.env("MEGALLM_API_KEYS", keys.join(","));
+    }
+    cmd.env("RUST_LOG", "warn")
         .env_remove("MEGALLM_KEYS_FILE")
         .env_remove("GATEWAY_CONFIG")
         .env_remove("GATEWAY_AUTH_TOKENS")
         .env_remove("GATEWAY_DEMO")
+        .env_remove("GATEWAY_REDIS_URL")
+        .env_remove("GATEWAY_REDIS_PREFIX")
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)

@@ -119,6 +119,55 @@ pub struct Target {
     pub verdict: String,
 }
 
+/// One phase of the Redis-mode scenario: a gateway in one mode at one concurrency.
+#[derive(Clone, Debug, Serialize)]
+pub struct RedisPhase {
+    /// `local` (no Redis), `redis` (shared state, no limits) or `redis + rpm` (an `rpm=` limit
+    /// on every key: one Redis round trip per request).
+    pub mode: String,
+    pub concurrency: usize,
+    pub side: Side,
+}
+
+/// State propagation between two replicas sharing one Redis.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Propagation {
+    /// Changes made on replica A (disable and enable alternately).
+    pub changes: usize,
+    /// Admin disable on A → B's `/admin/keys` shows the key disabled (B refuses it).
+    pub disable: Summary,
+    /// Admin enable on A → B shows it serving again.
+    pub enable: Summary,
+    /// Changes B did not show within 2 s.
+    pub timed_out: usize,
+    /// B's `gateway_state_propagation_seconds` over the same changes: observations, and the
+    /// upper bounds (ms) of the buckets holding its p50 and p99; its mean (ms).
+    pub histogram_count: Option<u64>,
+    pub histogram_p50_le_ms: Option<f64>,
+    pub histogram_p99_le_ms: Option<f64>,
+    pub histogram_mean_ms: Option<f64>,
+}
+
+/// The Redis-mode scenario: replicas sharing key state and limits through a real
+/// `redis-server` on loopback.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct RedisBench {
+    pub redis_version: Option<String>,
+    pub phases: Vec<RedisPhase>,
+    pub propagation: Option<Propagation>,
+    /// Why the scenario (or a part of it) was not measured.
+    pub notes: Vec<String>,
+}
+
+impl RedisBench {
+    pub fn phase(&self, mode: &str, c: usize) -> Option<&Side> {
+        self.phases
+            .iter()
+            .find(|p| p.mode == mode && p.concurrency == c)
+            .map(|p| &p.side)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub generated_at: String,
@@ -129,6 +178,8 @@ pub struct Report {
     pub scenarios: Vec<Scenario>,
     pub memory: Memory,
     pub startup: Startup,
+    /// The Redis-mode scenario (absent when the gateway was not measured).
+    pub redis: Option<RedisBench>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
     pub wall_time_s: f64,
@@ -360,6 +411,50 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 }),
         );
     }
+    let rb = r.redis.as_ref();
+    let local_and = |mode: &str, c: usize| -> Option<(&Side, &Side)> {
+        let rb = rb?;
+        Some((rb.phase("local", c)?, rb.phase(mode, c)?))
+    };
+    push(
+        "Redis mode, no limits, HTTP non-stream c=64: RPS / local mode",
+        "≥ 95 %",
+        local_and("redis", 64).map(|(l, g)| {
+            let p = 100.0 * g.rps / l.rps.max(1e-9);
+            (
+                format!("{p:.2} % ({:.0} / {:.0} req/s)", g.rps, l.rps),
+                p >= 95.0,
+            )
+        }),
+    );
+    push(
+        "Redis mode, rpm= on every key, HTTP non-stream c=1: added p50 vs local mode",
+        "≤ 0.15 ms",
+        local_and("redis + rpm", 1).map(|(l, g)| {
+            let a = g.latency.p50_ms - l.latency.p50_ms;
+            (format!("{a:+.3} ms"), a <= 0.15)
+        }),
+    );
+    push(
+        "Redis mode: admin disable on replica A → replica B refuses the key, p99",
+        "≤ 50 ms",
+        rb.and_then(|b| b.propagation.as_ref())
+            .filter(|p| p.disable.count > 0)
+            .map(|p| {
+                let text = if p.timed_out > 0 {
+                    format!(
+                        "{:.2} ms over {} disables ({} of {} changes not seen within 2 s)",
+                        p.disable.p99_ms, p.disable.count, p.timed_out, p.changes
+                    )
+                } else {
+                    format!(
+                        "{:.2} ms over {} disables",
+                        p.disable.p99_ms, p.disable.count
+                    )
+                };
+                (text, p.disable.p99_ms <= 50.0 && p.timed_out == 0)
+            }),
+    );
     push(
         "Startup to first 200 on /healthz (median)",
         "≤ 50 ms",
@@ -547,6 +642,11 @@ pub fn markdown(r: &Report) -> String {
         .iter()
         .flat_map(|s| [s.direct.as_ref(), s.gateway.as_ref()])
         .flatten()
+        .chain(
+            r.redis
+                .iter()
+                .flat_map(|b| b.phases.iter().map(|p| &p.side)),
+        )
         .filter_map(|s| s.other_cpu_pct)
         .collect();
     if let Some(max) = others.iter().copied().reduce(f64::max) {
@@ -660,6 +760,10 @@ pub fn markdown(r: &Report) -> String {
     }
     o.push('\n');
 
+    if let Some(rb) = &r.redis {
+        redis_section(&mut o, rb);
+    }
+
     let _ = writeln!(o, "## Server cost per request, each door and mode\n");
     o.push_str("CPU time (user + system, `/proc/PID/stat`) and write-family syscalls (`syscw`, `/proc/PID/io`) of the serving process over each phase's recorded part, per request (per stream for streams): the mock for direct, the gateway alone for gateway. gRPC has no direct side of its own (its direct column is the HTTP direct run of the same work).\n\n");
     o.push_str("| scenario | c | CPU µs/req direct | CPU µs/req gateway | write syscalls/req direct | write syscalls/req gateway |\n|---|---:|---:|---:|---:|---:|\n");
@@ -771,4 +875,92 @@ pub fn markdown(r: &Report) -> String {
         "Chart: `latest.png` (latency percentiles, direct vs gateway). Raw numbers: `latest.json`."
     );
     o
+}
+
+/// The Redis-mode section: local vs Redis mode, and propagation between two replicas.
+fn redis_section(o: &mut String, rb: &RedisBench) {
+    let _ = writeln!(o, "## Redis mode (replicas sharing key state and limits)\n");
+    let _ = writeln!(
+        o,
+        "Gateways started with `--redis` against a `redis-server`{} this run started on a free loopback port (`--save \"\" --appendonly no`), the same mock upstream and the same four keys. **local** = the main gateway (no Redis); **redis** = shared key state, no limits (key choice reads the local snapshot: no Redis round trip); **redis + rpm** = every key with a large `rpm=` that nothing reaches, so every request takes the one Redis round trip of the shared limit. The phases at one concurrency run back to back. \"vs local\" = this mode against the local row at the same concurrency.\n",
+        rb.redis_version
+            .as_ref()
+            .map_or(String::new(), |v| format!(" ({v})"))
+    );
+    for n in &rb.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    if !rb.notes.is_empty() {
+        o.push('\n');
+    }
+    if !rb.phases.is_empty() {
+        o.push_str("| mode | c | RPS | RPS vs local | p50 | p50 vs local | p90 | p99 | p99 vs local | max | errors | gateway CPU µs/req | other CPU % |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
+        for p in &rb.phases {
+            let s = &p.side;
+            let local = rb
+                .phase("local", p.concurrency)
+                .filter(|_| p.mode != "local");
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                p.mode,
+                p.concurrency,
+                s.rps,
+                local.map_or("–".into(), |l| ratio_pct(l.rps, s.rps)),
+                ms(s.latency.p50_ms),
+                local.map_or("–".into(), |l| added(l.latency.p50_ms, s.latency.p50_ms)),
+                ms(s.latency.p90_ms),
+                ms(s.latency.p99_ms),
+                local.map_or("–".into(), |l| added(l.latency.p99_ms, s.latency.p99_ms)),
+                ms(s.latency.max_ms),
+                errs(s),
+                cpu(s),
+                other(s)
+            );
+        }
+        o.push('\n');
+    }
+    if let Some(p) = &rb.propagation {
+        let _ = writeln!(
+            o,
+            "**Propagation.** Two replicas A and B on the same Redis; {} admin changes on A (`POST /admin/keys/key-1/disable`, then `…/enable`, alternately), each timed from sending it to A until B's `GET /admin/keys` (polled back to back) shows the new state; the next change waits for B. A disabled key is one B's key choice refuses.\n",
+            p.changes
+        );
+        o.push_str(
+            "| change | seen by B | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for (name, s) in [
+            ("disable on A → B refuses the key", &p.disable),
+            ("enable on A → B serves it again", &p.enable),
+        ] {
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {} | {} |",
+                s.count,
+                ms(s.p50_ms),
+                ms(s.p90_ms),
+                ms(s.p99_ms),
+                ms(s.max_ms)
+            );
+        }
+        o.push('\n');
+        if p.timed_out > 0 {
+            let _ = writeln!(
+                o,
+                "{} of {} changes were not seen by B within 2 s.\n",
+                p.timed_out, p.changes
+            );
+        }
+        if let Some(n) = p.histogram_count {
+            let le = |v: Option<f64>| v.map_or("> 1000".into(), |x| format!("≤ {x}"));
+            let _ = writeln!(
+                o,
+                "B's own `gateway_state_propagation_seconds` (publish on A → applied on B, millisecond timestamps, so sub-millisecond delays count as 0) over the same changes: {n} observations, p50 {} ms and p99 {} ms (bucket bounds), mean {} ms.\n",
+                le(p.histogram_p50_le_ms),
+                le(p.histogram_p99_le_ms),
+                p.histogram_mean_ms
+                    .map_or("–".into(), |m| format!("{m:.2}"))
+            );
+        }
+    }
 }

@@ -34,9 +34,16 @@ pub fn check(req: &ChatRequest, context_length: u64) -> Result<(), GatewayError>
     })
 }
 
+/// The tokens of `text` by `o200k_base` (a usage estimate where the upstream gave none).
+pub fn text_tokens(text: &str) -> u64 {
+    tiktoken_rs::o200k_base_singleton()
+        .encode_ordinary(text)
+        .len() as u64
+}
+
 /// The tokens of every text in `messages` (string contents, text parts, tool call
 /// arguments), by `o200k_base`: what the model reads at least.
-fn prompt_tokens(body: &[u8]) -> u64 {
+pub fn prompt_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Messages {
         #[serde(default)]

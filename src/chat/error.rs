@@ -38,6 +38,28 @@ impl TimeoutKind {
     }
 }
 
+/// Which of a client's own limits (its token's line in the tokens file) refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientLimit {
+    Rpm,
+    Tpm,
+    Concurrency,
+    /// `daily_tokens=`: the day's budget is spent (`insufficient_quota`).
+    DailyTokens,
+}
+
+impl ClientLimit {
+    /// The attribute's name in the tokens file, also the QuotaFailure subject's suffix.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientLimit::Rpm => "rpm",
+            ClientLimit::Tpm => "tpm",
+            ClientLimit::Concurrency => "max_concurrent",
+            ClientLimit::DailyTokens => "daily_tokens",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The client's body or a parameter is wrong; `param` names the field.
@@ -49,6 +71,16 @@ pub enum GatewayError {
     },
     #[error("missing or invalid gateway token: send `Authorization: Bearer <token>`")]
     Unauthenticated,
+    /// A client over one of its own limits; `client` is its name (or token fingerprint).
+    #[error("{}", client_limited(client, *limit, *retry_after))]
+    ClientLimited {
+        client: String,
+        limit: ClientLimit,
+        retry_after: Duration,
+    },
+    /// The client's token does not allow this model (`models=` in the tokens file).
+    #[error("this gateway token may not use the model `{model}`")]
+    ModelNotAllowed { model: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// The body's content type, charset or content encoding is not one the gateway reads
@@ -121,6 +153,16 @@ fn secs_ceil(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
 }
 
+fn client_limited(client: &str, limit: ClientLimit, retry_after: Duration) -> String {
+    let wait = secs_ceil(retry_after);
+    match limit {
+        ClientLimit::Rpm => format!("rate limit reached for client {client}: requests per minute (rpm); retry in {wait}s"),
+        ClientLimit::Tpm => format!("rate limit reached for client {client}: tokens per minute (tpm); retry in {wait}s"),
+        ClientLimit::Concurrency => format!("rate limit reached for client {client}: too many requests in flight (max_concurrent); retry in {wait}s"),
+        ClientLimit::DailyTokens => format!("client {client} has spent its daily token budget (daily_tokens); it renews in {wait}s"),
+    }
+}
+
 fn no_key(why: &str) -> String {
     match why {
         "" => "no upstream key can serve this request now".to_owned(),
@@ -146,6 +188,8 @@ fn detail_suffix(d: &str) -> String {
 pub enum ErrorKind {
     InvalidArgument,
     Unauthenticated,
+    /// The caller is known but may not do this (a model outside its token's `models=`).
+    PermissionDenied,
     PayloadTooLarge,
     UnsupportedMediaType,
     NotFound,
@@ -176,6 +220,8 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } => ErrorKind::InvalidArgument,
             GatewayError::Unauthenticated => ErrorKind::Unauthenticated,
+            GatewayError::ModelNotAllowed { .. } => ErrorKind::PermissionDenied,
+            GatewayError::ClientLimited { .. } => ErrorKind::ResourceExhausted,
             GatewayError::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             GatewayError::UnsupportedMediaType(_) => ErrorKind::UnsupportedMediaType,
             GatewayError::NotFound(_) => ErrorKind::NotFound,
@@ -209,6 +255,7 @@ impl GatewayError {
         match self.kind() {
             ErrorKind::InvalidArgument => 400,
             ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::NotFound => 404,
@@ -247,6 +294,13 @@ impl GatewayError {
             | GatewayError::UnsupportedMediaType(_)
             | GatewayError::NotFound(_) => "invalid_request_error",
             GatewayError::Unauthenticated => "authentication_error",
+            GatewayError::ModelNotAllowed { .. } => "permission_error",
+            // OpenAI's own types: `requests`/`tokens` for rate limits, and a spent budget.
+            GatewayError::ClientLimited { limit, .. } => match limit {
+                ClientLimit::Rpm | ClientLimit::Concurrency => "requests",
+                ClientLimit::Tpm => "tokens",
+                ClientLimit::DailyTokens => "insufficient_quota",
+            },
             GatewayError::UpstreamRejected { error_type, .. } => {
                 error_type.as_deref().unwrap_or("invalid_request_error")
             }
@@ -269,6 +323,11 @@ impl GatewayError {
         Some(match self {
             GatewayError::InvalidRequest { code, .. } => code,
             GatewayError::Unauthenticated => "invalid_gateway_token",
+            GatewayError::ModelNotAllowed { .. } => "model_not_allowed",
+            GatewayError::ClientLimited { limit, .. } => match limit {
+                ClientLimit::DailyTokens => "insufficient_quota",
+                _ => "rate_limit_exceeded",
+            },
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::NotFound(_) => "not_found",
@@ -307,6 +366,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::ClientLimited { retry_after, .. }
             | GatewayError::UpstreamUnreachable { retry_after, .. } => Some(*retry_after),
             GatewayError::NoKeyAvailable { retry_after, .. }
             | GatewayError::UpstreamUnavailable { retry_after, .. } => *retry_after,

@@ -11,6 +11,7 @@ mod request;
 mod scan;
 mod shape;
 mod shutdown;
+mod stream_usage;
 mod upstream_error;
 
 use std::fmt;
@@ -22,7 +23,7 @@ use futures_util::Stream;
 use tokio::time::Instant;
 
 pub use batch::{batches, Batches};
-pub use error::{ErrorKind, GatewayError, TimeoutKind};
+pub use error::{ClientLimit, ErrorKind, GatewayError, TimeoutKind};
 pub use forward::{Auth, Endpoint, Events, Flavor, Forward};
 pub use request::ChatRequest;
 pub use shutdown::until_shutdown;

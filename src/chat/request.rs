@@ -183,7 +183,16 @@ impl ChatRequest {
 /// The answer's tokens assumed for a `tpm=` budget when the request sets no `max_tokens`.
 pub const DEFAULT_ANSWER_TOKENS: u32 = 16;
 
-impl ChatRequest {}
+impl ChatRequest {
+    /// The same request with other bytes (the same fields the gateway checks), for a splice
+    /// such as [`ChatRequest::ask_stream_usage`].
+    pub(super) fn with_body(&self, body: Bytes) -> ChatRequest {
+        ChatRequest {
+            body,
+            ..self.clone()
+        }
+    }
+}
 
 /// Inserts `"model":"<default>",` right after the opening brace at `brace`.
 pub(super) fn splice_model(body: &[u8], brace: usize, model: &str) -> Bytes {

@@ -159,6 +159,8 @@ settings_table! {
         max_connections: usize, "Client connections held at once [default: from the open-files limit]";
         #[arg(long = "redis", env = "GATEWAY_REDIS_URL", hide_env_values = true)]
         redis: Secret, "Redis URL (redis://[:password@]host:port/db, rediss:// for TLS): replicas share key state and limits";
+        #[arg(long, env = "GATEWAY_USAGE_LOG")]
+        usage_log: PathBuf, "JSON-lines file of one usage record per request (appended, flushed in batches, reopened on SIGHUP)";
         #[arg(long, env = "GATEWAY_MODELS_FILE")]
         models_file: PathBuf, "TOML model catalogue (context length, output limit, capabilities) over the built-in one";
         #[arg(long, env = "GATEWAY_QUOTA_RESET_UTC")]

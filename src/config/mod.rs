@@ -6,6 +6,7 @@
 mod key_spec;
 mod layer;
 mod secret;
+mod token_spec;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde::Deserialize;
 pub use key_spec::{KeySpec, KeySpecError, KeysFileError};
 pub use layer::{Cli, CommaList, Layer};
 pub use secret::Secret;
+pub use token_spec::{glob_matches, TokenMatch, TokenSpec, TokenSpecError, TokensFileError};
 
 /// Why the settings cannot be used. Every message is a sentence a user can act on, and none
 /// quotes a key or a token.
@@ -42,6 +44,13 @@ pub enum SettingsError {
         path: PathBuf,
         source: KeysFileError,
     },
+    #[error("auth tokens file {}: {source}", path.display())]
+    TokensFile {
+        path: PathBuf,
+        source: TokensFileError,
+    },
+    #[error("GATEWAY_AUTH_TOKENS: {0}")]
+    TokenList(TokenSpecError),
     #[error("{origin}: {source}")]
     KeyList {
         origin: &'static str,
@@ -156,6 +165,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so that several gateways (or other programs) can
     /// share one Redis; also keys the fingerprint that names a key there.
     pub redis_prefix: String,
+    /// JSON-lines file of one usage record per request (appended; reopened on SIGHUP so it
+    /// can be rotated); `None`: records are only totalled in memory.
+    pub usage_log: Option<PathBuf>,
     /// The OTLP/gRPC collector spans are exported to (`telemetry::init`); no spans are made
     /// without one, so tracing costs nothing unless asked for.
     pub otlp_endpoint: Option<String>,
@@ -313,6 +325,7 @@ impl Settings {
             redis,
             models_file,
             quota_reset_utc,
+            usage_log,
             otlp_endpoint,
             api_keys: _,
             auth_tokens,
@@ -370,6 +383,7 @@ impl Settings {
             metrics_token,
             redis,
             redis_prefix: set(redis_prefix),
+            usage_log,
             otlp_endpoint,
             models_file,
             passthrough_paths: passthrough_path.unwrap_or_default(),
@@ -479,17 +493,21 @@ impl Settings {
         Ok(keys)
     }
 
-    /// All gateway tokens: the direct ones, then the tokens file's.
-    pub fn read_auth_tokens(&self) -> Result<Vec<Secret>, SettingsError> {
-        let mut tokens = self.auth_tokens.clone();
+    /// All gateway tokens: the direct ones, then the tokens file's. Each may carry a name and
+    /// limits (`tok name=billing rpm=600`); a bare token is a client with neither.
+    pub fn read_auth_tokens(&self) -> Result<Vec<TokenSpec>, SettingsError> {
+        let mut tokens = Vec::new();
+        for token in &self.auth_tokens {
+            tokens.push(TokenSpec::parse(token.expose()).map_err(SettingsError::TokenList)?);
+        }
         if let Some(path) = &self.auth_tokens_file {
             let text = read("auth tokens file", path)?;
-            tokens.extend(
-                text.lines()
-                    .map(|l| l.split('#').next().unwrap_or("").trim())
-                    .filter(|l| !l.is_empty())
-                    .map(|l| Secret::new(l.to_owned())),
-            );
+            tokens.extend(TokenSpec::parse_file(&text).map_err(|source| {
+                SettingsError::TokensFile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?);
         }
         Ok(tokens)
     }

@@ -4,17 +4,18 @@
 //!
 //! [`Secret::matches`]: crate::config::Secret::matches
 
-use super::Core;
+use super::{Caller, Core};
 use crate::chat::GatewayError;
 
 impl Core {
     /// Whether clients need a gateway token (`GATEWAY_AUTH_TOKENS` or `--auth-tokens-file`).
     pub fn client_tokens_required(&self) -> bool {
-        !self.auth_tokens.is_empty()
+        self.clients.required()
     }
 
-    /// Checks a client's `Authorization` value when gateway tokens are configured.
-    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), GatewayError> {
+    /// Checks a client's `Authorization` value when gateway tokens are configured, and says
+    /// who the caller is (its name and limits come with it).
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<Caller, GatewayError> {
         self.authorize_token(authorization.and_then(bearer_token))
     }
 
@@ -24,28 +25,20 @@ impl Core {
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Caller, GatewayError> {
         let token = authorization
             .and_then(bearer_token)
             .or_else(|| api_key.map(<[u8]>::trim_ascii).filter(|k| !k.is_empty()));
         self.authorize_token(token)
     }
 
-    fn authorize_token(&self, token: Option<&[u8]>) -> Result<(), GatewayError> {
-        if self.auth_tokens.is_empty() {
-            return Ok(());
+    /// Every token is compared in constant time (`Clients::authorize`).
+    fn authorize_token(&self, token: Option<&[u8]>) -> Result<Caller, GatewayError> {
+        if !self.clients.required() {
+            return Ok(Caller::default());
         }
         let token = token.ok_or(GatewayError::Unauthenticated)?;
-        // Check every token so the time taken does not say which one nearly matched.
-        let ok = self
-            .auth_tokens
-            .iter()
-            .fold(false, |ok, t| t.matches(token) | ok);
-        if ok {
-            Ok(())
-        } else {
-            Err(GatewayError::Unauthenticated)
-        }
+        self.clients.authorize(Some(token))
     }
 
     /// `None` when the admin API is off; else whether `authorization` carries the admin token.

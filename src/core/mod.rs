@@ -9,6 +9,7 @@
 
 mod auth;
 mod body_timeout;
+mod chat;
 mod render;
 
 use std::sync::Arc;
@@ -20,7 +21,9 @@ pub use render::{anthropic_error_response, error_response, set_attempts};
 
 pub use crate::catalogue::Catalogue;
 use crate::chat::{ChatRequest, Endpoint, Forward, GatewayError};
-use crate::config::{Secret, Settings};
+use crate::clients::Clients;
+pub use crate::clients::{Caller, TokensReloaded};
+use crate::config::Settings;
 use crate::keys::KeyPool;
 pub use crate::keys::{KeyStats, KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics, Route, Status};
@@ -42,19 +45,34 @@ pub struct Core {
     endpoints: Vec<Arc<Endpoint>>,
     /// Private: doors see the pool through the methods below, so none imports `keys/`.
     pool: Arc<KeyPool>,
-    auth_tokens: Vec<Secret>,
+    /// The client tokens, their names and limits.
+    clients: Arc<Clients>,
+    /// Where every request's usage record goes.
+    usage: Arc<crate::usage::Recorder>,
+}
+
+/// The parts a [`Core`] is made of, each built in `Gateway::start`, which owns their order.
+pub struct Parts {
+    pub pool: Arc<KeyPool>,
+    pub dispatcher: Dispatcher,
+    pub models: Models,
+    pub catalogue: Arc<Catalogue>,
+    pub clients: Arc<Clients>,
+    pub usage: Arc<crate::usage::Recorder>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Core {
-    pub fn new(
-        settings: Settings,
-        pool: Arc<KeyPool>,
-        dispatcher: Dispatcher,
-        models: Models,
-        catalogue: Arc<Catalogue>,
-        auth_tokens: Vec<Secret>,
-        metrics: Arc<Metrics>,
-    ) -> Core {
+    pub fn new(settings: Settings, parts: Parts) -> Core {
+        let Parts {
+            pool,
+            dispatcher,
+            models,
+            catalogue,
+            clients,
+            usage,
+            metrics,
+        } = parts;
         let mut endpoints: Vec<Arc<Endpoint>> =
             Endpoint::builtin().into_iter().map(Arc::new).collect();
         for path in &settings.passthrough_paths {
@@ -70,7 +88,8 @@ impl Core {
             catalogue,
             metrics,
             pool,
-            auth_tokens,
+            clients,
+            usage,
         }
     }
 
@@ -155,7 +174,40 @@ impl Core {
 
     /// The Prometheus text: request metrics and each key's state and counters.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.pool)
+        let mut text = self.metrics.render(&self.pool);
+        self.usage.render_metrics(&mut text);
+        text
+    }
+
+    /// `/admin/usage`: token totals per client, model and key, today and since start.
+    pub async fn usage_report(&self) -> serde_json::Value {
+        self.usage.report().await
+    }
+
+    /// Reopens the usage log (SIGHUP, after a rotation).
+    pub fn reopen_usage_log(&self) {
+        self.usage.reopen();
+    }
+
+    /// Re-reads the client tokens (direct ones and the tokens file); counters and budgets
+    /// are kept by client. Logged once either way.
+    pub fn reload_tokens(&self) -> Result<TokensReloaded, String> {
+        match self.settings.read_auth_tokens() {
+            Ok(specs) => {
+                let s = self.clients.reload(specs);
+                tracing::info!(
+                    total = s.total,
+                    named = s.named,
+                    limited = s.limited,
+                    "client tokens reloaded"
+                );
+                Ok(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "client token reload refused; keeping the current tokens");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Re-reads the configured keys (direct ones and the keys file) into the pool. Whatever

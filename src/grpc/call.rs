@@ -10,7 +10,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 use crate::chat::{headers, Attempts, GatewayError, RequestContext};
-use crate::core::{trace, Core, Door, Route, Status};
+use crate::core::{trace, Caller, Core, Door, Route, Status};
 
 /// One gRPC call in flight.
 pub struct Call {
@@ -63,8 +63,8 @@ impl Call {
         }
     }
 
-    /// The gateway token check, on the `authorization` metadata.
-    pub fn authorize(&self, metadata: &MetadataMap) -> Result<(), GatewayError> {
+    /// The gateway token check, on the `authorization` metadata; who the caller is.
+    pub fn authorize(&self, metadata: &MetadataMap) -> Result<Caller, GatewayError> {
         self.core
             .authorize(metadata.get("authorization").map(|v| v.as_bytes()))
     }

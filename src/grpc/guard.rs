@@ -1,6 +1,9 @@
-//! What a gRPC route refuses before tonic sees the call: a POST whose content type is not gRPC
-//! (415, as the gRPC HTTP/2 spec asks, in OpenAI's error JSON: such a client is likely an HTTP
-//! one at the wrong path), and request metadata over [`MAX_METADATA`] (RESOURCE_EXHAUSTED,
+//! What a gRPC route refuses before tonic sees the call: a POST whose content type is neither
+//! gRPC nor a Connect call (Connect calls to ChatService methods are taken by
+//! [`super::connect`] before this layer; a Connect content type elsewhere, as on the health
+//! and reflection paths, which speak gRPC only, is refused here like any other) (415, as the
+//! gRPC HTTP/2 spec asks, in OpenAI's error JSON: such a client is likely an HTTP one at the
+//! wrong path), and request metadata over [`MAX_METADATA`] (RESOURCE_EXHAUSTED,
 //! the code gRPC implementations give metadata over their limit).
 //!
 //! Metadata over the listener's HTTP/2 header-list limit (`server::H2_MAX_HEADER_LIST`, 64 KiB)
@@ -42,7 +45,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
             })
             .unwrap_or_else(|| "(none)".to_owned());
         let error = GatewayError::UnsupportedMediaType(format!(
-            "content type `{shown}` is not gRPC: send application/grpc (JSON clients use POST /v1/chat/completions)"
+            "content type `{shown}` is not gRPC: send application/grpc, or Connect's application/json or application/proto to a ChatService method (OpenAI JSON clients use POST /v1/chat/completions)"
         ));
         return error_response(&error);
     }

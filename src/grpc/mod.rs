@@ -16,10 +16,13 @@
 //!   message are INVALID_ARGUMENT.
 //! - [`guard`]: non-gRPC content types (415) and oversized metadata (RESOURCE_EXHAUSTED),
 //!   refused before tonic sees the call.
+//! - [`connect`]: the Connect protocol (unary and server streaming, JSON and proto) on the
+//!   ChatService paths, through the same [`service::ChatDoor`] methods.
 //! - [`health`]: keeps the health service's status in step with the key pool.
 
 mod call;
 mod codec;
+mod connect;
 mod guard;
 mod health;
 mod request;
@@ -51,7 +54,8 @@ const FILE_DESCRIPTOR_SET: &[u8] =
 const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
 /// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
-/// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched.
+/// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched. The
+/// chat service also speaks the Connect protocol on the same paths.
 pub(crate) fn router(core: Arc<Core>) -> Router {
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
@@ -76,6 +80,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .expect("the compiled-in descriptor sets are valid");
     // The same size limit as the HTTP door's body limit.
     let max_message = core.settings.max_body_bytes;
+    let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
     let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
         .max_decoding_message_size(max_message);
     tonic::service::Routes::new(chat)
@@ -87,4 +92,9 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .layer(tonic_web::GrpcWebLayer::new())
         // Outermost, so it sees the client's own content type (gRPC-Web included).
         .layer(axum::middleware::from_fn(guard::guard))
+        // Connect content types on the ChatService paths are served before the guard.
+        .layer(axum::middleware::from_fn_with_state(
+            connect,
+            connect::route,
+        ))
 }

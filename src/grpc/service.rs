@@ -15,7 +15,7 @@ use super::request::{self, Mode};
 use super::status::{set_attempts, to_status};
 use super::{pb, response};
 use crate::chat::{batches, Attempts, Batches, ChatRequest, ChunkStream, GatewayError};
-use crate::core::Core;
+use crate::core::{Caller, Core, Door};
 
 /// The chat service: a handle on the shared core, nothing more.
 pub struct ChatDoor {
@@ -90,8 +90,11 @@ impl ChatDoor {
         let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
             to_status(&e, &call.ctx, attempts)
         };
-        let chat = self.prepare(call, &request, Mode::Unary)?;
-        let dispatched = self.core.dispatcher.complete(&chat, &call.ctx).await;
+        let (chat, caller) = self.prepare(call, &request, Mode::Unary)?;
+        let dispatched = self
+            .core
+            .complete(&chat, &call.ctx, &caller, Door::Grpc)
+            .await;
         call.set_attempts(&dispatched.attempts);
         call.head_ready();
         let attempts = &dispatched.attempts;
@@ -114,8 +117,11 @@ impl ChatDoor {
         let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
             to_status(&e, &call.ctx, attempts)
         };
-        let chat = self.prepare(call, &request, Mode::Stream)?;
-        let dispatched = self.core.dispatcher.stream(&chat, &call.ctx).await;
+        let (chat, caller) = self.prepare(call, &request, Mode::Stream)?;
+        let dispatched = self
+            .core
+            .stream(&chat, &call.ctx, &caller, Door::Grpc)
+            .await;
         call.set_attempts(&dispatched.attempts);
         match dispatched.result {
             Ok(chunks) => Ok((chunks, dispatched.attempts)),
@@ -123,22 +129,23 @@ impl ChatDoor {
         }
     }
 
-    /// What both chat calls do first: check the token, turn the message into the OpenAI body,
-    /// and let the core validate it.
+    /// What both chat calls do first: check the token (who the caller is), turn the message
+    /// into the OpenAI body, and let the core validate it.
     fn prepare(
         &self,
         call: &mut Call,
         request: &Request<pb::ChatCompletionRequest>,
         mode: Mode,
-    ) -> Result<ChatRequest, Status> {
+    ) -> Result<(ChatRequest, Caller), Status> {
         let fail = |e: GatewayError, call: &Call| to_status(&e, &call.ctx, None);
-        call.authorize(request.metadata())
+        let caller = call
+            .authorize(request.metadata())
             .map_err(|e| fail(e, call))?;
         let body = request::to_json(request.get_ref(), mode).map_err(|e| fail(e, call))?;
         let chat = self.core.validate_chat(body).map_err(|e| fail(e, call))?;
         call.set_model(chat.model());
         tracing::Span::current().record("model", chat.model());
-        Ok(chat)
+        Ok((chat, caller))
     }
 
     async fn models(

@@ -27,6 +27,7 @@ pub fn code(error: &GatewayError) -> Code {
     match error.kind() {
         ErrorKind::InvalidArgument | ErrorKind::UnsupportedMediaType => Code::InvalidArgument,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::PayloadTooLarge => Code::OutOfRange,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Rejected(status) => code_for_upstream_http(status),
@@ -106,6 +107,12 @@ pub fn to_status(
     }
     if let Some(wait) = error.retry_after() {
         details.set_retry_info(Some(wait));
+    }
+    if let GatewayError::ClientLimited { client, limit, .. } = error {
+        details.add_quota_failure_violation(
+            format!("client:{client}:{}", limit.name()),
+            error.to_string(),
+        );
     }
     let mut metadata = MetadataMap::new();
     if let Some(trail) = attempts.filter(|a| !a.is_empty()) {

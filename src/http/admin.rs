@@ -39,6 +39,23 @@ pub async fn reset_failed(_: AdminAuth, State(core): State<Arc<Core>>) -> Respon
         .into_response()
 }
 
+/// Token totals per client, model and key, today (UTC) and since start (and, with Redis,
+/// every replica's).
+pub async fn usage(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
+    Json(core.usage_report().await).into_response()
+}
+
+pub async fn reload_tokens(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
+    match core.reload_tokens() {
+        Ok(summary) => Json(json!({"reloaded": summary})).into_response(),
+        Err(message) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "reload_refused"}})),
+        )
+            .into_response(),
+    }
+}
+
 pub async fn disable(
     _: AdminAuth,
     State(core): State<Arc<Core>>,

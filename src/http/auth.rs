@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 
 use super::error::HttpError;
 use crate::chat::GatewayError;
-use crate::core::Core;
+use crate::core::{Caller, Core};
 
 fn authorization(parts: &Parts) -> Option<&[u8]> {
     parts
@@ -21,15 +21,14 @@ fn authorization(parts: &Parts) -> Option<&[u8]> {
         .map(|v| v.as_bytes())
 }
 
-/// The caller presented a gateway token, or none is configured.
-pub struct ClientAuth;
+/// The caller presented a gateway token, or none is configured; who it is rides along.
+pub struct ClientAuth(pub Caller);
 
 impl FromRequestParts<Arc<Core>> for ClientAuth {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, HttpError> {
-        core.authorize(authorization(parts))?;
-        Ok(ClientAuth)
+        Ok(ClientAuth(core.authorize(authorization(parts))?))
     }
 }
 

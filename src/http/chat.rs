@@ -14,19 +14,19 @@ use super::auth::ClientAuth;
 use super::error::HttpError;
 use super::{body, RequestNote};
 use crate::chat::{batches, ChunkStream, GatewayError, RequestContext};
-use crate::core::{set_attempts, Core};
+use crate::core::{set_attempts, Caller, Core, Door};
 
 /// The token is checked ([`ClientAuth`]) before a byte of the body is read.
 #[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
 pub async fn completions(
-    _: ClientAuth,
+    ClientAuth(caller): ClientAuth,
     State(core): State<Arc<Core>>,
     Extension(ctx): Extension<RequestContext>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut note = RequestNote::default();
-    let mut response = match handle(&core, &ctx, &headers, body, &mut note).await {
+    let mut response = match handle(&core, &ctx, &caller, &headers, body, &mut note).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -37,6 +37,7 @@ pub async fn completions(
 async fn handle(
     core: &Core,
     ctx: &RequestContext,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     note: &mut RequestNote,
@@ -45,7 +46,7 @@ async fn handle(
     let request = core.validate_chat(bytes)?;
     note.model = Some(request.model().to_owned());
     if request.stream() {
-        let dispatched = core.dispatcher.stream(&request, ctx).await;
+        let dispatched = core.stream(&request, ctx, caller, Door::Http).await;
         note.attempts = Some(dispatched.attempts.clone());
         let chunks = dispatched.result.map_err(|error| HttpError {
             error,
@@ -63,7 +64,7 @@ async fn handle(
         set_attempts(&mut response, &dispatched.attempts);
         Ok(response)
     } else {
-        let dispatched = core.dispatcher.complete(&request, ctx).await;
+        let dispatched = core.complete(&request, ctx, caller, Door::Http).await;
         note.attempts = Some(dispatched.attempts.clone());
         let completion = dispatched.result.map_err(|error| HttpError {
             error,

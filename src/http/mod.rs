@@ -92,6 +92,12 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
             &["POST /admin/keys/{id}/enable"],
             post(admin::enable),
         ),
+        route("/admin/usage", &["GET /admin/usage"], get(admin::usage)),
+        route(
+            "/admin/tokens/reload",
+            &["POST /admin/tokens/reload"],
+            post(admin::reload_tokens),
+        ),
         route(
             "/admin/reload-keys",
             &["POST /admin/reload-keys"],

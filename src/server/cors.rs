@@ -15,9 +15,11 @@ use crate::chat::headers;
 /// How long a browser may reuse a preflight's answer.
 const MAX_AGE: Duration = Duration::from_secs(600);
 
-/// The request headers a browser client of either door sends: bearer tokens and JSON
-/// (OpenAI SDKs), gRPC-Web's own, Connect's, and our request id.
-const ALLOW_HEADERS: [&str; 7] = [
+/// The request headers a browser client of either door sends: bearer tokens and JSON,
+/// gRPC-Web's own, Connect's, and our request id; then what the OpenAI and Anthropic
+/// JavaScript SDKs add in a browser (Anthropic's key header and version, both SDKs'
+/// `x-stainless-*` client description), without which their preflight would fail.
+const ALLOW_HEADERS: [&str; 19] = [
     "authorization",
     "content-type",
     "x-grpc-web",
@@ -25,6 +27,18 @@ const ALLOW_HEADERS: [&str; 7] = [
     "grpc-timeout",
     "connect-protocol-version",
     headers::REQUEST_ID,
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-stainless-os",
+    "x-stainless-arch",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-retry-count",
+    "x-stainless-timeout",
 ];
 
 /// The answer headers a page may read: gRPC-Web's status (a trailers-only answer carries it in

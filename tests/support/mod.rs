@@ -59,6 +59,7 @@ mod keys_file;
 pub mod mock;
 pub mod redis;
 mod sse;
+mod usage_log;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -78,10 +79,13 @@ pub use megallm_gateway::config::{KeySpec, Secret, Strategy};
 pub use megallm_gateway::{Gateway, Settings};
 #[allow(unused_imports)]
 pub use mock::{
-    chunk_json, error_body, Gate, MockUpstream, Recorded, Reply, StreamEvent, StreamEventKind,
+    chunk_json, error_body, stream_usage, usage_chunk_json, Gate, MockUpstream, Recorded, Reply,
+    StreamEvent, StreamEventKind,
 };
 #[allow(unused_imports)]
 pub use sse::{SseEvent, SseResponse, SseTranscript, StreamEnd};
+#[allow(unused_imports)]
+pub use usage_log::UsageLog;
 
 /// How long a helper waits for anything (a response, an SSE event, a mock event) before it
 /// declares the gateway stuck. Generous: the suite runs on a noisy 2-core machine.

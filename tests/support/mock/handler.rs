@@ -269,6 +269,11 @@ async fn answer(shared: Arc<Shared>, req: Request, guard: &mut CallGuard) -> Res
         },
         ended: false,
         pending: VecDeque::new(),
+        include_usage: json
+            .as_ref()
+            .and_then(|j| j.pointer("/stream_options/include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true),
     };
     let s = futures_util::stream::unfold(state, next_chunk);
     build(

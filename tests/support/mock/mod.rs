@@ -37,7 +37,7 @@ mod stream;
 
 use handler::{handle, InFlight};
 pub use reply::{error_body, Gate, Reply, CREATED};
-pub use stream::chunk_json;
+pub use stream::{chunk_json, stream_usage, usage_chunk_json};
 
 /// One request the mock received.
 #[derive(Clone, Debug)]

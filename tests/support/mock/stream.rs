@@ -38,6 +38,28 @@ pub(super) struct StreamState {
     pub(super) ended: bool,
     /// Pieces of the current event still to write (see [`Reply::split`]).
     pub(super) pending: VecDeque<Bytes>,
+    /// The request said `stream_options.include_usage: true`: a usage-only chunk
+    /// ([`usage_chunk_json`]) goes out before `[DONE]`, as OpenAI sends it.
+    pub(super) include_usage: bool,
+}
+
+/// The mock's stream usage: 5 prompt tokens, 2 completion tokens a chunk.
+pub fn stream_usage(chunks: usize) -> (u64, u64) {
+    (5, 2 * chunks as u64)
+}
+
+/// The usage-only chunk (`"choices": []`) the mock sends when asked for usage.
+pub fn usage_chunk_json(seq: usize, model: &Value, chunks: usize) -> String {
+    let (prompt, completion) = stream_usage(chunks);
+    json!({
+        "id": format!("chatcmpl-mock-{seq}"),
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    })
+    .to_string()
 }
 
 /// The SSE chunk JSON the mock sends as chunk `index` of `total` for request `seq`.
@@ -155,7 +177,15 @@ pub(super) async fn next_chunk(
             return Some((Ok(first), st));
         }
     }
-    // All chunks sent.
+    // All chunks sent: the usage chunk first, when asked.
+    if st.include_usage && st.reply.done {
+        st.include_usage = false;
+        // Not recorded as a chunk: the gateway asks for it on its own behalf and hides it.
+        let data = usage_chunk_json(st.seq, &st.model, st.reply.chunks);
+        st.pending = event_pieces(&st.reply, &data);
+        let first = st.pending.pop_front().unwrap_or_default();
+        return Some((Ok(first), st));
+    }
     st.ended = true;
     st.guard.finished = true;
     if st.reply.done {

@@ -1,0 +1,344 @@
+//! [`Meter`]: one request's usage from its admission to its end, recorded exactly once (by
+//! [`Meter::finish`], or by its `Drop` as `cancelled`). [`Metered`]: a chunk stream that feeds
+//! its meter, and hides the usage the gateway asked for on the client's behalf.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+
+use super::{Outcome, Record, Recorder, Usage};
+use crate::chat::{ChunkStream, GatewayError, RequestContext};
+use crate::clients::Admission;
+
+/// What one request used, gathered as it runs.
+pub struct Meter {
+    recorder: Arc<Recorder>,
+    start: std::time::Instant,
+    time: SystemTime,
+    request_id: String,
+    client: Option<String>,
+    model: String,
+    door: &'static str,
+    endpoint: &'static str,
+    key: Option<String>,
+    /// The request's body, for a prompt estimate (by the tokenizer) when no `usage` came.
+    prompt: Bytes,
+    /// Answer content sent so far (a stream's deltas), for the same estimate; past
+    /// [`CONTENT_KEPT`] only its length is counted (bytes / 4).
+    content: String,
+    content_bytes: u64,
+    usage: Option<Usage>,
+    ttft: Option<Duration>,
+    admission: Option<Admission>,
+    done: bool,
+}
+
+/// What a usage record is about, besides its numbers.
+pub struct Subject<'a> {
+    pub client: Option<&'a str>,
+    pub model: &'a str,
+    pub door: &'static str,
+    pub endpoint: &'static str,
+}
+
+impl Meter {
+    pub fn new(
+        recorder: Arc<Recorder>,
+        ctx: &RequestContext,
+        subject: Subject<'_>,
+        prompt: Bytes,
+    ) -> Meter {
+        let Subject {
+            client,
+            model,
+            door,
+            endpoint,
+        } = subject;
+        Meter {
+            recorder,
+            start: std::time::Instant::now(),
+            time: SystemTime::now(),
+            request_id: ctx.request_id.clone(),
+            client: client.map(str::to_owned),
+            model: model.to_owned(),
+            door,
+            endpoint,
+            key: None,
+            prompt,
+            content: String::new(),
+            content_bytes: 0,
+            usage: None,
+            ttft: None,
+            admission: None,
+            done: false,
+        }
+    }
+
+    /// The client's limits took this request: they are settled with its tokens at the end.
+    pub fn admitted(&mut self, admission: Admission) {
+        self.admission = Some(admission);
+    }
+
+    /// The key that served (or was tried last).
+    pub fn set_key(&mut self, key: Option<&str>) {
+        self.key = key.map(str::to_owned);
+    }
+
+    /// The first byte of the answer is ready.
+    pub fn first_byte(&mut self) {
+        self.ttft.get_or_insert_with(|| self.start.elapsed());
+    }
+
+    /// A whole answer: its `usage`, else an estimate from its length.
+    pub fn answered(&mut self, body: &[u8]) {
+        self.first_byte();
+        match Usage::parse(body) {
+            Some(usage) => self.usage = Some(usage),
+            None => self.content_bytes += body.len() as u64,
+        }
+    }
+
+    /// [`Meter::finish`] for a whole answer: the client's limits are settled first, waited
+    /// for, so its next request sees this one's tokens.
+    pub async fn finish_settled(&mut self, outcome: Outcome) {
+        if let Some(mut admission) = self.admission.take() {
+            admission.settle_now(self.counts().0.total_tokens).await;
+        }
+        self.finish(outcome);
+    }
+
+    /// The counts to record: the upstream's, else an estimate (`true`).
+    fn counts(&self) -> (Usage, bool) {
+        match (self.usage, self.ttft) {
+            (Some(usage), _) => (usage, false),
+            // Nothing came back: nothing to count.
+            (None, None) => (Usage::default(), false),
+            (None, Some(_)) => {
+                let prompt = crate::chat::context::prompt_tokens(&self.prompt);
+                let completion = crate::chat::context::text_tokens(&self.content)
+                    + self.content_bytes.div_ceil(4);
+                (
+                    Usage {
+                        prompt_tokens: prompt,
+                        completion_tokens: completion,
+                        total_tokens: prompt + completion,
+                        ..Usage::default()
+                    },
+                    true,
+                )
+            }
+        }
+    }
+
+    /// Ends the request: writes its record (only the first call does anything).
+    pub fn finish(&mut self, outcome: Outcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let (usage, estimated) = self.counts();
+        if let Some(mut admission) = self.admission.take() {
+            admission.settle(usage.total_tokens);
+        }
+        self.recorder.record(Record {
+            time: super::time::rfc3339(self.time),
+            request_id: std::mem::take(&mut self.request_id),
+            client: self.client.take(),
+            model: std::mem::take(&mut self.model),
+            key: self.key.take(),
+            door: self.door,
+            endpoint: self.endpoint,
+            usage,
+            estimated,
+            outcome,
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            ttft_ms: self.ttft.map(|d| d.as_millis() as u64),
+        });
+    }
+
+    /// How an error ends a request.
+    pub fn outcome_of(error: &GatewayError) -> Outcome {
+        match error {
+            GatewayError::Timeout { .. } => Outcome::TimedOut,
+            GatewayError::StreamBroken(_)
+            | GatewayError::UpstreamErrorEvent { .. }
+            | GatewayError::ShuttingDown => Outcome::Broken,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+    }
+}
+
+/// A chunk stream with its meter: `usage` is read from the chunk that carries it; when the
+/// gateway asked for usage on the client's behalf (`hide`), the usage-only chunk is dropped
+/// and `"usage":null` taken out of the others, so the client gets the bytes it would have got.
+/// Dropped before its end (the client went away), the meter records `cancelled`.
+pub struct Metered {
+    inner: ChunkStream,
+    meter: Meter,
+    hide: bool,
+}
+
+impl Metered {
+    pub fn new(inner: ChunkStream, mut meter: Meter, hide: bool) -> Metered {
+        // The stream is handed over once its first event is complete.
+        meter.first_byte();
+        Metered { inner, meter, hide }
+    }
+}
+
+impl Stream for Metered {
+    type Item = Result<Bytes, GatewayError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let item = ready!(this.inner.as_mut().poll_next(cx));
+            match item {
+                Some(Ok(mut chunk)) => {
+                    if memchr::memmem::find(&chunk, b"\"usage\"").is_some() {
+                        if let Some(usage) = Usage::parse(&chunk) {
+                            this.meter.usage = Some(usage);
+                            if this.hide && usage_only(&chunk) {
+                                continue;
+                            }
+                        }
+                        if this.hide {
+                            chunk = strip_null_usage(chunk);
+                        }
+                    }
+                    add_content(&mut this.meter, &chunk);
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                Some(Err(error)) => {
+                    this.meter.finish(Meter::outcome_of(&error));
+                    return Poll::Ready(Some(Err(error)));
+                }
+                None => {
+                    this.meter.finish(Outcome::Completed);
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+/// A chunk that carries only usage: `"choices": []`.
+fn usage_only(chunk: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    serde_json::from_slice::<Chunk>(chunk)
+        .ok()
+        .and_then(|c| c.choices)
+        .is_some_and(|c| c.is_empty())
+}
+
+/// Takes `"usage":null` (OpenAI puts it on every chunk once asked) out of a chunk.
+fn strip_null_usage(chunk: Bytes) -> Bytes {
+    for pattern in [&b",\"usage\":null"[..], b"\"usage\":null,"] {
+        if let Some(at) = memchr::memmem::find(&chunk, pattern) {
+            let mut out = BytesMut::with_capacity(chunk.len());
+            out.extend_from_slice(&chunk[..at]);
+            out.extend_from_slice(&chunk[at + pattern.len()..]);
+            return out.freeze();
+        }
+    }
+    chunk
+}
+
+/// Answer text kept per request for the tokenizer's estimate; past it, bytes / 4.
+const CONTENT_KEPT: usize = 1 << 20;
+
+/// A chunk's delta content (text, reasoning, tool calls) into the meter's estimate.
+fn add_content(meter: &mut Meter, chunk: &[u8]) {
+    each_content(chunk, |text| {
+        if meter.content.len() + text.len() <= CONTENT_KEPT {
+            meter.content.push_str(text);
+        } else {
+            meter.content_bytes += text.len() as u64;
+        }
+    });
+}
+
+/// Bytes of content in a chunk's deltas.
+#[cfg(test)]
+fn content_len(chunk: &[u8]) -> u64 {
+    let mut n = 0;
+    each_content(chunk, |t| n += t.len() as u64);
+    n
+}
+
+/// Each piece of content in a chunk's deltas (text, reasoning, tool calls); a chunk that is
+/// no chat chunk counts whole.
+fn each_content(chunk: &[u8], mut f: impl FnMut(&str)) {
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<Choice<'a>>,
+    }
+    let Ok(parsed) = serde_json::from_slice::<Chunk>(chunk) else {
+        f(&String::from_utf8_lossy(chunk));
+        return;
+    };
+    for d in parsed.choices.iter().filter_map(|c| c.delta.as_ref()) {
+        for text in [d.content.as_deref(), d.reasoning_content.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            f(text);
+        }
+        if let Some(t) = d.tool_calls {
+            f(t.get());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_chunk_is_recognised_and_null_usage_stripped() {
+        assert!(usage_only(
+            br#"{"id":"x","choices":[],"usage":{"total_tokens":3}}"#
+        ));
+        assert!(!usage_only(
+            br#"{"choices":[{"delta":{}}],"usage":{"total_tokens":3}}"#
+        ));
+        let c = Bytes::from_static(br#"{"id":"x","choices":[],"usage":null}"#);
+        assert_eq!(&strip_null_usage(c)[..], br#"{"id":"x","choices":[]}"#);
+        let c = Bytes::from_static(br#"{"usage":null,"id":"x"}"#);
+        assert_eq!(&strip_null_usage(c)[..], br#"{"id":"x"}"#);
+        assert_eq!(
+            content_len(
+                br#"{"choices":[{"delta":{"content":"abcd"}},{"delta":{"content":"ef"}}]}"#
+            ),
+            6
+        );
+    }
+}
