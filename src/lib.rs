@@ -3,11 +3,13 @@
 //! A request meets these modules in this order:
 //!
 //! - `server`: the one listener where the doors meet: both doors' routes on one router, the
-//!   fallback for unknown paths, and the limits every client connection lives under (cap,
-//!   header, body and idle timeouts).
+//!   fallback for unknown paths, CORS when `--cors-origin` asks for it, and the limits every
+//!   client connection lives under (cap, header, body and idle timeouts).
 //! - `http` and [`grpc`]: the two doors. Each turns its wire format into the core's
 //!   `chat::ChatRequest` and renders the core's answer (a body or a chunk stream) and errors
-//!   (`chat::GatewayError`) back. Nothing else lives in a door.
+//!   (`chat::GatewayError`) back. Nothing else lives in a door, but for what describes it: the
+//!   HTTP door's OpenAPI document (`/openapi.json`, `/docs`) and the original service's own
+//!   routes (`/`, `/health`, `/v1/models/{id}/info`).
 //! - `core`: `Core`, what both doors share (settings, the key pool behind its methods, the
 //!   dispatcher, the model list, metrics), and the token checks. No door is imported by it.
 //! - `clients`: the client tokens (name, `sha256:` form, `models=`) and their limits (`rpm`,

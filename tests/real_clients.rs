@@ -191,6 +191,69 @@ async fn grpcurl_uses_reflection_to_list_describe_and_call() {
     gateway.shutdown().await;
 }
 
+/// schemathesis fuzzes the HTTP door from the gateway's own `/openapi.json` (a few hundred
+/// cases: every phase, 40 examples an operation): no answer is a 5xx, and every answer's
+/// status, content type, headers and body are the ones the document gives. The admin API is
+/// on so that its answers are checked too; `POST /admin/keys/{id}/disable` is left out, since
+/// disabling the demo keys would make the chat's 503 (no key can serve) the right answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(real_clients),
+    ignore = "needs Python with schemathesis: bash .ci/run installs it and sets MEGALLM_TEST_PYTHON"
+)]
+async fn schemathesis_finds_every_answer_as_documented() {
+    const ADMIN: &str = "fuzz-admin-token";
+    let python = python();
+    let settings = Settings {
+        demo: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: Some(megallm_gateway::config::Secret::new(ADMIN.into())),
+        ..Settings::default()
+    };
+    let gateway = Gateway::start(settings).await.expect("demo gateway starts");
+    let schema = format!("http://{}/openapi.json", gateway.local_addr());
+    // Its example database and reports go to a directory of its own, not the repository.
+    let scratch = std::env::temp_dir().join(format!("megallm-schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let dir = scratch.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .current_dir(&dir)
+            .args(["-m", "schemathesis.cli", "run", &schema])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_headers_conformance,response_schema_conformance",
+                "--max-examples",
+                "40",
+                // One worker: hypothesis parses lambda sources with `ast`, which CPython 3.11
+                // can fail to do from two threads at once ("AST constructor recursion depth").
+                "--workers",
+                "1",
+                "--request-timeout",
+                "20",
+                "--exclude-path",
+                "/admin/keys/{id}/disable",
+                "--header",
+                &format!("Authorization: Bearer {ADMIN}"),
+                "--no-shrink",
+            ])
+            .output()
+            .expect("run schemathesis")
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "schemathesis found answers the document does not allow:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    gateway.shutdown().await;
+}
+
 /// `buf curl` with its default protocol (Connect, over h2c) and the proto file as its schema:
 /// it lists the methods, calls the unary RPC, streams the other, and reads a Connect error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,8 @@ settings_table! {
         listen: SocketAddr = "127.0.0.1:8000", "Address serving HTTP/1.1, h2c and gRPC; repeat (or comma-separate) for several, e.g. [::1]:8000 [default: 127.0.0.1:8000]";
         #[arg(long = "passthrough-path", env = "GATEWAY_PASSTHROUGH_PATHS", value_delimiter = ',')]
         passthrough_path: String = "", "Extra path forwarded through the key pool to the same path upstream (e.g. /v1/audio/speech); repeatable";
+        #[arg(long = "cors-origin", env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+        cors_origin: String = "", "Browser origin allowed to call the gateway (HTTP API, gRPC-Web, Connect), like https://app.example.com, or * for any; repeatable. None: no CORS headers at all";
     }
 }
 
@@ -357,6 +359,28 @@ mod tests {
                 "{name} is not in gateway.example.toml"
             );
         }
+    }
+
+    #[test]
+    fn cors_origins_repeat_and_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "megallm-gateway",
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "https://b.example,https://c.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.layer.cors_origin.unwrap(),
+            [
+                "https://a.example",
+                "https://b.example",
+                "https://c.example"
+            ]
+        );
+        let file: Layer = toml::from_str(r#"cors_origin = ["https://d.example"]"#).unwrap();
+        assert_eq!(file.cors_origin.unwrap(), ["https://d.example"]);
     }
 
     #[test]

@@ -178,6 +178,9 @@ pub struct Settings {
     pub models_file: Option<PathBuf>,
     /// Extra paths forwarded through the pool to the same path upstream (`--passthrough-path`).
     pub passthrough_paths: Vec<String>,
+    /// Browser origins allowed by CORS (`--cors-origin`; `*`: any). Empty: no CORS headers at
+    /// all, so a gateway nobody asked to open to browsers answers exactly as before.
+    pub cors_origins: Vec<String>,
 }
 
 /// The upstream keep-alive pool: how many idle connections it keeps, and for how long. Every
@@ -331,6 +334,7 @@ impl Settings {
             auth_tokens,
             listen,
             passthrough_path,
+            cors_origin,
         } = layer;
         let mut listen = listen.unwrap_or_default().into_iter();
         let default_listen = || "127.0.0.1:8000".parse().expect("a valid address");
@@ -386,6 +390,7 @@ impl Settings {
             otlp_endpoint,
             models_file,
             passthrough_paths: passthrough_path.unwrap_or_default(),
+            cors_origins: cors_origin.unwrap_or_default(),
         }
     }
 
@@ -454,6 +459,9 @@ impl Settings {
         if self.redis_prefix.trim().is_empty() {
             return Err("--redis-prefix must not be empty".into());
         }
+        for origin in &self.cors_origins {
+            check_origin(origin)?;
+        }
         let sch = &self.scheduler;
         for (name, d) in [
             ("--connect-timeout", self.timeouts.connect),
@@ -505,6 +513,32 @@ impl Settings {
             })?);
         }
         Ok(tokens)
+    }
+}
+
+/// A CORS origin as a browser sends it: `*`, or `scheme://host[:port]` with no path, nothing
+/// else (a trailing `/` would never match).
+fn check_origin(origin: &str) -> Result<(), SettingsError> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let ok = rest.is_some_and(|host| {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--cors-origin `{origin}` is not an origin: write it as a browser sends it, \
+             scheme://host[:port] with no path (https://app.example.com), or * for any"
+        )
+        .into())
     }
 }
 

@@ -109,3 +109,29 @@ fn no_keys_says_how_to_give_them() {
     let err = Settings::default().validate().unwrap_err().to_string();
     assert!(err.contains("MEGALLM_API_KEYS") && err.contains("--demo"));
 }
+
+#[test]
+fn cors_origins_must_be_origins() {
+    let with = |origins: &[&str]| Settings {
+        demo: true,
+        cors_origins: origins.iter().map(|o| o.to_string()).collect(),
+        ..Settings::default()
+    };
+    for good in [
+        &["https://app.example.com"][..],
+        &["http://localhost:3000", "http://[::1]:8080"],
+        &["*"],
+        &[],
+    ] {
+        assert!(with(good).validate().is_ok(), "{good:?}");
+    }
+    for bad in [
+        "https://app.example.com/",
+        "app.example.com",
+        "https://",
+        "ftp://x",
+    ] {
+        let err = with(&[bad]).validate().unwrap_err().to_string();
+        assert!(err.contains("--cors-origin") && err.contains(bad), "{err}");
+    }
+}

@@ -4,8 +4,8 @@
 //! deadline error ([`BodyTimeout`]).
 //!
 //! It imports no door and not the server: `http/` and `grpc/` reach the key pool only through
-//! `Core`'s methods, and the plain data they show (`KeyView`, `ReloadSummary`) is re-exported
-//! here.
+//! `Core`'s methods, and the plain data they show (`KeyView`, `KeyStats`, `ReloadSummary`) is
+//! re-exported here.
 
 mod auth;
 mod body_timeout;
@@ -25,7 +25,7 @@ use crate::clients::Clients;
 pub use crate::clients::{Caller, TokensReloaded};
 use crate::config::Settings;
 use crate::keys::KeyPool;
-pub use crate::keys::{KeyView, ReloadSummary};
+pub use crate::keys::{KeyStats, KeyView, ReloadSummary};
 pub use crate::metrics::{Door, Metrics, Route, Status};
 /// The trace spans, for the doors to open a request's and record its status.
 pub(crate) use crate::trace;
@@ -149,6 +149,27 @@ impl Core {
     /// no key `id`.
     pub fn enable_key(&self, id: &str) -> bool {
         self.pool.enable(id)
+    }
+
+    /// The model's context window in tokens, from the catalogue (built in, or
+    /// `--models-file`); `None` for a model it does not know or knows no length of.
+    pub fn context_length(&self, model: &str) -> Option<u64> {
+        self.catalogue.get(model).and_then(|m| m.context_length)
+    }
+
+    /// Makes every key that is not ready (cooling, half-open, disabled) ready now, and drops
+    /// the account-wide 429 backoff with them; the ids it changed. The original service's
+    /// `reset-failed-keys`.
+    pub fn reset_failed_keys(&self) -> Vec<String> {
+        let reset = self.pool.reset_failed();
+        self.dispatcher.forget_rate_limits();
+        tracing::info!(keys = reset.len(), "admin reset every failed key");
+        reset
+    }
+
+    /// Keys in total, able to serve now, cooling or disabled (`/health`).
+    pub fn key_stats(&self) -> KeyStats {
+        self.pool.stats()
     }
 
     /// The Prometheus text: request metrics and each key's state and counters.

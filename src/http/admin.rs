@@ -1,6 +1,9 @@
-//! The admin API over the key pool: list, reload, disable, enable. Off (404) unless an admin
-//! token is configured; 401 for a wrong token (compared in constant time). Every handler
-//! takes [`AdminAuth`] first, so nothing else about the request is looked at before.
+//! The admin API over the key pool: list, reload, disable, enable, and reset every failed key.
+//! Off (404) unless an admin token is configured; 401 for a wrong token (compared in constant
+//! time). Every handler takes [`AdminAuth`] first, so nothing else about the request is looked
+//! at before. The original service's `POST /admin/reload-keys` is [`reload`] under its old
+//! name; its `POST /admin/reset-failed-keys` is [`reset_failed`] (the original left both open
+//! to anyone: here they need the admin token like the rest).
 
 use std::sync::Arc;
 
@@ -27,6 +30,13 @@ pub async fn reload(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Every cooling, half-open or disabled key made ready now.
+pub async fn reset_failed(_: AdminAuth, State(core): State<Arc<Core>>) -> Response {
+    let reset = core.reset_failed_keys();
+    Json(json!({"reset": reset.len(), "keys": reset, "key_stats": core.key_stats()}))
+        .into_response()
 }
 
 /// Token totals per client, model and key, today (UTC) and since start (and, with Redis,

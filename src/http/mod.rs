@@ -6,9 +6,11 @@ mod admin;
 mod auth;
 mod body;
 mod chat;
+mod dropin;
 mod error;
 mod forward;
 mod models;
+mod openapi;
 mod ops;
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use crate::chat::{headers, Attempts, GatewayError, RequestContext};
@@ -32,26 +34,95 @@ pub struct RequestNote {
     pub attempts: Option<Attempts>,
 }
 
+/// One route of the HTTP door: the router's path, its handler, and the operations the OpenAPI
+/// document lists for it (`"GET /v1/models/{id}"`). Usually one; `/v1/models/{*id}` serves
+/// two, since a model id may hold `/` and so `…/{id}/info` cannot be a route of its own.
+pub(crate) struct HttpRoute {
+    pub path: &'static str,
+    /// Read by the OpenAPI test only.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub documented: &'static [&'static str],
+    handler: MethodRouter<Arc<Core>>,
+}
+
+/// Every route the HTTP door serves. The router is built from this list and nothing else, and
+/// `openapi`'s test checks the document against it, so no route is served undocumented.
+pub(crate) fn routes() -> Vec<HttpRoute> {
+    let route = |path, documented, handler| HttpRoute {
+        path,
+        documented,
+        handler,
+    };
+    vec![
+        route(
+            "/v1/chat/completions",
+            &["POST /v1/chat/completions"],
+            post(chat::completions),
+        ),
+        route("/v1/models", &["GET /v1/models"], get(models::list)),
+        route(
+            "/v1/models/{*id}",
+            &["GET /v1/models/{id}", "GET /v1/models/{id}/info"],
+            get(models::get),
+        ),
+        route("/", &["GET /"], get(dropin::root)),
+        route("/health", &["GET /health"], get(dropin::health)),
+        route("/healthz", &["GET /healthz"], get(ops::healthz)),
+        route("/readyz", &["GET /readyz"], get(ops::readyz)),
+        route("/metrics", &["GET /metrics"], get(ops::metrics)),
+        route(
+            "/openapi.json",
+            &["GET /openapi.json"],
+            get(openapi::document),
+        ),
+        route("/docs", &["GET /docs"], get(openapi::page)),
+        route("/admin/keys", &["GET /admin/keys"], get(admin::keys)),
+        route(
+            "/admin/keys/reload",
+            &["POST /admin/keys/reload"],
+            post(admin::reload),
+        ),
+        route(
+            "/admin/keys/{id}/disable",
+            &["POST /admin/keys/{id}/disable"],
+            post(admin::disable),
+        ),
+        route(
+            "/admin/keys/{id}/enable",
+            &["POST /admin/keys/{id}/enable"],
+            post(admin::enable),
+        ),
+        route("/admin/usage", &["GET /admin/usage"], get(admin::usage)),
+        route(
+            "/admin/tokens/reload",
+            &["POST /admin/tokens/reload"],
+            post(admin::reload_tokens),
+        ),
+        route(
+            "/admin/reload-keys",
+            &["POST /admin/reload-keys"],
+            post(admin::reload),
+        ),
+        route(
+            "/admin/reset-failed-keys",
+            &["POST /admin/reset-failed-keys"],
+            post(admin::reset_failed),
+        ),
+    ]
+}
+
 /// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
 /// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
-    let mut router = Router::new();
-    for endpoint in core.endpoints() {
-        router = router.route(&endpoint.path.clone(), forward::route(endpoint.clone()));
-    }
-    router
-        .route("/v1/chat/completions", post(chat::completions))
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::get))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/admin/keys", get(admin::keys))
-        .route("/admin/keys/reload", post(admin::reload))
-        .route("/admin/keys/{id}/disable", post(admin::disable))
-        .route("/admin/keys/{id}/enable", post(admin::enable))
-        .route("/admin/usage", get(admin::usage))
-        .route("/admin/tokens/reload", post(admin::reload_tokens))
+    let router = core
+        .endpoints()
+        .iter()
+        .fold(Router::new(), |router, endpoint| {
+            router.route(&endpoint.path.clone(), forward::route(endpoint.clone()))
+        });
+    routes()
+        .into_iter()
+        .fold(router, |router, r| router.route(r.path, r.handler))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(core)
 }

@@ -1,6 +1,8 @@
 //! `GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list/object shape, each model with
 //! the catalogue's fields where it knows them, and `x-gateway-models-source` saying whether the
-//! list is the upstream's, its last good one, or the catalogue's.
+//! list is the upstream's, its last good one, or the catalogue's. The route they share with
+//! `GET /v1/models/{id}/info` is one catch-all (a model id may hold `/`), and the `/info`
+//! suffix picks [`super::dropin::model_info`].
 
 use std::sync::Arc;
 
@@ -47,6 +49,9 @@ pub async fn list(_: ClientAuth, State(core): State<Arc<Core>>) -> Response {
 }
 
 pub async fn get(_: ClientAuth, State(core): State<Arc<Core>>, Path(id): Path<String>) -> Response {
+    if let Some(model) = id.strip_suffix("/info").filter(|m| !m.is_empty()) {
+        return super::dropin::model_info(&core, model);
+    }
     let (model, source) = core.models.get(&id).await;
     let response = match model {
         Some(model) => Json(object(&model)).into_response(),

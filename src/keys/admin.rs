@@ -1,5 +1,6 @@
 //! The operator's side of the pool: the view of every key (ids, fingerprints, states and
-//! counters, never a secret) for the admin API and metrics, and admin disable and enable.
+//! counters, never a secret) for the admin API and metrics, the counts `/health` shows, and
+//! admin disable, enable and reset (every key not ready made ready).
 
 use std::ops::Index;
 use std::sync::atomic::Ordering;
@@ -68,6 +69,16 @@ pub struct KeyView {
     pub last_error: Option<LastError>,
 }
 
+/// The pool in three numbers, as `/health` shows them under `key_stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyStats {
+    pub total: usize,
+    /// Keys that could take a request now.
+    pub available: usize,
+    /// Keys cooling (rate limited, out of quota, breaker open) or disabled.
+    pub failed: usize,
+}
+
 /// Failures by class; serialized as `{"rate_limited": n, …}` in [`FailureClass::ALL`] order.
 #[derive(Clone, Debug)]
 pub struct Failures([u64; FailureClass::ALL.len()]);
@@ -106,6 +117,48 @@ impl KeyPool {
             .is_some();
         self.changed.notify_waiters();
         found
+    }
+
+    /// Admin: makes every key that is not ready (cooling, half-open, or disabled for any
+    /// cause) ready now, as [`KeyPool::enable`] does one. Returns the ids it changed, in load
+    /// order; a ready key is left alone (its streaks and counters too).
+    pub fn reset_failed(&self) -> Vec<String> {
+        let now = Instant::now();
+        let reset: Vec<String> = self
+            .keys()
+            .iter()
+            .filter(|k| !matches!(k.slot.health(now), Health::Ready))
+            .map(|k| {
+                self.apply(k, Transition::AdminEnable);
+                k.id.to_string()
+            })
+            .collect();
+        self.changed.notify_waiters();
+        reset
+    }
+
+    /// How many keys there are, how many could take a request now, how many are out (cooling
+    /// or disabled): the original service's `/health` figures. A key busy at its concurrency
+    /// limit counts as available (it frees up by itself); a paced or half-open key is neither.
+    pub fn stats(&self) -> KeyStats {
+        let now = Instant::now();
+        let keys = self.keys();
+        let mut stats = KeyStats {
+            total: keys.len(),
+            available: 0,
+            failed: 0,
+        };
+        for k in keys.iter() {
+            match k.slot.health(now) {
+                Health::Cooling { .. } | Health::Disabled { .. } => stats.failed += 1,
+                Health::Ready | Health::HalfOpen { .. } => {
+                    if k.slot.check(now, 0, None).is_ok() {
+                        stats.available += 1;
+                    }
+                }
+            }
+        }
+        stats
     }
 
     fn find(&self, id: &str) -> Option<Arc<Key>> {
@@ -201,6 +254,28 @@ mod tests {
         assert!(p.enable("key-1"));
         assert!(!p.enable("key-9"));
         assert!(p.acquire(&[]).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_failed_readies_cooling_and_disabled_keys_only() {
+        let p = pool(&["a", "b", "c"], Strategy::RoundRobin);
+        let mut lease = p.acquire(&[]).unwrap();
+        assert_eq!(&**lease.id(), "key-1");
+        lease.report(Outcome::RateLimited { reset: None }, Some(429), "slow down");
+        drop(lease);
+        assert!(p.disable("key-2"));
+        assert_eq!(
+            p.stats(),
+            KeyStats {
+                total: 3,
+                available: 1,
+                failed: 2
+            }
+        );
+        assert_eq!(p.reset_failed(), ["key-1", "key-2"]);
+        assert!(p.view().iter().all(|k| k.state == KeyStatus::Ready));
+        assert_eq!(p.stats().available, 3);
+        assert!(p.reset_failed().is_empty(), "nothing left to reset");
     }
 
     #[test]

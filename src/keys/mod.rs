@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use admin::{KeyStatus, KeyView};
+pub use admin::{KeyStats, KeyStatus, KeyView};
 pub use choice::NoKey;
 pub use classify::{classify, FailureClass, Outcome};
 pub use lease::{KeyLease, LastError};

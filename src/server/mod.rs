@@ -12,6 +12,7 @@
 //!   response body that keeps its connection busy.
 //! - [`fd`]: the open-files limit and the connection cap derived from it.
 //! - [`fallback`]: unknown paths (JSON 404, or UNIMPLEMENTED to gRPC clients).
+//! - [`cors`]: `--cors-origin`, over both doors' routes and the fallback.
 //!
 //! Errors hyper makes before a request exists (a bad request line → 400, a URI over 64 KiB →
 //! 414, too many or too large headers → 431) are written by hyper itself as a bare status line
@@ -21,6 +22,7 @@
 mod activity;
 mod body;
 mod conn;
+mod cors;
 mod fallback;
 mod fd;
 
@@ -61,15 +63,19 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// for closing connections to free some, short enough that a new client hardly notices.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// The whole application: HTTP routes, gRPC services, fallbacks and the access layer.
+/// The whole application: HTTP routes, gRPC services, fallbacks, CORS (when origins are
+/// configured) and, outermost, the access layer (so preflights are logged too).
 pub fn app(core: Arc<Core>) -> Router {
-    crate::http::router(core.clone())
+    let mut app = crate::http::router(core.clone())
         .merge(crate::grpc::router(core.clone()))
-        .fallback(fallback::unknown_path)
-        .layer(axum::middleware::from_fn_with_state(
-            core,
-            crate::http::access_layer,
-        ))
+        .fallback(fallback::unknown_path);
+    if let Some(cors) = cors::layer(&core.settings.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        core,
+        crate::http::access_layer,
+    ))
 }
 
 /// The next connection on any of the listeners (`--listen` given more than once).

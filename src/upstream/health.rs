@@ -251,6 +251,17 @@ impl UpstreamHealth {
     }
 }
 
+impl UpstreamHealth {
+    /// An operator made every key ready (`reset-failed-keys`): the account-wide backoff and
+    /// the 429s counted towards it are forgotten too, or the keys would stay unused until it
+    /// ran out. The upstream breaker is left alone: it follows reachability, not keys.
+    pub fn forget_rate_limits(&self) {
+        let mut inner = self.lock();
+        inner.limited.clear();
+        inner.backoff_until = None;
+    }
+}
+
 /// The cause of a connect error, as an operator reads it: `connection refused`, `DNS lookup
 /// failed`, `TLS handshake failed`, `connect timeout`, else the error's own words.
 pub fn connect_cause(error_chain: &str) -> String {
@@ -379,6 +390,23 @@ mod tests {
         assert_eq!(
             h.rate_limited(Instant::now(), &key("key-2"), secs(1), 2),
             None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_account_backoff_admits_at_once() {
+        let h = UpstreamHealth::default();
+        let now = Instant::now();
+        let reset = Duration::from_secs(60);
+        assert_eq!(h.rate_limited(now, &key("a"), reset, 2), None);
+        assert!(h.rate_limited(now, &key("b"), reset, 2).is_some());
+        assert!(h.admit(now, true).is_err());
+        h.forget_rate_limits();
+        assert!(h.admit(now, true).is_ok());
+        assert_eq!(
+            h.rate_limited(now, &key("a"), reset, 2),
+            None,
+            "the count starts over"
         );
     }
 

@@ -75,6 +75,11 @@ impl Dispatcher {
         }
     }
 
+    /// Forgets the account-wide 429 backoff (an operator reset every key).
+    pub fn forget_rate_limits(&self) {
+        self.health.forget_rate_limits();
+    }
+
     /// Streams handed out end with [`GatewayError::ShuttingDown`] once `shutdown` is cancelled.
     pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
         self.shutdown = shutdown;
