@@ -11,14 +11,87 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use std::sync::Arc;
+
+use super::h1::H1Pool;
 use crate::chat::{headers, Auth, Forward};
 use crate::config::{Secret, Settings};
 
 /// W3C Trace Context's header.
 const TRACEPARENT: &str = "traceparent";
 
-pub type Response = http::Response<hyper::body::Incoming>;
-pub type Error = hyper_util::client::legacy::Error;
+pub type Response = http::Response<Body>;
+
+/// Why an upstream request got no response head.
+#[derive(Debug)]
+pub enum Error {
+    Pooled(hyper_util::client::legacy::Error),
+    Direct(super::h1::H1Error),
+}
+
+impl Error {
+    /// No connection could be made: the upstream's (or the network's) outage.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Error::Pooled(e) => e.is_connect(),
+            Error::Direct(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Pooled(e) => e.fmt(f),
+            Error::Direct(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Pooled(e) => e.source(),
+            Error::Direct(e) => e.source(),
+        }
+    }
+}
+
+/// An upstream response body: from hyper's pooled client (TLS, HTTP/2), or read through its
+/// own connection ([`super::h1`], cleartext HTTP/1.1).
+pub enum Body {
+    Pooled(hyper::body::Incoming),
+    Direct(super::h1::Body),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Pooled(b) => b.is_end_stream(),
+            Body::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Pooled(b) => b.size_hint(),
+            Body::Direct(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Read buffer per upstream connection. Stream events are small, and every open stream holds
 /// one connection: hyper's default (8 KiB, growing) costs memory per stream for no speed.
@@ -39,6 +112,9 @@ pub enum ClientSetupError {
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// A cleartext (`http://`) upstream's connections, driven by the requests themselves
+    /// ([`super::h1`]); `None` for HTTPS, which `http` serves.
+    direct: Option<Arc<H1Pool>>,
     /// The base URL, no trailing slash: forwarded endpoints' URIs are made from it.
     base: String,
     chat_uri: Uri,
@@ -75,8 +151,10 @@ impl UpstreamClient {
                 })
         };
         uri("embeddings")?;
+        let direct = direct_pool(&uri("")?, settings);
         Ok(UpstreamClient {
             http,
+            direct,
             base: base.to_owned(),
             chat_uri: uri("chat/completions")?,
             models_uri: uri("models")?,
@@ -158,11 +236,40 @@ impl UpstreamClient {
     }
 
     async fn send(&self, request: http::request::Builder, body: Bytes) -> Result<Response, Error> {
-        let request = request
+        let mut request = request
             .body(Full::new(body))
             .expect("method, URI and headers are valid by construction");
-        self.http.request(request).await
+        let Some(direct) = &self.direct else {
+            let response = self.http.request(request).await.map_err(Error::Pooled)?;
+            return Ok(response.map(Body::Pooled));
+        };
+        // hyper's connection writes the URI as it is: the origin form, the host in `Host`.
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = request.uri().path_and_query().cloned();
+        if let Ok(uri) = Uri::from_parts(origin) {
+            *request.uri_mut() = uri;
+        }
+        let response = direct.request(request).await.map_err(Error::Direct)?;
+        Ok(response.map(Body::Direct))
     }
+}
+
+/// The driven connections of an `http://` upstream; `None` for any other scheme.
+fn direct_pool(base: &Uri, settings: &Settings) -> Option<Arc<H1Pool>> {
+    if base.scheme_str() != Some("http") {
+        return None;
+    }
+    let authority = base.authority()?;
+    let host = HeaderValue::from_str(authority.as_str()).ok()?;
+    let port = authority.port_u16().unwrap_or(80);
+    Some(H1Pool::new(
+        format!("{}:{port}", authority.host()),
+        host,
+        settings.timeouts.connect,
+        READ_BUFFER,
+        settings.upstream_pool.max_idle,
+        settings.upstream_pool.idle_timeout,
+    ))
 }
 
 /// TLS to the upstream trusts the system's CA store (and `SSL_CERT_FILE`/`SSL_CERT_DIR`), so a

@@ -3,6 +3,7 @@
 
 mod client;
 mod dispatch;
+mod h1;
 mod health;
 pub mod models;
 pub mod probe;

@@ -290,7 +290,7 @@ pub(super) fn is_json(response: &Response) -> bool {
 }
 
 /// Up to `limit` bytes of `body`, as much as arrives before `until`.
-async fn read_limited(body: hyper::body::Incoming, until: Instant, limit: usize) -> Bytes {
+async fn read_limited(body: crate::upstream::client::Body, until: Instant, limit: usize) -> Bytes {
     let mut body = body.into_data_stream();
     let mut out = Vec::new();
     let _ = timeout_at(until, async {
