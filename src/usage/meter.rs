@@ -220,8 +220,11 @@ impl Stream for Metered {
                     } else {
                         Cow::Borrowed(&chunk[..])
                     };
-                    if memchr::memmem::find(&data, b"\"usage\"").is_some() {
-                        if let Some(partial) = Partial::parse(&data) {
+                    if let Some(at) = memchr::memmem::find(&data, b"\"usage\"") {
+                        // OpenAI puts `"usage":null` on every chunk once asked: nothing to
+                        // read there, and no need to parse the chunk to know it.
+                        let null = data[at + 7..].starts_with(b":null");
+                        if let Some(partial) = (!null).then(|| Partial::parse(&data)).flatten() {
                             let so_far = this.meter.usage.unwrap_or_default();
                             this.meter.usage = Some(so_far.merged(partial));
                             if this.hide && usage_only(&data) {
