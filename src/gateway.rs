@@ -80,19 +80,29 @@ impl Gateway {
             )?),
             None => None,
         };
+        let store = crate::keys::store::build(&settings).await?;
+        let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         // A concurrency place in Redis outlives a replica that died holding it by this much.
         let lease_ttl = settings.timeouts.total + Duration::from_secs(60);
+        // The key store counts the replicas alive; the client limits share by the same count.
+        let replicas = {
+            let pool = Arc::downgrade(&pool);
+            Box::new(move || {
+                pool.upgrade()
+                    .and_then(|p| p.store_status())
+                    .map_or(1, |s| s.replicas)
+            })
+        };
         let clients = Arc::new(crate::clients::Clients::new(
             auth_tokens,
             shared_limits.clone(),
             lease_ttl,
+            replicas,
         ));
         let usage = Arc::new(crate::usage::Recorder::new(
             settings.usage_log.clone(),
             shared_limits,
         ));
-        let store = crate::keys::store::build(&settings).await?;
-        let pool = KeyPool::with_store(&specs, settings.scheduler.clone(), store);
         let client = UpstreamClient::new(&settings)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let dispatcher = Dispatcher::new(

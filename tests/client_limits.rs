@@ -234,3 +234,51 @@ async fn limits_hold_across_three_replicas_with_redis() {
     .await;
     let _: () = freed;
 }
+
+/// While Redis is down each replica keeps only its share of a limit (the limit over the
+/// replicas last seen alive), so the replicas together stay within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_replica_keeps_its_share() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let url = redis.url();
+        gws.push(
+            spawn_gateway(&mock, &["key-a"], move |s| {
+                s.auth_tokens = vec![Secret::new("tok-s name=ss rpm=10".into())];
+                s.redis = Some(Secret::new(url));
+            })
+            .await,
+        );
+    }
+    for gw in &gws {
+        eventually(
+            "each replica sees the other",
+            PATIENCE,
+            Duration::from_millis(50),
+            || async {
+                let text = gw.http.get("/metrics").await.text();
+                text.contains("gateway_state_store_replicas 2")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Two requests counted in Redis before it goes.
+    for gw in &gws {
+        assert_eq!(send(gw, "tok-s").await.status, 200);
+    }
+    redis.kill();
+    for gw in &gws {
+        let mut ok = 0;
+        for _ in 0..8 {
+            match send(gw, "tok-s").await.status.as_u16() {
+                200 => ok += 1,
+                429 => {}
+                s => panic!("status {s}"),
+            }
+        }
+        assert_eq!(ok, 5, "rpm=10 over 2 replicas: 5 each while Redis is down");
+    }
+}

@@ -42,17 +42,39 @@ pub fn text_tokens(text: &str) -> u64 {
 }
 
 /// The tokens of every text in `messages` (string contents, text parts, tool call
-/// arguments), by `o200k_base`: what the model reads at least.
+/// arguments), by `o200k_base`: what the model reads at least. The other endpoints' prompts
+/// count too: `system` (Anthropic), `instructions` and `input` (the Responses API,
+/// embeddings), `prompt` (legacy completions), as strings, lists of strings, or items with
+/// content.
 pub fn prompt_tokens(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
     struct Messages {
         #[serde(default)]
         messages: Vec<Value>,
+        #[serde(default)]
+        system: Value,
+        #[serde(default)]
+        instructions: Value,
+        #[serde(default)]
+        input: Value,
+        #[serde(default)]
+        prompt: Value,
     }
     let Ok(parsed) = serde_json::from_slice::<Messages>(body) else {
         return 0;
     };
     let mut texts = Vec::new();
+    for other in [&parsed.system, &parsed.instructions, &parsed.prompt] {
+        collect_texts(other, &mut texts);
+    }
+    match &parsed.input {
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            for item in items {
+                collect_texts(&item["content"], &mut texts);
+            }
+        }
+        input => collect_texts(input, &mut texts),
+    }
     for message in &parsed.messages {
         collect_texts(&message["content"], &mut texts);
         if let Some(calls) = message["tool_calls"].as_array() {
@@ -73,8 +95,9 @@ fn collect_texts<'a>(content: &'a Value, out: &mut Vec<&'a str>) {
         Value::String(s) => out.push(s),
         Value::Array(parts) => {
             for part in parts {
-                if let Some(text) = part["text"].as_str() {
-                    out.push(text);
+                match part {
+                    Value::String(s) => out.push(s),
+                    _ => out.extend(part["text"].as_str()),
                 }
             }
         }
@@ -86,6 +109,7 @@ fn collect_texts<'a>(content: &'a Value, out: &mut Vec<&'a str>) {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use serde_json::json;
 
     fn request(content: &str, max_tokens: Option<u64>) -> ChatRequest {
         let mut body = serde_json::json!({"messages": [{"role": "user", "content": content}]});
@@ -108,5 +132,29 @@ mod tests {
         assert_eq!((err.http_status(), err.param()), (400, Some("messages")));
         // Far under: no count at all.
         assert!(check(&request("hi", Some(100)), 8_000).is_ok());
+    }
+
+    #[test]
+    fn the_other_endpoints_prompts_count() {
+        let one = |body: Value| prompt_tokens(body.to_string().as_bytes());
+        let hello = one(json!({"messages": [{"role": "user", "content": "hello"}]}));
+        assert!(hello >= 1);
+        assert_eq!(one(json!({"prompt": "hello"})), hello);
+        assert_eq!(one(json!({"input": ["hello", "hello"]})), 2 * hello);
+        assert_eq!(
+            one(json!({"instructions": "hello",
+                       "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]}]})),
+            2 * hello
+        );
+        assert_eq!(
+            one(json!({"system": [{"type": "text", "text": "hello"}],
+                       "messages": [{"role": "user", "content": "hello"}]})),
+            2 * hello
+        );
+        assert_eq!(
+            one(json!({"input": [1, 2, 3]})),
+            0,
+            "token ids are not text"
+        );
     }
 }

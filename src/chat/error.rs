@@ -81,8 +81,14 @@ pub enum GatewayError {
         limit: ClientLimit,
         retry_after: Duration,
     },
-    /// The client's token does not allow this model (`models=` in the tokens file).
-    #[error("this gateway token may not use the model `{model}`")]
+    /// The client's token does not allow this model (`models=` in the tokens file); `model`
+    /// is empty for a request that names none, which a token limited to some models may not
+    /// send.
+    #[error("{}", if model.is_empty() {
+        "this gateway token may use only the models its `models=` lists, and this request names no model".to_owned()
+    } else {
+        format!("this gateway token may not use the model `{model}`")
+    })]
     ModelNotAllowed { model: String },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },

@@ -190,6 +190,28 @@ impl Forward {
         &self.headers
     }
 
+    /// The same stream asking for its usage (`stream_options.include_usage`), where the
+    /// endpoint is one that needs asking (legacy completions: OpenAI's framing, `data:` events)
+    /// and the client did not ask. The Responses API and Anthropic report usage unasked; an
+    /// operator's passthrough path is left as the client wrote it.
+    pub fn ask_stream_usage(&self) -> Option<Forward> {
+        let e = &self.endpoint;
+        let asks = e.needs_model && e.flavor == Flavor::OpenAi && e.events == Events::Data;
+        if !(self.stream && asks) {
+            return None;
+        }
+        let body = super::stream_usage::ask_usage(&self.body)?;
+        Some(Forward {
+            body,
+            ..self.clone()
+        })
+    }
+
+    /// The path under `/v1/` that usage records name (`embeddings`, `messages`).
+    pub fn endpoint_name(&self) -> &str {
+        self.endpoint.upstream_path()
+    }
+
     /// Tokens this request may cost before the upstream says, as chat's
     /// (`ChatRequest::token_estimate`): the body's bytes / 4, plus the default answer.
     pub fn token_estimate(&self) -> u32 {

@@ -18,7 +18,14 @@ impl ChatRequest {
         if !self.stream() {
             return None;
         }
-        let body = self.body();
+        ask_usage(self.body()).map(|body| self.with_body(body))
+    }
+}
+
+/// `body` (a JSON object) asking for a stream's usage, or `None` when it asks already (or is
+/// not what it should be: the upstream then judges it as it is).
+pub fn ask_usage(body: &Bytes) -> Option<Bytes> {
+    {
         let text = std::str::from_utf8(body).ok()?;
         #[derive(Deserialize)]
         struct Top<'a> {
@@ -67,7 +74,7 @@ impl ChatRequest {
                 }
             }
         };
-        Some(self.with_body(spliced))
+        Some(spliced)
     }
 }
 

@@ -24,9 +24,38 @@ pub struct Counters {
     tokens: VecDeque<(Instant, i64)>,
     /// The UTC day (days since the epoch) and the tokens spent in it.
     day: (u64, i64),
+    /// With `--redis`: the UTC day and the tokens all replicas had spent in it when Redis last
+    /// answered, for this replica's share of what is left while it does not.
+    shared_day: (u64, u64),
 }
 
 impl Counters {
+    /// Redis said the client has spent `used` tokens today (this request's estimate included).
+    pub fn seen_shared_day(&mut self, today: u64, used: u64) {
+        self.shared_day = (today, used);
+    }
+
+    /// The limits this replica keeps while Redis does not answer: each its share among
+    /// `replicas` (at least 1 each), and of the daily budget, the share of what was left.
+    pub fn share(&self, limits: &Limits, replicas: u32, today: u64) -> Limits {
+        let n = u64::from(replicas.max(1));
+        let part = |limit: u64| (limit / n).max(1);
+        let spent = if self.shared_day.0 == today {
+            self.shared_day.1
+        } else {
+            0
+        };
+        Limits {
+            rpm: limits.rpm.map(|l| part(u64::from(l)) as u32),
+            tpm: limits.tpm.map(part),
+            max_concurrent: limits.max_concurrent.map(|l| part(u64::from(l)) as u32),
+            // A budget already spent stays spent: nothing is left to share.
+            daily_tokens: limits
+                .daily_tokens
+                .map(|l| (l.saturating_sub(spent) / n).max(u64::from(spent < l))),
+        }
+    }
+
     /// Admits a request or says which limit refused it and for how long.
     pub fn take(
         &mut self,
@@ -177,5 +206,32 @@ mod tests {
             wait > Duration::from_secs(29) && wait <= Duration::from_secs(31),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn the_share_while_redis_is_down() {
+        let l = limits();
+        let mut c = Counters::default();
+        assert_eq!(
+            c.share(&l, 2, 1),
+            Limits {
+                rpm: Some(1),
+                tpm: Some(50),
+                max_concurrent: Some(1),
+                daily_tokens: Some(75)
+            }
+        );
+        c.seen_shared_day(1, 100);
+        assert_eq!(c.share(&l, 2, 1).daily_tokens, Some(25));
+        // Yesterday's count says nothing of today.
+        assert_eq!(c.share(&l, 2, 2).daily_tokens, Some(75));
+        c.seen_shared_day(1, 150);
+        let spent = c.share(&l, 3, 1);
+        assert_eq!(spent.daily_tokens, Some(0));
+        assert_eq!(
+            c.take(&spent, 1, Instant::now(), 1).unwrap_err().0,
+            ClientLimit::DailyTokens
+        );
+        assert_eq!(c.share(&Limits::default(), 4, 1), Limits::default());
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! Limits are counted per process ([`local`]) or, with `--redis`, across replicas by one Lua
 //! script per request ([`shared`], [`scripts`]). No request fails because Redis does: while it
-//! does not answer, the local counters take over.
+//! does not answer, the local counters take over, each replica at its share of every limit
+//! (the limit divided by the replicas last seen alive; of the daily budget, what was left of
+//! it when Redis last answered).
 
 mod local;
 pub mod scripts;
@@ -94,7 +96,13 @@ pub struct Clients {
     shared: Option<shared::SharedLimits>,
     /// How long a concurrency place in Redis outlives a replica that died holding it.
     lease_ttl: Duration,
+    /// Replicas last seen alive (this one included), for the share of a limit this replica
+    /// keeps while Redis is down.
+    replicas: Replicas,
 }
+
+/// Says how many replicas were last seen alive.
+pub type Replicas = Box<dyn Fn() -> u32 + Send + Sync>;
 
 /// What a reload changed.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -109,6 +117,7 @@ impl Clients {
         specs: Vec<TokenSpec>,
         shared: Option<shared::SharedLimits>,
         lease_ttl: Duration,
+        replicas: Replicas,
     ) -> Clients {
         Clients {
             tokens: RwLock::new(Arc::new(
@@ -117,6 +126,7 @@ impl Clients {
             counters: Mutex::new(HashMap::new()),
             shared,
             lease_ttl,
+            replicas,
         }
     }
 
@@ -165,19 +175,24 @@ impl Clients {
     }
 
     /// Checks `model` against the caller's `models=` and takes what a request costs from its
-    /// limits; `estimate` tokens are reserved until the admission is settled.
+    /// limits; `estimate` tokens are reserved until the admission is settled. A request that
+    /// names no model (a passthrough path's) passes `models=` only when the token has none.
     pub async fn admit(
         self: &Arc<Self>,
         caller: &Caller,
-        model: &str,
+        model: Option<&str>,
         estimate: u64,
     ) -> Result<Admission, GatewayError> {
         let Some(client) = caller.0.clone() else {
             return Ok(Admission::free());
         };
-        if !client.allows(model) {
+        let allowed = match model {
+            Some(model) => client.allows(model),
+            None => client.models.is_empty(),
+        };
+        if !allowed {
             return Err(GatewayError::ModelNotAllowed {
-                model: model.to_owned(),
+                model: model.unwrap_or_default().to_owned(),
             });
         }
         if !client.limits.any() {
@@ -198,7 +213,12 @@ impl Clients {
                 .take(&client.id, &client.limits, estimate, today, self.lease_ttl)
                 .await
             {
-                Some(Ok(lease)) => {
+                Some(Ok((lease, day_used))) => {
+                    if client.limits.daily_tokens.is_some() {
+                        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+                        let c = counters.entry(client.id.clone()).or_default();
+                        c.seen_shared_day(today, day_used);
+                    }
                     return Ok(Admission {
                         held: Some(Held {
                             client,
@@ -207,17 +227,19 @@ impl Clients {
                             at: At::Shared(shared.clone(), lease),
                             counters: None,
                         }),
-                    })
+                    });
                 }
                 Some(Err((limit, wait))) => return Err(refused(limit, wait)),
-                None => {} // Redis did not answer: count here.
+                None => {} // Redis did not answer: count here, at this replica's share.
             }
         }
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        counters
-            .entry(client.id.clone())
-            .or_default()
-            .take(&client.limits, estimate, Instant::now(), today)
+        let c = counters.entry(client.id.clone()).or_default();
+        let limits = match &self.shared {
+            None => client.limits,
+            Some(_) => c.share(&client.limits, (self.replicas)(), today),
+        };
+        c.take(&limits, estimate, Instant::now(), today)
             .map_err(|(limit, wait)| refused(limit, wait))?;
         drop(counters);
         Ok(Admission {
@@ -350,23 +372,24 @@ mod tests {
             vec![spec, TokenSpec::bare(Secret::new("tok-b".into()))],
             None,
             Duration::from_secs(60),
+            Box::new(|| 1),
         ));
         let a = clients.authorize(Some(b"tok-a")).unwrap();
         assert_eq!(a.name(), Some("a"));
         assert!(matches!(
-            clients.admit(&a, "gpt-3", 1).await,
+            clients.admit(&a, Some("gpt-3"), 1).await,
             Err(GatewayError::ModelNotAllowed { .. })
         ));
-        let mut first = clients.admit(&a, "oss-120b", 1).await.unwrap();
+        let mut first = clients.admit(&a, Some("oss-120b"), 1).await.unwrap();
         assert!(matches!(
-            clients.admit(&a, "gpt-4o", 1).await,
+            clients.admit(&a, Some("gpt-4o"), 1).await,
             Err(GatewayError::ClientLimited {
                 limit: ClientLimit::Concurrency,
                 ..
             })
         ));
         first.settle(5);
-        let _again = clients.admit(&a, "gpt-4o", 1).await.unwrap();
+        let _again = clients.admit(&a, Some("gpt-4o"), 1).await.unwrap();
         assert!(clients.authorize(Some(b"tok-b")).unwrap().name().is_none());
         assert!(clients.authorize(Some(b"tok-c")).is_err());
         assert!(clients.authorize(None).is_err());

@@ -15,8 +15,9 @@
 /// estimate in both (corrected by [`SETTLE`] once the upstream says).
 ///
 /// KEYS: rpm, conc, tpm, day. ARGV: rpm, max_concurrent, tpm, daily (0 = none), lease id,
-/// lease ttl ms, estimate. Returns `{granted, limit, retry_ms}` (`retry_ms` -1 when the caller
-/// knows better, as for the day's end).
+/// lease ttl ms, estimate. Returns `{granted, limit, retry_ms, day_used}` (`retry_ms` -1 when
+/// the caller knows better, as for the day's end; `day_used`: the day's tokens with this
+/// request's estimate, kept by the replica for its share of the budget should Redis go away).
 pub const TAKE: &str = r#"
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -25,18 +26,18 @@ local rpm, max, tpm, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV
 local est = tonumber(ARGV[7])
 if max > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= max then return {0, 'max_concurrent', 1000} end
+  if redis.call('ZCARD', KEYS[2]) >= max then return {0, 'max_concurrent', 1000, 0} end
 end
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
   if redis.call('ZCARD', KEYS[1]) >= rpm then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, 'rpm', math.max(tonumber(first[2]) + 60000 - now, 1)}
+    return {0, 'rpm', math.max(tonumber(first[2]) + 60000 - now, 1), 0}
   end
 end
 if daily > 0 then
   local used = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if used >= daily then return {0, 'daily_tokens', -1} end
+  if used >= daily then return {0, 'daily_tokens', -1, used} end
 end
 if tpm > 0 then
   local all = redis.call('HGETALL', KEYS[3])
@@ -61,7 +62,7 @@ if tpm > 0 then
         break
       end
     end
-    return {0, 'tpm', wait}
+    return {0, 'tpm', wait, 0}
   end
 end
 if rpm > 0 then
@@ -77,11 +78,16 @@ if tpm > 0 and est > 0 then
   redis.call('HINCRBY', KEYS[3], sec, est)
   redis.call('EXPIRE', KEYS[3], 120)
 end
-if daily > 0 and est > 0 then
-  redis.call('INCRBY', KEYS[4], est)
-  redis.call('EXPIRE', KEYS[4], 172800)
+local day_used = 0
+if daily > 0 then
+  if est > 0 then
+    day_used = redis.call('INCRBY', KEYS[4], est)
+    redis.call('EXPIRE', KEYS[4], 172800)
+  else
+    day_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  end
 end
-return {1, '', 0}
+return {1, '', 0, day_used}
 "#;
 
 /// A request's end: frees its concurrency place and corrects the reserved estimate by what

@@ -95,8 +95,8 @@ impl SharedLimits {
         }
     }
 
-    /// Takes a request's place; `Some(Ok(lease id))`, `Some(Err(limit))`, or `None` when
-    /// Redis did not answer.
+    /// Takes a request's place; `Some(Ok((lease id, the day's tokens so far)))`,
+    /// `Some(Err(limit))`, or `None` when Redis did not answer.
     pub async fn take(
         &self,
         client: &str,
@@ -104,7 +104,7 @@ impl SharedLimits {
         estimate: u64,
         today: u64,
         lease_ttl: Duration,
-    ) -> Option<Result<String, (ClientLimit, Option<Duration>)>> {
+    ) -> Option<Result<(String, u64), (ClientLimit, Option<Duration>)>> {
         let lease = format!(
             "{}-{}",
             self.0.replica,
@@ -123,11 +123,11 @@ impl SharedLimits {
             .arg(&lease)
             .arg(lease_ttl.as_millis() as u64)
             .arg(estimate);
-        let (granted, limit, retry_ms): (i64, String, i64) = self
+        let (granted, limit, retry_ms, day_used): (i64, String, i64, i64) = self
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await?;
         if granted == 1 {
-            return Some(Ok(lease));
+            return Some(Ok((lease, day_used.max(0) as u64)));
         }
         let limit = match limit.as_str() {
             "rpm" => ClientLimit::Rpm,

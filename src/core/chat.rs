@@ -1,9 +1,12 @@
 //! A chat request's way through the core, the same for both doors: the caller's `models=` and
 //! limits first (a refusal spends no key), then the dispatcher, with a usage [`Meter`] that
 //! goes with the request to its end. A stream whose client did not ask for usage is asked
-//! for it upstream, and the meter hides the extra chunk again.
+//! for it upstream, and the meter hides the extra chunk again. The forwarded endpoints
+//! ([`super::forward`]) go the same way, through the helpers at the end.
 
-use crate::chat::{ChatRequest, ChunkStream, Completion, Dispatched, RequestContext};
+use std::borrow::Cow;
+
+use crate::chat::{ChatRequest, ChunkStream, Completion, Dispatched, Events, RequestContext};
 use crate::usage::{Meter, Metered, Outcome, Subject};
 
 use super::{Caller, Core, Door};
@@ -20,23 +23,14 @@ impl Core {
         caller: &Caller,
         door: Door,
     ) -> Dispatched<Completion> {
-        let mut meter = self.meter(req, ctx, caller, door);
-        if let Err(error) = self.admit(req, caller, &mut meter).await {
-            meter.finish(Outcome::Error);
-            return Dispatched {
-                result: Err(error),
-                attempts: Default::default(),
-            };
-        }
+        let meter = self.meter(req, ctx, caller, door);
+        let estimate = u64::from(req.token_estimate());
+        let mut meter = match self.admit(meter, Some(req.model()), estimate, caller).await {
+            Ok(meter) => meter,
+            Err(refused) => return refused,
+        };
         let dispatched = self.dispatcher.complete(req, ctx).await;
-        meter.set_key(dispatched.attempts.last_key());
-        match &dispatched.result {
-            Ok(completion) => {
-                meter.answered(&completion.body);
-                meter.finish_settled(Outcome::Completed).await;
-            }
-            Err(error) => meter.finish(Meter::outcome_of(error)),
-        }
+        end_whole(&mut meter, &dispatched).await;
         dispatched
     }
 
@@ -49,54 +43,85 @@ impl Core {
         caller: &Caller,
         door: Door,
     ) -> Dispatched<ChunkStream> {
-        let mut meter = self.meter(req, ctx, caller, door);
-        if let Err(error) = self.admit(req, caller, &mut meter).await {
-            meter.finish(Outcome::Error);
-            return Dispatched {
-                result: Err(error),
-                attempts: Default::default(),
-            };
-        }
+        let meter = self.meter(req, ctx, caller, door);
+        let estimate = u64::from(req.token_estimate());
+        let meter = match self.admit(meter, Some(req.model()), estimate, caller).await {
+            Ok(meter) => meter,
+            Err(refused) => return refused,
+        };
         let asked = req.ask_stream_usage();
-        let hide = asked.is_some();
         let dispatched = self
             .dispatcher
             .stream(asked.as_ref().unwrap_or(req), ctx)
             .await;
-        meter.set_key(dispatched.attempts.last_key());
-        let Dispatched { result, attempts } = dispatched;
-        let result = match result {
-            Ok(chunks) => Ok(Box::pin(Metered::new(chunks, meter, hide)) as ChunkStream),
-            Err(error) => {
-                meter.finish(Meter::outcome_of(&error));
-                Err(error)
-            }
-        };
-        Dispatched { result, attempts }
+        with_meter(meter, dispatched, asked.is_some(), Events::Data)
     }
 
     fn meter(&self, req: &ChatRequest, ctx: &RequestContext, caller: &Caller, door: Door) -> Meter {
         let subject = Subject {
             client: caller.name(),
-            model: req.model(),
+            model: Some(req.model()),
             door: door.name(),
-            endpoint: CHAT,
+            endpoint: Cow::Borrowed(CHAT),
         };
         Meter::new(self.usage.clone(), ctx, subject, req.body().clone())
     }
 
-    /// The caller's `models=` and limits; the admission rides on the meter.
-    async fn admit(
+    /// The caller's `models=` and limits for a request naming `model` (or none), reserving
+    /// `estimate` tokens: the admission rides on the meter; a refusal is the request's
+    /// record and its answer.
+    pub(super) async fn admit<T>(
         &self,
-        req: &ChatRequest,
+        mut meter: Meter,
+        model: Option<&str>,
+        estimate: u64,
         caller: &Caller,
-        meter: &mut Meter,
-    ) -> Result<(), crate::chat::GatewayError> {
-        let admission = self
-            .clients
-            .admit(caller, req.model(), u64::from(req.token_estimate()))
-            .await?;
-        meter.admitted(admission);
-        Ok(())
+    ) -> Result<Meter, Dispatched<T>> {
+        match self.clients.admit(caller, model, estimate).await {
+            Ok(admission) => {
+                meter.admitted(admission);
+                Ok(meter)
+            }
+            Err(error) => {
+                meter.finish(Outcome::Error);
+                Err(Dispatched {
+                    result: Err(error),
+                    attempts: Default::default(),
+                })
+            }
+        }
     }
+}
+
+/// Ends a whole answer's meter: its usage, and the client's limits settled before the client
+/// has the answer.
+pub(super) async fn end_whole(meter: &mut Meter, dispatched: &Dispatched<Completion>) {
+    meter.set_key(dispatched.attempts.last_key());
+    match &dispatched.result {
+        Ok(completion) => {
+            meter.answered(&completion.body);
+            meter.finish_settled(Outcome::Completed).await;
+        }
+        Err(error) => meter.finish(Meter::outcome_of(error)),
+    }
+}
+
+/// A stream's chunks with its meter (`hide`: the gateway asked for the usage chunk, which the
+/// client must not see); a stream that never started ends the meter at once.
+pub(super) fn with_meter(
+    mut meter: Meter,
+    dispatched: Dispatched<ChunkStream>,
+    hide: bool,
+    events: Events,
+) -> Dispatched<ChunkStream> {
+    meter.set_key(dispatched.attempts.last_key());
+    let Dispatched { result, attempts } = dispatched;
+    let result = match result {
+        Ok(chunks) => Ok(Box::pin(Metered::new(chunks, meter, hide, events)) as ChunkStream),
+        Err(error) => {
+            meter.finish(Meter::outcome_of(&error));
+            Err(error)
+        }
+    };
+    Dispatched { result, attempts }
 }

@@ -10,6 +10,7 @@
 mod auth;
 mod body_timeout;
 mod chat;
+mod forward;
 mod render;
 
 use std::sync::Arc;

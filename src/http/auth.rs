@@ -34,8 +34,8 @@ impl FromRequestParts<Arc<Core>> for ClientAuth {
 
 /// The caller of Anthropic's `/v1/messages` presented a gateway token, as `x-api-key` (what
 /// Anthropic's SDKs send) or as a bearer token, or none is configured. The refusal is in
-/// Anthropic's error shape.
-pub struct AnthropicAuth;
+/// Anthropic's error shape. Who it is rides along.
+pub struct AnthropicAuth(pub Caller);
 
 /// A refusal in Anthropic's error shape.
 pub struct AnthropicRefusal(GatewayError);
@@ -55,8 +55,8 @@ impl FromRequestParts<Arc<Core>> for AnthropicAuth {
     ) -> Result<Self, AnthropicRefusal> {
         let api_key = parts.headers.get("x-api-key").map(|v| v.as_bytes());
         core.authorize_api_key(authorization(parts), api_key)
-            .map_err(AnthropicRefusal)?;
-        Ok(AnthropicAuth)
+            .map(AnthropicAuth)
+            .map_err(AnthropicRefusal)
     }
 }
 

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use super::auth::{AnthropicAuth, ClientAuth};
 use super::{body, RequestNote};
 use crate::chat::{Attempts, ChunkStream, Endpoint, Events, Flavor, GatewayError, RequestContext};
-use crate::core::{anthropic_error_response, error_response, set_attempts, Core};
+use crate::core::{anthropic_error_response, error_response, set_attempts, Caller, Core};
 
 /// The client headers Anthropic's API reads, forwarded upstream on `/v1/messages`.
 const ANTHROPIC_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
@@ -31,23 +31,23 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub fn route(endpoint: Arc<Endpoint>) -> MethodRouter<Arc<Core>> {
     match endpoint.flavor {
         Flavor::OpenAi => post(
-            move |_: ClientAuth,
+            move |ClientAuth(caller): ClientAuth,
                   State(core): State<Arc<Core>>,
                   Extension(ctx): Extension<RequestContext>,
                   headers: HeaderMap,
                   body: Body| {
                 let endpoint = endpoint.clone();
-                async move { forward(&core, endpoint, &ctx, &headers, body).await }
+                async move { forward(&core, endpoint, &ctx, &caller, &headers, body).await }
             },
         ),
         Flavor::Anthropic => post(
-            move |_: AnthropicAuth,
+            move |AnthropicAuth(caller): AnthropicAuth,
                   State(core): State<Arc<Core>>,
                   Extension(ctx): Extension<RequestContext>,
                   headers: HeaderMap,
                   body: Body| {
                 let endpoint = endpoint.clone();
-                async move { forward(&core, endpoint, &ctx, &headers, body).await }
+                async move { forward(&core, endpoint, &ctx, &caller, &headers, body).await }
             },
         ),
     }
@@ -58,12 +58,19 @@ async fn forward(
     core: &Core,
     endpoint: Arc<Endpoint>,
     ctx: &RequestContext,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let flavor = endpoint.flavor;
     let mut note = RequestNote::default();
-    let mut response = match handle(core, endpoint, ctx, headers, body, &mut note).await {
+    let call = Call {
+        core,
+        ctx,
+        caller,
+        headers,
+    };
+    let mut response = match handle(call, endpoint, body, &mut note).await {
         Ok(response) => response,
         Err((error, attempts)) => {
             let mut response = render_error(flavor, &error);
@@ -79,14 +86,26 @@ async fn forward(
 
 type Failure = (GatewayError, Option<Attempts>);
 
+/// Who asks, and with what, for one forwarded request.
+struct Call<'a> {
+    core: &'a Core,
+    ctx: &'a RequestContext,
+    caller: &'a Caller,
+    headers: &'a HeaderMap,
+}
+
 async fn handle(
-    core: &Core,
+    call: Call<'_>,
     endpoint: Arc<Endpoint>,
-    ctx: &RequestContext,
-    headers: &HeaderMap,
     body: Body,
     note: &mut RequestNote,
 ) -> Result<Response, Failure> {
+    let Call {
+        core,
+        ctx,
+        caller,
+        headers,
+    } = call;
     let bytes = body::read_json(headers, body, core.settings.max_body_bytes)
         .await
         .map_err(|e| (e, None))?;
@@ -99,7 +118,7 @@ async fn handle(
         .map_err(|e| (e, None))?;
     note.model = request.model().map(str::to_owned);
     if request.stream() {
-        let dispatched = core.dispatcher.forward_stream(&request, ctx).await;
+        let dispatched = core.forward_stream(&request, ctx, caller).await;
         note.attempts = Some(dispatched.attempts.clone());
         let chunks = dispatched
             .result
@@ -119,7 +138,7 @@ async fn handle(
         set_attempts(&mut response, &dispatched.attempts);
         Ok(response)
     } else {
-        let dispatched = core.dispatcher.forward(&request, ctx).await;
+        let dispatched = core.forward(&request, ctx, caller).await;
         note.attempts = Some(dispatched.attempts.clone());
         let completion = dispatched
             .result

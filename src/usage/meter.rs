@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
-use super::{Outcome, Record, Recorder, Usage};
-use crate::chat::{ChunkStream, GatewayError, RequestContext};
+use super::{Outcome, Partial, Record, Recorder, Usage};
+use crate::chat::{ChunkStream, Events, GatewayError, RequestContext};
 use crate::clients::Admission;
 
 /// What one request used, gathered as it runs.
@@ -22,9 +22,9 @@ pub struct Meter {
     time: SystemTime,
     request_id: String,
     client: Option<String>,
-    model: String,
+    model: Option<String>,
     door: &'static str,
-    endpoint: &'static str,
+    endpoint: Cow<'static, str>,
     key: Option<String>,
     /// The request's body, for a prompt estimate (by the tokenizer) when no `usage` came.
     prompt: Bytes,
@@ -41,9 +41,10 @@ pub struct Meter {
 /// What a usage record is about, besides its numbers.
 pub struct Subject<'a> {
     pub client: Option<&'a str>,
-    pub model: &'a str,
+    pub model: Option<&'a str>,
     pub door: &'static str,
-    pub endpoint: &'static str,
+    /// The path under `/v1/` (`chat/completions`, `embeddings`, `messages`).
+    pub endpoint: Cow<'static, str>,
 }
 
 impl Meter {
@@ -65,7 +66,7 @@ impl Meter {
             time: SystemTime::now(),
             request_id: ctx.request_id.clone(),
             client: client.map(str::to_owned),
-            model: model.to_owned(),
+            model: model.map(str::to_owned),
             door,
             endpoint,
             key: None,
@@ -148,10 +149,10 @@ impl Meter {
             time: super::time::rfc3339(self.time),
             request_id: std::mem::take(&mut self.request_id),
             client: self.client.take(),
-            model: std::mem::take(&mut self.model),
+            model: self.model.take(),
             key: self.key.take(),
             door: self.door,
-            endpoint: self.endpoint,
+            endpoint: std::mem::take(&mut self.endpoint),
             usage,
             estimated,
             outcome,
@@ -178,21 +179,30 @@ impl Drop for Meter {
     }
 }
 
-/// A chunk stream with its meter: `usage` is read from the chunk that carries it; when the
-/// gateway asked for usage on the client's behalf (`hide`), the usage-only chunk is dropped
-/// and `"usage":null` taken out of the others, so the client gets the bytes it would have got.
+/// A chunk stream with its meter: `usage` is read from the chunks that carry it (merged, as
+/// Anthropic's stream gives the prompt and the answer in different events); when the gateway
+/// asked for usage on the client's behalf (`hide`), the usage-only chunk is dropped and
+/// `"usage":null` taken out of the others, so the client gets the bytes it would have got.
 /// Dropped before its end (the client went away), the meter records `cancelled`.
 pub struct Metered {
     inner: ChunkStream,
     meter: Meter,
     hide: bool,
+    /// Each chunk is a whole named event (`event:` and `data:` lines), not an event's data.
+    named: bool,
 }
 
 impl Metered {
-    pub fn new(inner: ChunkStream, mut meter: Meter, hide: bool) -> Metered {
+    /// `events`: how the chunks are framed (chat's are [`Events::Data`]).
+    pub fn new(inner: ChunkStream, mut meter: Meter, hide: bool, events: Events) -> Metered {
         // The stream is handed over once its first event is complete.
         meter.first_byte();
-        Metered { inner, meter, hide }
+        Metered {
+            inner,
+            meter,
+            hide,
+            named: events == Events::Named,
+        }
     }
 }
 
@@ -205,18 +215,31 @@ impl Stream for Metered {
             let item = ready!(this.inner.as_mut().poll_next(cx));
             match item {
                 Some(Ok(mut chunk)) => {
-                    if memchr::memmem::find(&chunk, b"\"usage\"").is_some() {
-                        if let Some(usage) = Usage::parse(&chunk) {
-                            this.meter.usage = Some(usage);
-                            if this.hide && usage_only(&chunk) {
+                    let data = if this.named {
+                        event_data(&chunk)
+                    } else {
+                        Cow::Borrowed(&chunk[..])
+                    };
+                    if let Some(at) = memchr::memmem::find(&data, b"\"usage\"") {
+                        // OpenAI puts `"usage":null` on every chunk once asked: nothing to
+                        // read there, and no need to parse the chunk to know it.
+                        let null = data[at + 7..].starts_with(b":null");
+                        if let Some(partial) = (!null).then(|| Partial::parse(&data)).flatten() {
+                            let so_far = this.meter.usage.unwrap_or_default();
+                            this.meter.usage = Some(so_far.merged(partial));
+                            if this.hide && usage_only(&data) {
                                 continue;
                             }
                         }
                         if this.hide {
+                            drop(data);
                             chunk = strip_null_usage(chunk);
+                            add_content(&mut this.meter, &chunk);
+                            return Poll::Ready(Some(Ok(chunk)));
                         }
                     }
-                    add_content(&mut this.meter, &chunk);
+                    add_content(&mut this.meter, &data);
+                    drop(data);
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Some(Err(error)) => {
@@ -279,41 +302,104 @@ fn content_len(chunk: &[u8]) -> u64 {
     n
 }
 
-/// Each piece of content in a chunk's deltas (text, reasoning, tool calls); a chunk that is
-/// no chat chunk counts whole.
+/// Each piece of content in a chunk (chat's deltas: text, reasoning, tool calls; legacy
+/// completions' `text`; the Responses API's `delta` events; Anthropic's `content_block_delta`);
+/// a chunk that is no JSON counts whole, and other JSON events (which repeat what the deltas
+/// said, like `response.completed`) not at all.
 fn each_content(chunk: &[u8], mut f: impl FnMut(&str)) {
+    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
-    struct Delta<'a> {
+    struct Parts<'a> {
         #[serde(borrow, default)]
         content: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
         reasoning_content: Option<Cow<'a, str>>,
         #[serde(borrow, default)]
-        tool_calls: Option<&'a serde_json::value::RawValue>,
+        tool_calls: Option<&'a RawValue>,
+        // Anthropic's text, thinking and tool input deltas.
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        thinking: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        partial_json: Option<Cow<'a, str>>,
     }
     #[derive(serde::Deserialize)]
     struct Choice<'a> {
         #[serde(borrow)]
-        delta: Option<Delta<'a>>,
+        delta: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
     }
     #[derive(serde::Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow, default)]
         choices: Vec<Choice<'a>>,
+        #[serde(borrow, default)]
+        delta: Option<&'a RawValue>,
     }
     let Ok(parsed) = serde_json::from_slice::<Chunk>(chunk) else {
         f(&String::from_utf8_lossy(chunk));
         return;
     };
-    for d in parsed.choices.iter().filter_map(|c| c.delta.as_ref()) {
-        for text in [d.content.as_deref(), d.reasoning_content.as_deref()]
+    // A delta is a string (the Responses API's `*.delta` events) or an object (chat's,
+    // Anthropic's); anything else says nothing.
+    let mut delta = |raw: &RawValue| {
+        let raw = raw.get();
+        if raw.starts_with('"') {
+            if let Ok(text) = serde_json::from_str::<Cow<str>>(raw) {
+                f(&text);
+            }
+        } else if let Ok(d) = serde_json::from_str::<Parts>(raw) {
+            for text in [
+                d.content,
+                d.reasoning_content,
+                d.text,
+                d.thinking,
+                d.partial_json,
+            ]
             .into_iter()
             .flatten()
-        {
-            f(text);
+            {
+                f(&text);
+            }
+            if let Some(t) = d.tool_calls {
+                f(t.get());
+            }
         }
-        if let Some(t) = d.tool_calls {
-            f(t.get());
+    };
+    for choice in &parsed.choices {
+        if let Some(d) = choice.delta {
+            delta(d);
+        }
+    }
+    if let Some(d) = parsed.delta {
+        delta(d);
+    }
+    for text in parsed.choices.iter().filter_map(|c| c.text.as_deref()) {
+        f(text);
+    }
+}
+
+/// The data of a whole named event (its `data:` lines, joined as SSE joins them).
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|l| l.strip_prefix(b" ").unwrap_or(l));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    match lines.next() {
+        None => Cow::Borrowed(first),
+        Some(second) => {
+            let mut joined = [first, second].join(&b'\n');
+            for line in lines {
+                joined.push(b'\n');
+                joined.extend_from_slice(line);
+            }
+            Cow::Owned(joined)
         }
     }
 }
@@ -340,5 +426,40 @@ mod tests {
             ),
             6
         );
+    }
+
+    #[test]
+    fn content_is_read_from_every_endpoints_deltas() {
+        for (chunk, n) in [
+            (&br#"{"choices":[{"text":"abc","index":0}]}"#[..], 3),
+            (
+                br#"{"type":"response.output_text.delta","delta":"abcd"}"#,
+                4,
+            ),
+            (
+                br#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"ab"}}"#,
+                2,
+            ),
+            (
+                br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+                0,
+            ),
+            (
+                br#"{"type":"response.completed","response":{"output":[{"text":"x"}]}}"#,
+                0,
+            ),
+            (b"not json", 8),
+        ] {
+            assert_eq!(content_len(chunk), n, "{}", String::from_utf8_lossy(chunk));
+        }
+        assert_eq!(
+            &event_data(b"event: x\ndata: {\"a\":1}\n\n")[..],
+            br#"{"a":1}"#
+        );
+        assert_eq!(
+            &event_data(b"event: x\r\ndata:a\r\ndata: b\r\n\r\n")[..],
+            b"a\nb"
+        );
+        assert_eq!(&event_data(b": comment\n\n")[..], b"");
     }
 }

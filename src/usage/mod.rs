@@ -14,6 +14,7 @@ mod recorder;
 mod time;
 
 pub use meter::{Meter, Metered, Subject};
+
 pub use recorder::Recorder;
 
 use serde::Serialize;
@@ -31,8 +32,43 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// `usage` of an answer or a chunk, when it has one that is an object.
+    /// `usage` of an answer or a chunk, when it has one that is an object: at the top (chat,
+    /// completions, embeddings, responses, Anthropic's messages and `message_delta`), or in
+    /// `response` (the Responses API's `response.completed`) or `message` (Anthropic's
+    /// `message_start`). OpenAI's names and the Responses API's and Anthropic's are read alike.
     pub fn parse(json: &[u8]) -> Option<Usage> {
+        Partial::parse(json).map(|p| Usage::default().merged(p))
+    }
+
+    /// These counts with what a later chunk says over them (Anthropic's stream gives the
+    /// prompt in `message_start` and the answer, counted so far, in each `message_delta`).
+    pub fn merged(self, later: Partial) -> Usage {
+        let prompt_tokens = later.prompt_tokens.unwrap_or(self.prompt_tokens);
+        let completion_tokens = later.completion_tokens.unwrap_or(self.completion_tokens);
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: later
+                .total_tokens
+                .unwrap_or(prompt_tokens + completion_tokens),
+            cached_tokens: later.cached_tokens.or(self.cached_tokens),
+            reasoning_tokens: later.reasoning_tokens.or(self.reasoning_tokens),
+        }
+    }
+}
+
+/// The counts one answer or chunk gives; what it leaves out stays as it was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Partial {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub total_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Partial {
+    pub fn parse(json: &[u8]) -> Option<Partial> {
         #[derive(serde::Deserialize, Default)]
         struct Details {
             cached_tokens: Option<u64>,
@@ -40,26 +76,48 @@ impl Usage {
         }
         #[derive(serde::Deserialize)]
         struct Raw {
-            #[serde(default)]
-            prompt_tokens: u64,
-            #[serde(default)]
-            completion_tokens: u64,
+            #[serde(alias = "input_tokens")]
+            prompt_tokens: Option<u64>,
+            #[serde(alias = "output_tokens")]
+            completion_tokens: Option<u64>,
             total_tokens: Option<u64>,
+            #[serde(alias = "input_tokens_details")]
             prompt_tokens_details: Option<Details>,
+            #[serde(alias = "output_tokens_details")]
             completion_tokens_details: Option<Details>,
+            // Anthropic counts cache reads and writes beside `input_tokens`, not in it.
+            cache_read_input_tokens: Option<u64>,
+            cache_creation_input_tokens: Option<u64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            usage: Option<Raw>,
         }
         #[derive(serde::Deserialize)]
         struct Answer {
             usage: Option<Raw>,
+            response: Option<Inner>,
+            message: Option<Inner>,
         }
-        let raw = serde_json::from_slice::<Answer>(json).ok()?.usage?;
-        Some(Usage {
-            prompt_tokens: raw.prompt_tokens,
+        let answer = serde_json::from_slice::<Answer>(json).ok()?;
+        let raw = answer
+            .usage
+            .or_else(|| answer.response.and_then(|r| r.usage))
+            .or_else(|| answer.message.and_then(|m| m.usage))?;
+        let cache_read = raw.cache_read_input_tokens;
+        let cache_write = raw.cache_creation_input_tokens;
+        let prompt_tokens = match (raw.prompt_tokens, cache_read, cache_write) {
+            (None, None, None) => None,
+            (p, r, w) => Some(p.unwrap_or(0) + r.unwrap_or(0) + w.unwrap_or(0)),
+        };
+        Some(Partial {
+            prompt_tokens,
             completion_tokens: raw.completion_tokens,
-            total_tokens: raw
-                .total_tokens
-                .unwrap_or(raw.prompt_tokens + raw.completion_tokens),
-            cached_tokens: raw.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            total_tokens: raw.total_tokens,
+            cached_tokens: raw
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .or(cache_read),
             reasoning_tokens: raw
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens),
@@ -103,12 +161,14 @@ pub struct Record {
     pub request_id: String,
     /// The client token's `name=`; `null` for a bare token or an open gateway.
     pub client: Option<String>,
-    pub model: String,
+    /// The model the request named (or was defaulted to); `null` for a passthrough path's
+    /// request that names none.
+    pub model: Option<String>,
     /// The key that served (`key-2`), or `null` when none was tried.
     pub key: Option<String>,
     /// `http` or `grpc`.
     pub door: &'static str,
-    pub endpoint: &'static str,
+    pub endpoint: std::borrow::Cow<'static, str>,
     #[serde(flatten)]
     pub usage: Usage,
     /// The upstream gave no usage: the counts are the gateway's estimate.
@@ -137,6 +197,43 @@ mod tests {
             }
         );
         assert_eq!(Usage::parse(br#"{"usage":null}"#), None);
+        assert_eq!(
+            Usage::parse(br#"{"response":{"usage":null}}"#),
+            None,
+            "response.created"
+        );
         assert_eq!(Usage::parse(br#"{"choices":[]}"#), None);
+    }
+
+    #[test]
+    fn usage_reads_the_responses_api_and_anthropic() {
+        let responses = br#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":5,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":12}}}"#;
+        assert_eq!(
+            Usage::parse(responses),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 5,
+                total_tokens: 12,
+                cached_tokens: Some(2),
+                reasoning_tokens: Some(1)
+            })
+        );
+        // Anthropic: the prompt in message_start, the answer so far in each message_delta.
+        let start = br#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":20,"cache_read_input_tokens":5,"output_tokens":1}}}"#;
+        let delta = br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#;
+        let first = Usage::parse(start).unwrap();
+        let last = first.merged(Partial::parse(delta).unwrap());
+        assert_eq!(
+            last,
+            Usage {
+                prompt_tokens: 25,
+                completion_tokens: 15,
+                total_tokens: 40,
+                cached_tokens: Some(5),
+                reasoning_tokens: None
+            }
+        );
+        let embeddings = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(Usage::parse(embeddings).unwrap().total_tokens, 8);
     }
 }

@@ -136,7 +136,7 @@ impl Recorder {
                 t.day = today;
                 t.today.clear();
             }
-            let model = t.model_label(&record.model);
+            let model = t.model_label(record.model.as_deref().unwrap_or(NONE));
             let client = record.client.clone().unwrap_or_else(|| NONE.to_owned());
             let key = record.key.clone().unwrap_or_else(|| NONE.to_owned());
             let triple = (client.clone(), model.clone(), key);
@@ -365,7 +365,7 @@ async fn add_shared(shared: &SharedLimits, batch: &[Record]) {
         let base = format!(
             "{}|{}|{}",
             r.client.as_deref().unwrap_or(NONE),
-            r.model,
+            r.model.as_deref().unwrap_or(NONE),
             r.key.as_deref().unwrap_or(NONE)
         );
         let u = &r.usage;

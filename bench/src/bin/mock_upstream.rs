@@ -4,6 +4,9 @@
 //! - `POST …/chat/completions`: a chat completion; with `"stream": true` an SSE stream of
 //!   `chunks` events (`data: {chunk}\n\n`) followed by `data: [DONE]\n\n`. The first event is
 //!   sent at once, each next one `delay_ms` after the previous (deadline-based, no drift).
+//!   With `stream_options.include_usage: true` it answers as OpenAI does: `"usage":null` on
+//!   every event and a usage-only event (`"choices":[]`) before `[DONE]` (the gateway asks
+//!   for it on every stream, for its usage records).
 //! - `GET …/models`: an OpenAI model list.
 //! - `GET /healthz`: 200. `GET /stats`: request counters as JSON.
 //!
@@ -84,6 +87,14 @@ struct ChatBody {
     mock_chunks: Option<f64>,
     #[serde(default)]
     mock_delay_ms: Option<f64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 fn main() {
@@ -297,14 +308,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .unwrap_or(state.args.delay_ms);
     let delay = Duration::from_millis(delay_ms);
     let start = Instant::now();
+    let include_usage = parsed.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+    let usage_null = if include_usage { ",\"usage\":null" } else { "" };
+    // The usage event is one more before `[DONE]`.
+    let last = chunks + u32::from(include_usage);
 
     let events = stream::unfold(0u32, move |i| {
         let model = model.clone();
         async move {
-            if i > chunks {
+            if i > last {
                 return None;
             }
-            if i == chunks {
+            if i == chunks && include_usage {
+                let line = format!(
+                    "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":{model},\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{chunks},\"total_tokens\":{}}}}}\n\n",
+                    9 + chunks
+                );
+                return Some((Ok(Frame::data(Bytes::from(line))), i + 1));
+            }
+            if i == last {
                 // `[DONE]` follows the last event at once.
                 return Some((
                     Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
@@ -323,7 +345,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             };
             let finish = if i + 1 == chunks { r#""stop""# } else { "null" };
             let line = format!(
-                "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":{model},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+                "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":{model},\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]{usage_null}}}\n\n"
             );
             Some((Ok(Frame::data(Bytes::from(line))), i + 1))
         }

@@ -36,7 +36,8 @@ pub(super) fn answer(
         ("/v1/completions", false) => Shaped::Whole(body(json!({
             "id": format!("cmpl-mock-{seq}"), "object": "text_completion", "created": CREATED,
             "model": model,
-            "choices": [{"text": format!("mock reply {seq}"), "index": 0, "finish_reason": "stop"}]
+            "choices": [{"text": format!("mock reply {seq}"), "index": 0, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
         }))),
         ("/v1/completions", true) => Shaped::Events {
             events: (0..n)
@@ -126,7 +127,10 @@ fn response_object(seq: usize, model: &Value) -> Value {
     json!({"id": format!("resp_mock_{seq}"), "object": "response", "created_at": CREATED,
            "status": "completed", "model": model,
            "output": [{"type": "message", "id": format!("msg_{seq}"), "role": "assistant", "status": "completed",
-                       "content": [{"type": "output_text", "text": format!("mock reply {seq}"), "annotations": []}]}]})
+                       "content": [{"type": "output_text", "text": format!("mock reply {seq}"), "annotations": []}]}],
+           "usage": {"input_tokens": 4, "input_tokens_details": {"cached_tokens": 1},
+                     "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 2},
+                     "total_tokens": 10}})
 }
 
 fn message_object(seq: usize, model: &Value) -> Value {
