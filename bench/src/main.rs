@@ -51,6 +51,10 @@ struct Args {
     /// The largest number of concurrent open streams to hold (memory scenario).
     #[arg(long, default_value_t = 10_000)]
     max_streams: usize,
+    /// Seconds to wait after the open-streams phase before sampling the RSS that came back
+    /// [default: 60; 15 with --quick]. The figure is the RSS 60 s after.
+    #[arg(long)]
+    close_wait: Option<u64>,
     /// Measure direct only (no gateway), e.g. to check the mock and the load generator.
     #[arg(long)]
     direct_only: bool,
@@ -331,6 +335,7 @@ async fn run(args: Args) -> Result<(), String> {
             .unwrap_or_else(|| PathBuf::from("mock-upstream"))
     });
     let quick = args.quick;
+    let close_wait = args.close_wait;
     let warmup = Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.3 } else { 1.0 }));
     let duration = Duration::from_secs_f64(args.duration.unwrap_or(if quick { 1.0 } else { 5.0 }));
     let paced_duration = Duration::from_secs_f64(if quick {
@@ -534,9 +539,9 @@ async fn run(args: Args) -> Result<(), String> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // Memory that comes back: the RSS a while after the last streams closed (60 s; 15 s
-        // in --quick, to keep it short).
+        // in --quick, to keep it short, unless --close-wait says otherwise).
         if !memory.streams.is_empty() {
-            let wait = Duration::from_secs(if quick { 15 } else { 60 });
+            let wait = Duration::from_secs(close_wait.unwrap_or(if quick { 15 } else { 60 }));
             eprintln!(
                 "[streams] waiting {} s for memory to come back",
                 wait.as_secs()

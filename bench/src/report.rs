@@ -838,7 +838,7 @@ pub fn markdown(r: &Report) -> String {
                 "{:.1} × idle{}",
                 kib as f64 / (i as f64).max(1.0),
                 if wait < 60.0 {
-                    "; --quick waits 15 s, a full run 60 s"
+                    "; --quick waits 15 s, a full run 60 s (--close-wait sets it)"
                 } else {
                     ""
                 }

@@ -121,6 +121,7 @@ impl Live {
             if let Some(event) = self.parser.next_event() {
                 if !self.named && is_done(&event) {
                     self.done = true;
+                    self.read_to_end();
                     return None;
                 }
                 if let Some(error) = verdict::error_event(&event) {
@@ -179,6 +180,20 @@ impl Live {
                     }
                     timer.as_mut().reset(due);
                 }
+            }
+        }
+    }
+
+    /// After `[DONE]`: the body's end (the last chunk of its chunked encoding) is usually at
+    /// hand already; read it, without waiting, so that the upstream connection goes back to
+    /// the pool instead of being closed with the stream.
+    fn read_to_end(&mut self) {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for _ in 0..4 {
+            match self.body.as_mut().poll_next(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(_))) => continue,
+                _ => return,
             }
         }
     }
