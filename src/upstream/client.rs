@@ -59,6 +59,9 @@ impl std::error::Error for Error {
 
 /// An upstream response body: from hyper's pooled client (TLS, HTTP/2), or read through its
 /// own connection ([`super::h1`], cleartext HTTP/1.1).
+// One per upstream answer, and moved rarely: boxing the driven connection would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Pooled(hyper::body::Incoming),
     Direct(super::h1::Body),

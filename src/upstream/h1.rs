@@ -141,7 +141,7 @@ impl H1Pool {
             match send(link, request).await {
                 Ok((head, link)) => return Ok(self.response(head, link)),
                 // Not written: the idle connection had closed; a fresh one takes it.
-                Err(Unsent::Again(again)) => request = again,
+                Err(Unsent::Again(again)) => request = *again,
                 Err(Unsent::Failed(e)) => return Err(H1Error::Http(e)),
             }
         }
@@ -153,7 +153,11 @@ impl H1Pool {
         }
     }
 
-    fn response(self: &Arc<Self>, head: http::Response<Incoming>, link: Link) -> http::Response<Body> {
+    fn response(
+        self: &Arc<Self>,
+        head: http::Response<Incoming>,
+        link: Link,
+    ) -> http::Response<Body> {
         head.map(|incoming| Body {
             incoming,
             link: Some(link),
@@ -261,7 +265,7 @@ impl H1Pool {
 /// A request that did not get its head.
 enum Unsent {
     /// Never written (the connection was closed): it may go on another connection.
-    Again(Request<Full<Bytes>>),
+    Again(Box<Request<Full<Bytes>>>),
     Failed(hyper::Error),
 }
 
@@ -279,11 +283,10 @@ async fn send(
         sending.as_mut().poll(cx)
     })
     .await;
-    drop(sending);
     match result {
         Ok(head) => Ok((head, link)),
         Err(mut e) => match e.take_message() {
-            Some(request) => Err(Unsent::Again(request)),
+            Some(request) => Err(Unsent::Again(Box::new(request))),
             None => Err(Unsent::Failed(e.into_error())),
         },
     }
