@@ -344,3 +344,87 @@ impl http_body::Body for Body {
         self.incoming.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// An upstream that answers `ok` on keep-alive connections, counting the connections.
+    async fn upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request() -> Request<Full<Bytes>> {
+        Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_to_its_end_leaves_its_connection_for_the_next() {
+        let (addr, accepted) = upstream().await;
+        let host = HeaderValue::from_str(&addr).unwrap();
+        let pool = H1Pool::new(
+            addr,
+            host,
+            Duration::from_secs(1),
+            4096,
+            8,
+            Duration::from_secs(5),
+        );
+        for _ in 0..3 {
+            let response = pool.request(request()).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+        // An answer dropped before its end takes its connection with it.
+        drop(pool.request(request()).await.unwrap());
+        let response = pool.request(request()).await.unwrap();
+        let _ = response.into_body().collect().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_upstream_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let host = HeaderValue::from_str(&addr).unwrap();
+        let pool = H1Pool::new(
+            addr,
+            host,
+            Duration::from_secs(1),
+            4096,
+            8,
+            Duration::from_secs(5),
+        );
+        let Err(error) = pool.request(request()).await else {
+            panic!("no upstream, yet an answer");
+        };
+        assert!(error.is_connect(), "{error}");
+    }
+}
