@@ -1,6 +1,7 @@
 //! `megallm-bench`: runs the mock upstream and the gateway, measures every scenario direct and
 //! through the gateway, and writes bench/results/latest.{md,json,png}.
 
+mod accounting;
 mod chart;
 #[cfg(has_grpc_proto)]
 mod grpc;
@@ -507,6 +508,22 @@ async fn run(args: Args) -> Result<(), String> {
         redis_bench = Some(rb);
     }
 
+    // Accounting: client token limits and the usage log, on against off.
+    let mut accounting_bench = None;
+    if let Some((off, off_pid)) = gwp_ref {
+        let env = accounting::AccountingEnv {
+            bin: &gateway_bin,
+            upstream: &upstream,
+            logs: &logs,
+            off: (off, off_pid),
+        };
+        let a = accounting::scenario(&mut ctx, env).await;
+        for n in &a.notes {
+            eprintln!("[accounting] {n}");
+        }
+        accounting_bench = Some(a);
+    }
+
     // Open streams held at once.
     if let Some(g) = &gw {
         let mut levels = vec![1_000usize, 10_000];
@@ -595,6 +612,7 @@ async fn run(args: Args) -> Result<(), String> {
         memory,
         startup,
         redis: redis_bench,
+        accounting: accounting_bench,
         targets: Vec::new(),
         notes,
         wall_time_s: 0.0,

@@ -180,6 +180,8 @@ pub struct Report {
     pub startup: Startup,
     /// The Redis-mode scenario (absent when the gateway was not measured).
     pub redis: Option<RedisBench>,
+    /// Accounting on against off (absent when the gateway was not measured).
+    pub accounting: Option<crate::accounting::AccountingBench>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
     pub wall_time_s: f64,
@@ -443,6 +445,37 @@ pub fn targets(r: &Report) -> Vec<Target> {
             (format!("{a:+.3} ms"), a <= 0.15)
         }),
     );
+    let acct = r.accounting.as_ref();
+    push(
+        "Accounting on (client limits + usage log), HTTP non-stream c=64: RPS / off",
+        "≥ 95 %",
+        acct.and_then(|a| a.pair(false, 64)).map(|(off, on)| {
+            let p = 100.0 * on.0 / off.0.max(1e-9);
+            (
+                format!("{p:.1} % ({:.0} / {:.0} req/s)", on.0, off.0),
+                p >= 95.0,
+            )
+        }),
+    );
+    push(
+        "Accounting on, HTTP stream c=64: streams/s / off",
+        "≥ 95 %",
+        acct.and_then(|a| a.pair(true, 64)).map(|(off, on)| {
+            let p = 100.0 * on.0 / off.0.max(1e-9);
+            (
+                format!("{p:.1} % ({:.0} / {:.0} streams/s)", on.0, off.0),
+                p >= 95.0,
+            )
+        }),
+    );
+    push(
+        "Accounting on, HTTP non-stream c=1: added p50 vs off",
+        "≤ 0.01 ms",
+        acct.and_then(|a| a.pair(false, 1)).map(|(off, on)| {
+            let d = on.1 - off.1;
+            (format!("{d:+.3} ms"), d <= 0.01)
+        }),
+    );
     push(
         "Redis mode: admin disable on replica A → replica B refuses the key, p99",
         "≤ 50 ms",
@@ -473,15 +506,15 @@ pub fn targets(r: &Report) -> Vec<Target> {
     t
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     format!("{v:.3}")
 }
 
-fn added(d: f64, g: f64) -> String {
+pub(crate) fn added(d: f64, g: f64) -> String {
     format!("{:+.3}", g - d)
 }
 
-fn ratio_pct(d: f64, g: f64) -> String {
+pub(crate) fn ratio_pct(d: f64, g: f64) -> String {
     if d > 0.0 {
         format!("{:.1} %", 100.0 * g / d)
     } else {
@@ -489,7 +522,7 @@ fn ratio_pct(d: f64, g: f64) -> String {
     }
 }
 
-fn errs(s: &Side) -> String {
+pub(crate) fn errs(s: &Side) -> String {
     if s.errors == 0 {
         "0".into()
     } else {
@@ -502,11 +535,11 @@ fn errs(s: &Side) -> String {
     }
 }
 
-fn other(s: &Side) -> String {
+pub(crate) fn other(s: &Side) -> String {
     s.other_cpu_pct.map_or("–".into(), |v| format!("{v:.0}"))
 }
 
-fn cpu(s: &Side) -> String {
+pub(crate) fn cpu(s: &Side) -> String {
     s.server_cpu_us_per_req
         .map_or("–".into(), |v| format!("{v:.0}"))
 }
@@ -655,6 +688,11 @@ pub fn markdown(r: &Report) -> String {
                 .iter()
                 .flat_map(|b| b.phases.iter().map(|p| &p.side)),
         )
+        .chain(
+            r.accounting
+                .iter()
+                .flat_map(|a| a.phases.iter().map(|p| &p.side)),
+        )
         .filter_map(|s| s.other_cpu_pct)
         .collect();
     if let Some(max) = others.iter().copied().reduce(f64::max) {
@@ -770,6 +808,9 @@ pub fn markdown(r: &Report) -> String {
 
     if let Some(rb) = &r.redis {
         redis_section(&mut o, rb);
+    }
+    if let Some(a) = &r.accounting {
+        crate::accounting::section(&mut o, a);
     }
 
     let _ = writeln!(o, "## Server cost per request, each door and mode\n");

@@ -103,6 +103,9 @@ pub struct Forward {
     endpoint: Arc<Endpoint>,
     model: Option<String>,
     stream: bool,
+    /// The answer's token cap the body names (`max_tokens`, `max_output_tokens`,
+    /// `max_completion_tokens`), for the estimate a client's budget reserves.
+    max_tokens: Option<u32>,
     body: Bytes,
     /// Client headers the upstream needs (Anthropic's `anthropic-version`, `anthropic-beta`).
     headers: Vec<(&'static str, String)>,
@@ -114,6 +117,13 @@ struct Checked<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
+    // Read only for the estimate: a value that is no count is the upstream's to judge.
+    #[serde(borrow)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -146,6 +156,14 @@ impl Forward {
             Some("true") => true,
             Some(_) => return Err(GatewayError::invalid("stream", "stream must be a boolean")),
         };
+        let max_tokens = [
+            checked.max_tokens,
+            checked.max_completion_tokens,
+            checked.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|raw| raw.get().parse::<u32>().ok());
         let (model, body) = match checked.model {
             Some(raw) => match serde_json::from_str::<String>(raw.get()) {
                 Ok(m) if !m.trim().is_empty() => (Some(m), body),
@@ -163,6 +181,7 @@ impl Forward {
             endpoint,
             model,
             stream,
+            max_tokens,
             body,
             headers,
         })
@@ -213,10 +232,14 @@ impl Forward {
     }
 
     /// Tokens this request may cost before the upstream says, as chat's
-    /// (`ChatRequest::token_estimate`): the body's bytes / 4, plus the default answer.
+    /// (`ChatRequest::token_estimate`): the body's bytes / 4, plus the answer's cap when the
+    /// body names one, else the default answer.
     pub fn token_estimate(&self) -> u32 {
         let prompt = u32::try_from(self.body.len() / 4).unwrap_or(u32::MAX);
-        prompt.saturating_add(super::request::DEFAULT_ANSWER_TOKENS)
+        prompt.saturating_add(
+            self.max_tokens
+                .unwrap_or(super::request::DEFAULT_ANSWER_TOKENS),
+        )
     }
 }
 
@@ -252,6 +275,14 @@ mod tests {
         assert_eq!(
             f.body().as_ref(),
             br#"{"model":"m","stream":true,"x":[1.50]}"#
+        );
+        let f = forward("/v1/messages", r#"{"max_tokens":400,"messages":[]}"#).unwrap();
+        assert_eq!(f.token_estimate(), 400 + f.body().len() as u32 / 4);
+        let f = forward("/v1/responses", r#"{"max_output_tokens":"x","input":"y"}"#).unwrap();
+        assert_eq!(
+            f.token_estimate(),
+            16 + f.body().len() as u32 / 4,
+            "no count: the default answer"
         );
         let f = forward("/v1/rerank", r#"{"q":1}"#).unwrap();
         assert_eq!(f.model(), None);

@@ -146,7 +146,7 @@ impl Meter {
             admission.settle(usage.total_tokens);
         }
         self.recorder.record(Record {
-            time: super::time::rfc3339(self.time),
+            time: self.time,
             request_id: std::mem::take(&mut self.request_id),
             client: self.client.take(),
             model: self.model.take(),

@@ -157,7 +157,8 @@ impl Outcome {
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
     /// When the request arrived (RFC 3339, UTC, milliseconds).
-    pub time: String,
+    #[serde(serialize_with = "time::serialize")]
+    pub time: std::time::SystemTime,
     pub request_id: String,
     /// The client token's `name=`; `null` for a bare token or an open gateway.
     pub client: Option<String>,

@@ -4,6 +4,12 @@ use std::time::SystemTime;
 
 use crate::clients::shared::civil_from_days;
 
+/// A record's time as RFC 3339, written only when the record is (the log writer, off the
+/// request's path).
+pub fn serialize<S: serde::Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*at))
+}
+
 /// `2024-05-01T12:34:56.789Z`.
 pub fn rfc3339(at: SystemTime) -> String {
     let since = at
