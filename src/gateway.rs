@@ -52,6 +52,8 @@ pub struct Gateway {
     kill: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     grace: Duration,
+    /// Flushed last, once no request is left to record.
+    usage: Arc<crate::usage::Recorder>,
     _watchers: Vec<notify::RecommendedWatcher>,
 }
 
@@ -103,6 +105,7 @@ impl Gateway {
             settings.usage_log.clone(),
             shared_limits,
         ));
+        let usage_log = usage.clone();
         let client = UpstreamClient::new(&settings)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let dispatcher = Dispatcher::new(
@@ -217,6 +220,7 @@ impl Gateway {
             kill,
             server,
             grace,
+            usage: usage_log,
             _watchers: watchers,
         })
     }
@@ -235,22 +239,22 @@ impl Gateway {
     /// Stops accepting, lets in-flight requests finish within the grace period, then ends the
     /// streams still open with an error of their door (HTTP error event, gRPC UNAVAILABLE
     /// "shutting down"), gives those a moment to reach the clients, and closes what is left.
+    /// The usage log is flushed last, with every request's record in it.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let mut server = self.server;
-        if tokio::time::timeout(self.grace, &mut server).await.is_ok() {
-            return;
+        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period; ending them");
+            self.drain.cancel();
+            if tokio::time::timeout(FLUSH_AFTER_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                self.kill.cancel();
+                let _ = server.await;
+            }
         }
-        tracing::warn!(grace = ?self.grace, "in-flight requests outlived the shutdown grace period; ending them");
-        self.drain.cancel();
-        if tokio::time::timeout(FLUSH_AFTER_GRACE, &mut server)
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        self.kill.cancel();
-        let _ = server.await;
+        self.usage.flush().await;
     }
 }
 

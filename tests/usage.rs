@@ -273,3 +273,16 @@ async fn a_token_written_as_sha256_works() {
     wrong.assert_openai_error(401, None);
     assert_eq!(log.wait(1).await[0]["client"], "hashed");
 }
+
+/// Shutdown writes every record before it returns: none is left in the writer's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_every_record() {
+    let mock = MockUpstream::start().await;
+    let log = UsageLog::new();
+    let gw = gateway(&mock, &log, &[]).await;
+    for _ in 0..50 {
+        assert_eq!(gw.http.chat(&chat_body()).await.status, 200);
+    }
+    gw.shutdown().await;
+    assert_eq!(log.records().len(), 50, "every record is in the log");
+}

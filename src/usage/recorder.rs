@@ -21,6 +21,12 @@ use crate::clients::utc_day;
 
 /// Records waiting for the writer; past this they are dropped from the log, not waited for.
 const QUEUE: usize = 65_536;
+/// Records the writer takes at once at most.
+const BATCH: usize = 4096;
+/// How long shutdown waits for the last records to be written.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the writer gathers records before it writes them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Distinct model names kept as labels and total keys; others count as `other`.
 const MAX_MODELS: usize = 64;
 /// A client, model or key that is none (`null` in the record), in totals and labels.
@@ -99,6 +105,9 @@ pub struct Recorder {
     dropped: AtomicU64,
     /// Signalled on SIGHUP: the writer reopens the log file (rotation).
     reopen: Arc<Notify>,
+    /// Signalled at shutdown: the writer writes what it holds and says so on `written`.
+    finish: Arc<Notify>,
+    written: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     started: SystemTime,
     shared: Option<SharedLimits>,
 }
@@ -107,9 +116,18 @@ impl Recorder {
     /// A recorder; with a log file or shared totals, its writer task is spawned here.
     pub fn new(log: Option<PathBuf>, shared: Option<SharedLimits>) -> Recorder {
         let reopen = Arc::new(Notify::new());
+        let finish = Arc::new(Notify::new());
+        let mut written = None;
         let tx = (log.is_some() || shared.is_some()).then(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(writer(log, shared.clone(), rx, reopen.clone()));
+            let (done, done_rx) = tokio::sync::oneshot::channel();
+            written = Some(done_rx);
+            let signals = Signals {
+                reopen: reopen.clone(),
+                finish: finish.clone(),
+                done,
+            };
+            tokio::spawn(writer(log, shared.clone(), rx, signals));
             tx
         });
         Recorder {
@@ -117,6 +135,8 @@ impl Recorder {
             totals: Mutex::new(Totals::default()),
             dropped: AtomicU64::new(0),
             reopen,
+            finish,
+            written: Mutex::new(written),
             started: SystemTime::now(),
             shared,
         }
@@ -125,6 +145,22 @@ impl Recorder {
     /// Reopens the usage log (after a rotation moved it away).
     pub fn reopen(&self) {
         self.reopen.notify_one();
+    }
+
+    /// At shutdown, once no request is left: the writer writes every record it was given
+    /// (waited for, at most [`FLUSH_WAIT`]).
+    pub async fn flush(&self) {
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(written) = written {
+            self.finish.notify_one();
+            if tokio::time::timeout(FLUSH_WAIT, written).await.is_err() {
+                tracing::warn!("the usage log was not flushed in time at shutdown");
+            }
+        }
     }
 
     /// Counts one record and queues it for the log.
@@ -297,28 +333,69 @@ fn from_fields(fields: &HashMap<String, u64>) -> ByTriple {
 
 /// Writes queued records to the log in batches (one write and one flush per batch), and adds
 /// them to the shared totals; reopens the log when told.
+/// What the writer is told, and how it answers the last.
+struct Signals {
+    reopen: Arc<Notify>,
+    finish: Arc<Notify>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
 async fn writer(
     path: Option<PathBuf>,
     shared: Option<SharedLimits>,
     mut rx: mpsc::Receiver<Record>,
-    reopen: Arc<Notify>,
+    signals: Signals,
 ) {
+    let Signals {
+        reopen,
+        finish,
+        done,
+    } = signals;
     let mut file = match &path {
         Some(path) => open(path).await,
         None => None,
     };
-    let mut batch = Vec::with_capacity(1024);
+    let mut batch = Vec::with_capacity(BATCH);
     let mut text = Vec::with_capacity(64 * 1024);
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 1024) => if n == 0 { return },
-            _ = reopen.notified() => {
-                if let Some(path) = &path {
-                    file = open(path).await;
-                    tracing::info!(path = %path.display(), "usage log reopened");
+    let mut closed = false;
+    let mut finishing = false;
+    while !closed {
+        // Finishing: take what is queued without waiting for more.
+        if !finishing {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+                _ = finish.notified() => finishing = true,
+                _ = reopen.notified() => {
+                    if let Some(path) = &path {
+                        file = open(path).await;
+                        tracing::info!(path = %path.display(), "usage log reopened");
+                    }
+                    continue;
                 }
-                continue;
             }
+        }
+        // Gather what comes in the next moment too: one write (a hop to the blocking pool)
+        // and one Redis pipeline for many records, not one each.
+        if batch.len() < BATCH {
+            if !finishing {
+                tokio::time::sleep(GATHER).await;
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        closed = finishing;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         if let Some(f) = &mut file {
             text.clear();
@@ -341,6 +418,7 @@ async fn writer(
         }
         batch.clear();
     }
+    let _ = done.send(());
 }
 
 async fn open(path: &std::path::Path) -> Option<tokio::fs::File> {
