@@ -216,8 +216,7 @@ impl Clients {
                 Some(Ok((lease, day_used))) => {
                     if client.limits.daily_tokens.is_some() {
                         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-                        let c = counters.entry(client.id.clone()).or_default();
-                        c.seen_shared_day(today, day_used);
+                        counters_of(&mut counters, &client.id).seen_shared_day(today, day_used);
                     }
                     return Ok(Admission {
                         held: Some(Held {
@@ -234,7 +233,7 @@ impl Clients {
             }
         }
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let c = counters.entry(client.id.clone()).or_default();
+        let c = counters_of(&mut counters, &client.id);
         let limits = match &self.shared {
             None => client.limits,
             Some(_) => c.share(&client.limits, (self.replicas)(), today),
@@ -342,6 +341,17 @@ impl Drop for Admission {
             self.settle(reserved);
         }
     }
+}
+
+/// A client's counters, made on its first request (the id is copied only then).
+fn counters_of<'a>(
+    counters: &'a mut HashMap<String, local::Counters>,
+    id: &str,
+) -> &'a mut local::Counters {
+    if !counters.contains_key(id) {
+        counters.insert(id.to_owned(), local::Counters::default());
+    }
+    counters.get_mut(id).expect("inserted above")
 }
 
 /// Days since the Unix epoch, UTC.

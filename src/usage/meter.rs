@@ -227,7 +227,7 @@ impl Stream for Metered {
                         if let Some(partial) = (!null).then(|| Partial::parse(&data)).flatten() {
                             let so_far = this.meter.usage.unwrap_or_default();
                             this.meter.usage = Some(so_far.merged(partial));
-                            if this.hide && usage_only(&data) {
+                            if this.hide && partial.usage_only {
                                 continue;
                             }
                         }
@@ -253,18 +253,6 @@ impl Stream for Metered {
             }
         }
     }
-}
-
-/// A chunk that carries only usage: `"choices": []`.
-fn usage_only(chunk: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Chunk {
-        choices: Option<Vec<serde::de::IgnoredAny>>,
-    }
-    serde_json::from_slice::<Chunk>(chunk)
-        .ok()
-        .and_then(|c| c.choices)
-        .is_some_and(|c| c.is_empty())
 }
 
 /// Takes `"usage":null` (OpenAI puts it on every chunk once asked) out of a chunk.
@@ -410,11 +398,15 @@ mod tests {
 
     #[test]
     fn the_usage_chunk_is_recognised_and_null_usage_stripped() {
-        assert!(usage_only(
+        let only = |c: &[u8]| Partial::parse(c).unwrap().usage_only;
+        assert!(only(
             br#"{"id":"x","choices":[],"usage":{"total_tokens":3}}"#
         ));
-        assert!(!usage_only(
+        assert!(!only(
             br#"{"choices":[{"delta":{}}],"usage":{"total_tokens":3}}"#
+        ));
+        assert!(!only(
+            br#"{"type":"message_delta","usage":{"output_tokens":3}}"#
         ));
         let c = Bytes::from_static(br#"{"id":"x","choices":[],"usage":null}"#);
         assert_eq!(&strip_null_usage(c)[..], br#"{"id":"x","choices":[]}"#);

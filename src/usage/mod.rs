@@ -65,6 +65,8 @@ pub struct Partial {
     pub total_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    /// The chunk carries only usage (`"choices": []`): the one the gateway may hide.
+    pub usage_only: bool,
 }
 
 impl Partial {
@@ -98,8 +100,10 @@ impl Partial {
             usage: Option<Raw>,
             response: Option<Inner>,
             message: Option<Inner>,
+            choices: Option<Vec<serde::de::IgnoredAny>>,
         }
         let answer = serde_json::from_slice::<Answer>(json).ok()?;
+        let usage_only = answer.choices.as_ref().is_some_and(Vec::is_empty);
         let raw = answer
             .usage
             .or_else(|| answer.response.and_then(|r| r.usage))
@@ -121,6 +125,7 @@ impl Partial {
             reasoning_tokens: raw
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens),
+            usage_only,
         })
     }
 }
