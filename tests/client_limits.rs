@@ -4,6 +4,7 @@
 
 mod support;
 
+use serde_json::json;
 use std::time::Duration;
 
 use support::redis::RedisServer;
@@ -281,4 +282,46 @@ async fn without_redis_each_replica_keeps_its_share() {
         }
         assert_eq!(ok, 5, "rpm=10 over 2 replicas: 5 each while Redis is down");
     }
+}
+
+/// The tokens file is re-read by `POST /admin/tokens/reload` and when it changes: a new token
+/// works with its limits, a removed one is refused, and a client's counters survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_file_reloads_by_admin_and_by_watch() {
+    let mock = MockUpstream::start().await;
+    let file = KeysFile::new(&["tok-a name=a rpm=2"]);
+    let path = file.path().to_owned();
+    let gw = spawn_gateway(&mock, &["key-a"], move |s| {
+        s.auth_tokens_file = Some(path);
+        with_admin(s);
+    })
+    .await;
+    assert_eq!(send(&gw, "tok-a").await.status, 200);
+    send(&gw, "tok-b").await.assert_openai_error(401, None);
+
+    file.rewrite(&["tok-a name=a rpm=2", "tok-b name=b rpm=1"]);
+    let resp = gw.admin_post(ADMIN, "/admin/tokens/reload").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let summary = resp.json()["reloaded"].clone();
+    assert_eq!(
+        (&summary["total"], &summary["limited"]),
+        (&json!(2), &json!(2)),
+        "{summary}"
+    );
+    assert_eq!(send(&gw, "tok-b").await.status, 200);
+    send(&gw, "tok-b").await.assert_openai_error(429, None);
+    // tok-a's minute still holds its first request: one more, then refused.
+    assert_eq!(send(&gw, "tok-a").await.status, 200);
+    send(&gw, "tok-a").await.assert_openai_error(429, None);
+
+    // The watch: tok-b is taken out of the file and is refused without an admin call.
+    file.rewrite(&["tok-a name=a rpm=2", "tok-c"]);
+    eventually(
+        "the watched file is re-read",
+        PATIENCE,
+        Duration::from_millis(50),
+        || async { (send(&gw, "tok-c").await.status == 200).then_some(()) },
+    )
+    .await;
+    send(&gw, "tok-b").await.assert_openai_error(401, None);
 }

@@ -7,9 +7,10 @@
 //! (one event per read) goes out event by event, as before, and nothing waits for an event
 //! that has not arrived.
 //!
-//! Not batched: events an HTTP/1.1 upstream sends as separate chunks. hyper's client hands a
-//! body over one chunk at a time from the connection's own task, so the next chunk is never
-//! ready when the current one is taken. Giving that task a turn (a self-wake) before ending the
+//! Not batched: events a TLS or HTTP/2 upstream sends as separate chunks (a cleartext HTTP/1.1
+//! upstream is driven in the request's own task, `upstream::h1`, where they are). hyper's
+//! pooled client hands a body over one chunk at a time from the connection's own task, so the
+//! next chunk is never ready when the current one is taken. Giving that task a turn (a self-wake) before ending the
 //! batch was tried and measured: it traded the socket writes for as many eventfd wake-ups of
 //! the other worker (which then often stole the stream's task before the chunk came), with no
 //! fewer writes and 5-10 % more CPU per stream, so it is not done.

@@ -104,7 +104,7 @@ impl Connect {
         if let Err(status) = check_headers(&parts.headers, header::CONTENT_ENCODING) {
             return unary_error(codec, &status);
         }
-        let payload = match self.read_body(&parts.headers, body).await {
+        let payload = match self.read_body(&parts, body).await {
             Ok(bytes) => bytes,
             Err(status) => return unary_error(codec, &status),
         };
@@ -147,7 +147,7 @@ impl Connect {
         let (parts, body) = request.into_parts();
         let opened = async {
             check_headers(&parts.headers, "connect-content-encoding".parse().unwrap())?;
-            let body = self.read_body(&parts.headers, body).await?;
+            let body = self.read_body(&parts, body).await?;
             let payload = unenvelope(&body)?;
             if method != "StreamChatCompletion" {
                 return Err(match method {
@@ -204,9 +204,19 @@ impl Connect {
     }
 
     /// The request body, bounded by the gateway's message size limit and the body deadline.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Status> {
+    async fn read_body(
+        &self,
+        parts: &axum::http::request::Parts,
+        body: Body,
+    ) -> Result<Bytes, Status> {
+        let headers = &parts.headers;
         let limit = self.max_message;
-        let ctx = crate::chat::RequestContext::new(None);
+        // The access layer's context: an error names the request id the client is sent.
+        let ctx = parts
+            .extensions
+            .get::<crate::chat::RequestContext>()
+            .cloned()
+            .unwrap_or_else(|| crate::chat::RequestContext::new(None));
         let fail = |e: GatewayError| super::to_status(&e, &ctx, None);
         let declared = headers
             .get(header::CONTENT_LENGTH)

@@ -154,10 +154,13 @@ pub async fn access_layer(
             .and_then(|v| v.to_str().ok()),
     );
     let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
+    // The gRPC door records its own calls (gRPC, gRPC-Web and Connect alike: a Connect call
+    // is `application/json` or `application/proto` on a gRPC method's path).
     let grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        || Route::grpc_path(request.uri().path()).is_some();
     let route = if grpc {
         Route::grpc_path(request.uri().path())
     } else {

@@ -19,13 +19,14 @@ const MAX_AGE: Duration = Duration::from_secs(600);
 /// gRPC-Web's own, Connect's, and our request id; then what the OpenAI and Anthropic
 /// JavaScript SDKs add in a browser (Anthropic's key header and version, both SDKs'
 /// `x-stainless-*` client description), without which their preflight would fail.
-const ALLOW_HEADERS: [&str; 19] = [
+const ALLOW_HEADERS: [&str; 23] = [
     "authorization",
     "content-type",
     "x-grpc-web",
     "x-user-agent",
     "grpc-timeout",
     "connect-protocol-version",
+    "connect-timeout-ms",
     headers::REQUEST_ID,
     "x-api-key",
     "anthropic-version",
@@ -39,6 +40,9 @@ const ALLOW_HEADERS: [&str; 19] = [
     "x-stainless-runtime-version",
     "x-stainless-retry-count",
     "x-stainless-timeout",
+    "x-stainless-helper-method",
+    "openai-organization",
+    "openai-project",
 ];
 
 /// The answer headers a page may read: gRPC-Web's status (a trailers-only answer carries it in

@@ -247,15 +247,25 @@ impl H1Pool {
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
+                let waker = futures_util::task::noop_waker();
+                let mut cx = Context::from_waker(&waker);
                 let stale: Vec<Idle> = {
                     let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
                     let now = Instant::now();
-                    let (stale, fresh) = std::mem::take(&mut *idle)
-                        .into_iter()
-                        .partition(|i| now.duration_since(i.since) >= pool.idle_timeout);
-                    *idle = fresh;
+                    let mut stale = Vec::new();
+                    for mut i in std::mem::take(&mut *idle) {
+                        // One poll each: a connection the upstream closed while idle ends
+                        // here, and its socket is let go now rather than at its timeout.
+                        if now.duration_since(i.since) >= pool.idle_timeout || i.link.drive(&mut cx)
+                        {
+                            stale.push(i);
+                        } else {
+                            idle.push(i);
+                        }
+                    }
                     stale
                 };
+                // Closed outside the lock.
                 drop(stale);
             }
         });
