@@ -3,7 +3,9 @@
 //! secret). Rendered as text on demand.
 //!
 //! The request path touches only atomics in arrays fixed at start (indexed by [`Route`] and
-//! status), so counting a request takes no lock and allocates nothing. Per-key attempt
+//! status), so counting a request takes no lock and allocates nothing. The HTTP routes are the
+//! ones the HTTP door's router serves, registered by it once at start
+//! ([`Metrics::http_routes`]), so the labels can neither miss a route nor grow. Per-key attempt
 //! latencies are the one map: a read lock to find the key's histogram (written once per key).
 //!
 //! Names follow Prometheus's conventions: counters end in `_total`, nothing else does, and
@@ -12,10 +14,11 @@
 //! Why this file is longer than the rest: it is one job, every family the gateway exports and its
 //! rendering, in the one place the names and labels are spelled.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::keys::{FailureClass, KeyPool, KeyStatus, PROPAGATION_BUCKETS};
@@ -47,20 +50,6 @@ impl Door {
     }
 }
 
-/// The HTTP door's route templates, as axum's `MatchedPath` spells them (`http::router`).
-const HTTP_ROUTES: [&str; 10] = [
-    "/v1/chat/completions",
-    "/v1/models",
-    "/v1/models/{*id}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/admin/keys",
-    "/admin/keys/reload",
-    "/admin/keys/{id}/disable",
-    "/admin/keys/{id}/enable",
-];
-
 /// The label of an HTTP request no route of the HTTP door matched (404s, and a gRPC path
 /// asked without a gRPC content type).
 const UNMATCHED: &str = "unmatched";
@@ -78,59 +67,125 @@ const GRPC_METHODS: [(&str, &str); 3] = [
     ("ListModels", "/megallm.v1.ChatService/ListModels"),
 ];
 
-/// Every route label: the HTTP routes, `unmatched`, then the gRPC methods.
-const ROUTES: usize = HTTP_ROUTES.len() + 1 + GRPC_METHODS.len();
-
-/// A request's route: the `route` label, a bounded set fixed at compile time, so a scanner
-/// probing random paths cannot grow the metrics.
+/// A request's route: the `route` label, one of a bounded set fixed at start (the HTTP door's
+/// route templates as its router registered them, `unmatched`, the gRPC methods), so a scanner
+/// probing random paths cannot grow the metrics. An HTTP route borrows its template from the
+/// [`Metrics`] that found it ([`Metrics::http_route`]); the others are `'static`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Route(u8);
+pub struct Route<'a> {
+    name: &'a str,
+    slot: Slot,
+}
 
-impl Route {
-    /// An HTTP request's route from the template axum matched (`None`: no route did).
-    pub fn http(matched: Option<&str>) -> Route {
-        let i = matched
-            .and_then(|m| HTTP_ROUTES.iter().position(|r| *r == m))
-            .unwrap_or(HTTP_ROUTES.len());
-        Route(i as u8)
-    }
+/// Where a route's counts live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// An HTTP request no registered route matched.
+    Unmatched,
+    /// The gRPC method at this index of `GRPC_METHODS`.
+    Grpc(u8),
+    /// The HTTP route at this index of the registered [`HttpRoutes`].
+    Http(u32),
+}
+
+impl Route<'static> {
+    /// An HTTP request no route matched.
+    pub const UNMATCHED: Route<'static> = Route {
+        name: UNMATCHED,
+        slot: Slot::Unmatched,
+    };
 
     /// A gRPC call's route from its method name (an unknown one counts as unmatched).
-    pub fn grpc(method: &str) -> Route {
+    pub fn grpc(method: &str) -> Route<'static> {
         match GRPC_METHODS.iter().position(|(m, _)| *m == method) {
-            Some(i) => Route((HTTP_ROUTES.len() + 1 + i) as u8),
-            None => Route(HTTP_ROUTES.len() as u8),
+            Some(i) => Route::grpc_at(i),
+            None => Route::UNMATCHED,
         }
     }
 
     /// A gRPC request's route from its path, if it is one of the gateway's own methods.
-    pub fn grpc_path(path: &str) -> Option<Route> {
+    pub fn grpc_path(path: &str) -> Option<Route<'static>> {
         GRPC_METHODS
             .iter()
             .position(|(_, p)| *p == path)
-            .map(|i| Route((HTTP_ROUTES.len() + 1 + i) as u8))
+            .map(Route::grpc_at)
     }
 
+    fn grpc_at(i: usize) -> Route<'static> {
+        Route {
+            name: GRPC_METHODS[i].1,
+            slot: Slot::Grpc(i as u8),
+        }
+    }
+}
+
+impl<'a> Route<'a> {
     pub fn door(self) -> Door {
-        if usize::from(self.0) > HTTP_ROUTES.len() {
-            Door::Grpc
-        } else {
-            Door::Http
+        match self.slot {
+            Slot::Grpc(_) => Door::Grpc,
+            Slot::Unmatched | Slot::Http(_) => Door::Http,
         }
     }
 
     /// The `route` label: the HTTP template, `unmatched`, or the gRPC method's path.
-    pub fn name(self) -> &'static str {
-        let i = usize::from(self.0);
-        match i.cmp(&HTTP_ROUTES.len()) {
-            std::cmp::Ordering::Less => HTTP_ROUTES[i],
-            std::cmp::Ordering::Equal => UNMATCHED,
-            std::cmp::Ordering::Greater => GRPC_METHODS[i - HTTP_ROUTES.len() - 1].1,
+    pub fn name(self) -> &'a str {
+        self.name
+    }
+}
+
+/// The HTTP door's routes, as its router registered them at start ([`Metrics::http_routes`]).
+struct HttpRoutes {
+    /// The templates as axum's `MatchedPath` spells them, in the router's order: the labels,
+    /// and the order they are rendered in.
+    paths: Box<[Box<str>]>,
+    /// Indices into `paths`, shortest template first...
+    by_len: Box<[u32]>,
+    /// ...and where each length starts in it: the templates `n` bytes long are
+    /// `by_len[starts[n]..starts[n + 1]]`. A lookup compares the matched path with those alone
+    /// (one or two), so it costs about one byte comparison whatever the number of routes, with
+    /// no hashing and no allocation.
+    starts: Box<[u32]>,
+    /// Each route's counts, indexed like `paths`.
+    counts: Box<[RouteCounts]>,
+}
+
+impl HttpRoutes {
+    fn new<'p>(templates: impl IntoIterator<Item = &'p str>) -> HttpRoutes {
+        let mut paths: Vec<Box<str>> = Vec::new();
+        for t in templates {
+            if !paths.iter().any(|p| **p == *t) {
+                paths.push(t.into());
+            }
+        }
+        let mut by_len: Vec<u32> = (0..paths.len() as u32).collect();
+        by_len.sort_by_key(|i| paths[*i as usize].len());
+        let longest = paths.iter().map(|p| p.len()).max().unwrap_or(0);
+        let starts = (0..=longest + 1)
+            .map(|n| by_len.partition_point(|i| paths[*i as usize].len() < n) as u32)
+            .collect();
+        HttpRoutes {
+            counts: paths.iter().map(|_| RouteCounts::default()).collect(),
+            paths: paths.into(),
+            by_len: by_len.into(),
+            starts,
         }
     }
 
-    fn all() -> impl Iterator<Item = Route> {
-        (0..ROUTES as u8).map(Route)
+    fn find(&self, template: &str) -> Option<Route<'_>> {
+        let n = template.len();
+        let (from, to) = (*self.starts.get(n)?, *self.starts.get(n + 1)?);
+        let same_length = &self.by_len[from as usize..to as usize];
+        let i = same_length
+            .iter()
+            .find(|i| *self.paths[**i as usize] == *template)?;
+        Some(self.route(*i))
+    }
+
+    fn route(&self, i: u32) -> Route<'_> {
+        Route {
+            name: &self.paths[i as usize],
+            slot: Slot::Http(i),
+        }
     }
 }
 
@@ -237,11 +292,22 @@ impl Seconds {
     }
 }
 
+/// One route's counts: requests by status, and the time to their response heads.
+#[derive(Default)]
+struct RouteCounts {
+    requests: StatusCounts,
+    latency: Seconds,
+}
+
 pub struct Metrics {
-    /// Request counts, indexed by `Route` then status; boxed, since it is some 80 KB.
-    requests: Box<[StatusCounts; ROUTES]>,
-    /// Time to the response head, indexed by `Route`.
-    latency: [Seconds; ROUTES],
+    /// The HTTP door's routes and their counts, set once by `http::router` from the very list
+    /// it routes (its own routes and the forwarded endpoints), so no path it serves counts as
+    /// `unmatched` and none it does not serve gets a label. Unset, every HTTP request is
+    /// unmatched.
+    http: OnceLock<HttpRoutes>,
+    /// `unmatched`'s counts, then each gRPC method's (indexed like `GRPC_METHODS`); boxed,
+    /// since each route's are some 7 KB.
+    fixed: Box<[RouteCounts; 1 + GRPC_METHODS.len()]>,
     /// Streams: from the request's dispatch to its first chunk, ready for the client.
     first_token: Seconds,
     /// Streams: from the request's dispatch to the stream's end (or the client's hang-up).
@@ -259,8 +325,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: Box::new(std::array::from_fn(|_| StatusCounts::default())),
-            latency: Default::default(),
+            http: OnceLock::new(),
+            fixed: Box::new(std::array::from_fn(|_| RouteCounts::default())),
             first_token: Seconds::default(),
             stream: Seconds::default(),
             attempts: Histogram::default(),
@@ -271,9 +337,60 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers the HTTP door's route templates as its router spells them (`MatchedPath`):
+    /// the `route` labels of HTTP requests, besides `unmatched`. Once, at start: the first
+    /// registration stands (one gateway has one router), so the labels cannot grow.
+    pub fn http_routes<'p>(&self, templates: impl IntoIterator<Item = &'p str>) {
+        let routes = HttpRoutes::new(templates);
+        if let Err(again) = self.http.set(routes) {
+            debug_assert!(
+                self.http.get().is_some_and(|r| r.paths == again.paths),
+                "HTTP routes registered twice, differently"
+            );
+        }
+    }
+
+    /// An HTTP request's route from the template axum matched (`None`, or a template never
+    /// registered: unmatched). Compares it with the registered templates of its length only;
+    /// no lock, no allocation.
+    pub fn http_route(&self, matched: Option<&str>) -> Route<'_> {
+        matched
+            .zip(self.http.get())
+            .and_then(|(m, routes)| routes.find(m))
+            .unwrap_or(Route::UNMATCHED)
+    }
+
+    /// Every route with its counts, in the order they are rendered: the HTTP routes, then
+    /// `unmatched`, then the gRPC methods.
+    fn routes<'a>(&'a self) -> impl Iterator<Item = (Route<'a>, &'a RouteCounts)> {
+        let http = self.http.get().into_iter().flat_map(|routes| {
+            (0..routes.paths.len() as u32)
+                .map(move |i| (routes.route(i), &routes.counts[i as usize]))
+        });
+        let fixed = (0..self.fixed.len()).map(|i| -> Route<'a> {
+            match i.checked_sub(1) {
+                None => Route::UNMATCHED,
+                Some(method) => Route::grpc_at(method),
+            }
+        });
+        http.chain(fixed.zip(self.fixed.iter()))
+    }
+
+    /// A route's counts (`None`: an HTTP route of another `Metrics`, which no gateway makes).
+    fn counts(&self, slot: Slot) -> Option<&RouteCounts> {
+        match slot {
+            Slot::Unmatched => Some(&self.fixed[0]),
+            Slot::Grpc(i) => self.fixed.get(1 + usize::from(i)),
+            Slot::Http(i) => self.http.get()?.counts.get(i as usize),
+        }
+    }
+
     /// Records one finished request (for streams: the time to the response head).
     pub fn record(&self, route: Route, status: Status, elapsed: Duration) {
-        let counts = &self.requests[usize::from(route.0)];
+        let Some(route) = self.counts(route.slot) else {
+            return;
+        };
+        let counts = &route.requests;
         let slot = match status {
             Status::Http(code) => {
                 let i = usize::from(code.saturating_sub(HTTP_STATUS_MIN));
@@ -284,7 +401,7 @@ impl Metrics {
         if let Some(slot) = slot {
             slot.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency[usize::from(route.0)].observe(elapsed);
+        route.latency.observe(elapsed);
     }
 
     /// A stream's first chunk is ready, `elapsed` after the request reached the dispatcher.
@@ -358,17 +475,16 @@ impl Metrics {
             "counter",
             "Requests answered, by door, route and status (HTTP: status; gRPC: grpc_code).",
         );
-        for route in Route::all() {
-            let counts = &self.requests[usize::from(route.0)];
-            let (door, name) = (route.door().name(), route.name());
-            for (i, n) in counts.http.iter().enumerate() {
+        for (route, counts) in self.routes() {
+            let (door, name) = (route.door().name(), label(route.name()));
+            for (i, n) in counts.requests.http.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
                     let status = i as u16 + HTTP_STATUS_MIN;
                     let _ = writeln!(out, "gateway_requests_total{{door=\"{door}\",route=\"{name}\",status=\"{status}\"}} {n}");
                 }
             }
-            for (code, n) in GRPC_CODES.iter().zip(&counts.grpc) {
+            for (code, n) in GRPC_CODES.iter().zip(&counts.requests.grpc) {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(out, "gateway_requests_total{{door=\"{door}\",route=\"{name}\",grpc_code=\"{code}\"}} {n}");
@@ -381,15 +497,15 @@ impl Metrics {
             "histogram",
             "Time to the response head (a stream's: its first chunk is ready), by door and route.",
         );
-        for route in Route::all() {
-            let h = &self.latency[usize::from(route.0)];
+        for (route, counts) in self.routes() {
+            let h = &counts.latency;
             if h.total.load(Ordering::Relaxed) == 0 {
                 continue;
             }
             let labels = format!(
                 "door=\"{}\",route=\"{}\",",
                 route.door().name(),
-                route.name()
+                label(route.name())
             );
             h.render(out, "gateway_request_duration_seconds", &labels, &BUCKETS);
         }
@@ -445,6 +561,24 @@ impl Metrics {
             &ATTEMPT_BUCKETS,
         );
     }
+}
+
+/// A label value as the text format writes it: `\\`, `"` and a line feed escaped. Route
+/// templates are the operator's too (`--passthrough-path`), not only the gateway's.
+fn label(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A family's `# HELP` and `# TYPE` lines.

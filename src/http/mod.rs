@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
-use crate::chat::{headers, Attempts, GatewayError, RequestContext};
+use crate::chat::{headers, Attempts, Endpoint, GatewayError, RequestContext};
 use crate::core::{trace, Core, Door, Route, Status};
 use error::HttpError;
 
@@ -111,16 +111,30 @@ pub(crate) fn routes() -> Vec<HttpRoute> {
     ]
 }
 
+/// Every path the router serves, as axum's `MatchedPath` spells it: the door's own routes, then
+/// the forwarded endpoints. The metrics' `route` labels are these, registered by [`router`]
+/// from the same two lists it routes, so no route is counted as `unmatched`.
+pub(crate) fn route_paths<'a>(
+    routes: &'a [HttpRoute],
+    endpoints: &'a [Arc<Endpoint>],
+) -> impl Iterator<Item = &'a str> {
+    let endpoints = endpoints.iter().map(|e| e.path.as_str());
+    routes.iter().map(|r| r.path).chain(endpoints)
+}
+
 /// The HTTP routes, with their method fallback in OpenAI's error shape (unknown paths are the
 /// server's: `server::fallback`).
 pub fn router(core: Arc<Core>) -> Router {
+    let routes = routes();
+    core.metrics
+        .http_routes(route_paths(&routes, core.endpoints()));
     let router = core
         .endpoints()
         .iter()
         .fold(Router::new(), |router, endpoint| {
             router.route(&endpoint.path.clone(), forward::route(endpoint.clone()))
         });
-    routes()
+    routes
         .into_iter()
         .fold(router, |router, r| router.route(r.path, r.handler))
         .method_not_allowed_fallback(method_not_allowed)
@@ -165,7 +179,7 @@ pub async fn access_layer(
         Route::grpc_path(request.uri().path())
     } else {
         let matched = request.extensions().get::<MatchedPath>();
-        Some(Route::http(matched.map(|m| m.as_str())))
+        Some(core.metrics.http_route(matched.map(MatchedPath::as_str)))
     };
     if let Some(route) = route {
         ctx.span = trace::request_span(
