@@ -56,6 +56,10 @@ struct Args {
     /// [default: 60; 15 with --quick]. The figure is the RSS 60 s after.
     #[arg(long)]
     close_wait: Option<u64>,
+    /// Measure only the gateway's memory (idle, open streams, after they close): no throughput
+    /// phase, e.g. to iterate on memory quickly
+    #[arg(long)]
+    memory_only: bool,
     /// Measure direct only (no gateway), e.g. to check the mock and the load generator.
     #[arg(long)]
     direct_only: bool,
@@ -422,8 +426,9 @@ async fn run(args: Args) -> Result<(), String> {
     let direct = ctx.direct_target("bench-key-1");
     let mut scenarios = Vec::new();
 
+    let throughput = !args.memory_only;
     // HTTP non-streaming.
-    for c in [1usize, 16, 64, 256] {
+    for c in [1usize, 16, 64, 256].into_iter().filter(|_| throughput) {
         let spec = ctx.spec(c, false, chat_body(false, 0, 0), None);
         let s = pair(
             &mut ctx,
@@ -438,7 +443,7 @@ async fn run(args: Args) -> Result<(), String> {
         scenarios.push(s);
     }
     // HTTP streaming, 8 chunks, no delay.
-    for c in [1usize, 64] {
+    for c in [1usize, 64].into_iter().filter(|_| throughput) {
         let spec = ctx.spec(c, true, chat_body(true, 8, 0), Some(9));
         let s = pair(
             &mut ctx,
@@ -453,7 +458,7 @@ async fn run(args: Args) -> Result<(), String> {
         scenarios.push(s);
     }
     // Paced streaming: 64 clients, 32 chunks × 10 ms.
-    {
+    if throughput {
         let mut spec = ctx.spec(64, true, chat_body(true, 32, 10), Some(33));
         spec.duration = ctx.paced_duration;
         spec.warmup = ctx.warmup.max(Duration::from_millis(400));
@@ -471,7 +476,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // gRPC through the gateway, compared with HTTP direct.
-    grpc_scenarios(&mut ctx, gw.as_ref(), &mut scenarios, &mut notes).await;
+    if throughput {
+        grpc_scenarios(&mut ctx, gw.as_ref(), &mut scenarios, &mut notes).await;
+    }
 
     if let Some(g) = &gw {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -483,7 +490,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // Fault mix: a second gateway with one 429 key, one 500 key and two healthy ones.
-    if gw.is_some() {
+    if gw.is_some() && throughput {
         let log = logs.join("gateway-faults.log");
         match fault_mix(&mut ctx, &gateway_bin, &upstream, &log, &direct).await {
             Ok(mut v) => scenarios.append(&mut v),
@@ -493,7 +500,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     // Redis mode: replicas sharing key state through a redis-server this run starts.
     let mut redis_bench = None;
-    if let Some((local, local_pid)) = gwp_ref {
+    if let Some((local, local_pid)) = gwp_ref.filter(|_| throughput) {
         let env = redis::RedisEnv {
             bin: &gateway_bin,
             upstream: &upstream,
@@ -510,7 +517,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     // Accounting: client token limits and the usage log, on against off.
     let mut accounting_bench = None;
-    if let Some((off, off_pid)) = gwp_ref {
+    if let Some((off, off_pid)) = gwp_ref.filter(|_| throughput) {
         let env = accounting::AccountingEnv {
             bin: &gateway_bin,
             upstream: &upstream,
