@@ -63,6 +63,30 @@ fn bad_settings_are_refused_with_a_sentence() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_a_setting"));
 }
 
+/// A `--passthrough-path` naming a path the gateway serves itself (once, `/health` and the
+/// gRPC methods slipped through, half shadowing the route) is refused before it listens.
+#[test]
+fn a_passthrough_path_the_gateway_serves_is_refused() {
+    for path in [
+        "/health",
+        "/docs",
+        "/v1/models/x",
+        "/megallm.v1.ChatService/ListModels",
+    ] {
+        let out = clean_command()
+            .args(["--passthrough-path", path])
+            .env("MEGALLM_API_KEYS", "k1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(path) && stderr.contains("serves itself"),
+            "{stderr}"
+        );
+    }
+}
+
 /// Starts the binary, waits for its "listening" line, returns the child and its address.
 fn spawn(cmd: &mut Command) -> (std::process::Child, String) {
     let mut child = cmd

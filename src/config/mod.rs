@@ -226,19 +226,32 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Paths the gateway serves itself: `--passthrough-path` may not name them.
+/// Paths the gateway serves itself: `--passthrough-path` may not name them (a test in `http`
+/// checks every route it serves against [`is_reserved_path`]).
 const RESERVED_PATHS: &[&str] = &[
     "/",
+    "/health",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
     "/v1/chat/completions",
     "/v1/embeddings",
     "/v1/completions",
     "/v1/responses",
     "/v1/messages",
     "/v1/models",
-    "/healthz",
-    "/readyz",
-    "/metrics",
 ];
+
+/// Path families the gateway serves itself: model lookups, admin, and the gRPC door's
+/// services (`/megallm.v1.ChatService/…`, `/grpc.health.v1.Health/…`, reflection).
+const RESERVED_PREFIXES: &[&str] = &["/v1/models/", "/admin/", "/megallm.", "/grpc."];
+
+/// Whether the gateway serves `path` itself, so that it cannot be forwarded as well.
+pub fn is_reserved_path(path: &str) -> bool {
+    RESERVED_PATHS.contains(&path) || RESERVED_PREFIXES.iter().any(|p| path.starts_with(p))
+}
 
 /// Longest duration any setting takes: far past any sane value, far short of overflowing
 /// the clock arithmetic it feeds.
@@ -447,8 +460,10 @@ impl Settings {
             }
         }
         for path in &self.passthrough_paths {
-            let reserved = RESERVED_PATHS.contains(&path.as_str()) || path.starts_with("/admin/");
-            if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) || reserved {
+            if !path.starts_with('/')
+                || path.contains(['{', '}', '*', '?', '#'])
+                || is_reserved_path(path)
+            {
                 return Err(format!(
                     "--passthrough-path `{path}` must be a plain path starting with `/` (no `{{}}`, `*`, `?`), \
                      and not one the gateway serves itself"

@@ -242,3 +242,37 @@ fn request_id_str(response: &Response) -> &str {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::chat::Endpoint;
+    use crate::config::is_reserved_path;
+
+    /// A route template with its captures filled in: a path a client could send.
+    fn concrete(template: &str) -> String {
+        template
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn no_passthrough_path_can_shadow_a_route_the_gateway_serves() {
+        let served = super::routes().into_iter().map(|r| concrete(r.path));
+        let endpoints = Endpoint::builtin().into_iter().map(|e| e.path);
+        let grpc = [
+            "/megallm.v1.ChatService/CreateChatCompletion",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .map(String::from);
+        for path in served.chain(endpoints).chain(grpc) {
+            assert!(is_reserved_path(&path), "{path} is not reserved");
+        }
+        for free in ["/v1/audio/speech", "/v1/rerank", "/v1/modelsx", "/healthy"] {
+            assert!(!is_reserved_path(free), "{free} is reserved");
+        }
+    }
+}
