@@ -39,13 +39,28 @@ type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
 /// One connection: the request half and the connection future hyper drives it with.
 struct Link {
     send: SendRequest<Full<Bytes>>,
+    conn: Driver,
+}
+
+/// The connection future, polled until it ends and never after.
+struct Driver {
     conn: Conn,
+    ended: bool,
+}
+
+impl Driver {
+    /// Lets the connection make progress; `true` once it has ended (closed or failed).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended {
+            self.ended = Pin::new(&mut self.conn).poll(cx).is_ready();
+        }
+        self.ended
+    }
 }
 
 impl Link {
-    /// Lets the connection make progress; `true` once it has ended (closed or failed).
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        Pin::new(&mut self.conn).poll(cx).is_ready()
+        self.conn.drive(cx)
     }
 }
 
@@ -186,7 +201,10 @@ impl H1Pool {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(H1Error::Http)?;
-        Ok(Link { send, conn })
+        Ok(Link {
+            send,
+            conn: Driver { conn, ended: false },
+        })
     }
 
     /// The most recently used idle connection that is still open and ready.
@@ -284,12 +302,12 @@ async fn send(
     mut link: Link,
     request: Request<Full<Bytes>>,
 ) -> Result<(http::Response<Incoming>, Link), Unsent> {
-    let mut sending = std::pin::pin!(link.send.try_send_request(request));
-    let mut ended = false;
+    let Link { send, conn } = &mut link;
+    let mut sending = std::pin::pin!(send.try_send_request(request));
     let result = std::future::poll_fn(|cx| {
-        if !ended {
-            ended = link_drive(&mut link.conn, cx);
-        }
+        // A connection that ended here (the upstream answered and closed) stays ended: the
+        // body's reads must not poll its finished future again.
+        conn.drive(cx);
         sending.as_mut().poll(cx)
     })
     .await;
@@ -300,10 +318,6 @@ async fn send(
             None => Err(Unsent::Failed(e.into_error())),
         },
     }
-}
-
-fn link_drive(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
-    Pin::new(conn).poll(cx).is_ready()
 }
 
 /// A response body read through its connection: each poll drives the connection first. At its
@@ -436,5 +450,57 @@ mod tests {
             panic!("no upstream, yet an answer");
         };
         assert!(error.is_connect(), "{error}");
+    }
+
+    /// An upstream that answers and closes at once (`connection: close`, then EOF in the same
+    /// breath): the connection's future ends while the head is awaited or the body read; the
+    /// answer still arrives whole, nothing closed goes back to the pool, and the next request
+    /// gets a new connection.
+    #[tokio::test]
+    async fn an_upstream_that_closes_after_each_answer_still_answers_each() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    // The request: its head, then its 2-byte body.
+                    while !seen.windows(6).any(|w| w == b"\r\n\r\n{}") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbye!\n";
+                    let _ = tcp.write_all(answer).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        let host = HeaderValue::from_str(&addr).unwrap();
+        let pool = H1Pool::new(
+            addr,
+            host,
+            Duration::from_secs(1),
+            4096,
+            8,
+            Duration::from_secs(5),
+        );
+        for i in 1..=3 {
+            let response = pool.request(request()).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"bye!\n");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                i,
+                "a new connection each time"
+            );
+        }
     }
 }
