@@ -633,11 +633,28 @@ mod tests {
 
     #[test]
     fn codes_map_to_connect_http_statuses() {
-        assert_eq!(http_status(Code::InvalidArgument), 400);
-        assert_eq!(http_status(Code::Unauthenticated), 401);
-        assert_eq!(http_status(Code::DeadlineExceeded), 504);
-        assert_eq!(http_status(Code::Unimplemented), 501);
-        assert_eq!(http_status(Code::Unavailable), 503);
-        assert_eq!(code_name(Code::Cancelled), "canceled");
+        // The Connect protocol's table (connectrpc.com/docs/protocol, "Error Codes"), whole.
+        let table = [
+            (Code::Cancelled, "canceled", 499),
+            (Code::Unknown, "unknown", 500),
+            (Code::InvalidArgument, "invalid_argument", 400),
+            (Code::DeadlineExceeded, "deadline_exceeded", 504),
+            (Code::NotFound, "not_found", 404),
+            (Code::AlreadyExists, "already_exists", 409),
+            (Code::PermissionDenied, "permission_denied", 403),
+            (Code::ResourceExhausted, "resource_exhausted", 429),
+            (Code::FailedPrecondition, "failed_precondition", 400),
+            (Code::Aborted, "aborted", 409),
+            (Code::OutOfRange, "out_of_range", 400),
+            (Code::Unimplemented, "unimplemented", 501),
+            (Code::Internal, "internal", 500),
+            (Code::Unavailable, "unavailable", 503),
+            (Code::DataLoss, "data_loss", 500),
+            (Code::Unauthenticated, "unauthenticated", 401),
+        ];
+        for (code, name, status) in table {
+            assert_eq!(code_name(code), name, "{code:?}");
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
     }
 }
