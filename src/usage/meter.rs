@@ -28,9 +28,10 @@ pub struct Meter {
     key: Option<String>,
     /// The request's body, for a prompt estimate (by the tokenizer) when no `usage` came.
     prompt: Bytes,
-    /// Answer content sent so far (a stream's deltas), for the same estimate; past
-    /// [`CONTENT_KEPT`] only its length is counted (bytes / 4).
+    /// Answer content sent since the last fold (a stream's deltas), for the same estimate:
+    /// past [`CONTENT_FOLD`] its tokens go to `content_tokens` and it is let go.
     content: String,
+    content_tokens: u64,
     content_bytes: u64,
     usage: Option<Usage>,
     ttft: Option<Duration>,
@@ -70,8 +71,16 @@ impl Meter {
             door,
             endpoint,
             key: None,
-            prompt,
+            // A small body is likely a slice of the client connection's read buffer (hyper
+            // reads 8-16 KiB at a time): kept as it is, it would pin that whole buffer for
+            // the life of a stream.
+            prompt: if prompt.len() <= PROMPT_COPIED {
+                Bytes::copy_from_slice(&prompt)
+            } else {
+                prompt
+            },
             content: String::new(),
+            content_tokens: 0,
             content_bytes: 0,
             usage: None,
             ttft: None,
@@ -122,6 +131,7 @@ impl Meter {
             (None, Some(_)) => {
                 let prompt = crate::chat::context::prompt_tokens(&self.prompt);
                 let completion = crate::chat::context::text_tokens(&self.content)
+                    + self.content_tokens
                     + self.content_bytes.div_ceil(4);
                 (
                     Usage {
@@ -268,17 +278,23 @@ fn strip_null_usage(chunk: Bytes) -> Bytes {
     chunk
 }
 
-/// Answer text kept per request for the tokenizer's estimate; past it, bytes / 4.
-const CONTENT_KEPT: usize = 1 << 20;
+/// A request body at most this long is copied into the meter rather than kept (see
+/// [`Meter::new`]).
+const PROMPT_COPIED: usize = 16 * 1024;
+
+/// Answer text a stream's meter holds at most: past it, the text's tokens are counted and the
+/// text let go, so an hour-long stream holds no more than a short one. A token cut at a fold
+/// may count twice: about one token in a thousand.
+const CONTENT_FOLD: usize = 4 * 1024;
 
 /// A chunk's delta content (text, reasoning, tool calls) into the meter's estimate.
 fn add_content(meter: &mut Meter, chunk: &[u8]) {
     each_content(chunk, |text| {
-        if meter.content.len() + text.len() <= CONTENT_KEPT {
-            meter.content.push_str(text);
-        } else {
-            meter.content_bytes += text.len() as u64;
+        if !meter.content.is_empty() && meter.content.len() + text.len() > CONTENT_FOLD {
+            meter.content_tokens += crate::chat::context::text_tokens(&meter.content);
+            meter.content.clear();
         }
+        meter.content.push_str(text);
     });
 }
 
@@ -395,6 +411,45 @@ fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long stream's meter holds at most [`CONTENT_FOLD`] of its text, and its estimate is
+    /// still the tokenizer's count of the whole text, give or take a token per fold; the
+    /// prompt it keeps is its own copy, not a view into the client's read buffer.
+    #[tokio::test]
+    async fn a_long_streams_text_is_counted_as_it_goes_not_kept() {
+        let recorder = Arc::new(Recorder::new(None, None));
+        let ctx = RequestContext::new(Some("r1"));
+        let subject = Subject {
+            client: None,
+            model: Some("m"),
+            door: "http",
+            endpoint: Cow::Borrowed("chat/completions"),
+        };
+        let read_buffer = Bytes::from(vec![b' '; 16 * 1024]);
+        let body = read_buffer.slice(..200);
+        let mut meter = Meter::new(recorder, &ctx, subject, body.clone());
+        assert_eq!(meter.prompt, body);
+        assert_ne!(meter.prompt.as_ptr(), body.as_ptr(), "a copy");
+        meter.first_byte();
+        let mut whole = String::new();
+        for i in 0..5_000 {
+            let piece = format!("word{} and more, ", i % 97);
+            whole.push_str(&piece);
+            let chunk = serde_json::json!({"choices": [{"delta": {"content": piece}}]});
+            add_content(&mut meter, chunk.to_string().as_bytes());
+            assert!(meter.content.len() <= CONTENT_FOLD);
+            assert!(meter.content.capacity() <= CONTENT_FOLD);
+        }
+        let (usage, estimated) = meter.counts();
+        assert!(estimated);
+        let exact = crate::chat::context::text_tokens(&whole);
+        let folds = whole.len().div_ceil(CONTENT_FOLD) as u64;
+        assert!(
+            (exact..=exact + folds).contains(&usage.completion_tokens),
+            "{} against {exact} (+ up to {folds})",
+            usage.completion_tokens
+        );
+    }
 
     #[test]
     fn the_usage_chunk_is_recognised_and_null_usage_stripped() {
