@@ -21,8 +21,13 @@ cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin megallm-gateway
 cargo build --release --manifest-path "$ROOT/bench/Cargo.toml" --bins
 
 echo "bench: $(nproc) cores, shared by the load generator, the gateway and the mock upstream (nothing pinned); open-files limit $(ulimit -n)" >&2
+# Results go to bench/results unless the caller names another place with --out.
+out=(--out "$ROOT/bench/results")
+for arg in "$@"; do
+    case "$arg" in --out | --out=*) out=() ;; esac
+done
 exec "$CARGO_TARGET_DIR/release/megallm-bench" \
     --gateway-bin "$CARGO_TARGET_DIR/release/megallm-gateway" \
     --mock-bin "$CARGO_TARGET_DIR/release/mock-upstream" \
-    --out "$ROOT/bench/results" \
+    "${out[@]}" \
     "$@"
