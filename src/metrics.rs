@@ -138,13 +138,6 @@ struct HttpRoutes {
     /// The templates as axum's `MatchedPath` spells them, in the router's order: the labels,
     /// and the order they are rendered in.
     paths: Box<[Box<str>]>,
-    /// Indices into `paths`, shortest template first...
-    by_len: Box<[u32]>,
-    /// ...and where each length starts in it: the templates `n` bytes long are
-    /// `by_len[starts[n]..starts[n + 1]]`. A lookup compares the matched path with those alone
-    /// (one or two), so it costs about one byte comparison whatever the number of routes, with
-    /// no hashing and no allocation.
-    starts: Box<[u32]>,
     /// Each route's counts, indexed like `paths`.
     counts: Box<[RouteCounts]>,
 }
@@ -157,28 +150,17 @@ impl HttpRoutes {
                 paths.push(t.into());
             }
         }
-        let mut by_len: Vec<u32> = (0..paths.len() as u32).collect();
-        by_len.sort_by_key(|i| paths[*i as usize].len());
-        let longest = paths.iter().map(|p| p.len()).max().unwrap_or(0);
-        let starts = (0..=longest + 1)
-            .map(|n| by_len.partition_point(|i| paths[*i as usize].len() < n) as u32)
-            .collect();
         HttpRoutes {
             counts: paths.iter().map(|_| RouteCounts::default()).collect(),
             paths: paths.into(),
-            by_len: by_len.into(),
-            starts,
         }
     }
 
+    /// A scan of a score of templates: string equality compares lengths first, so it is
+    /// about one comparison per route, with no hashing and no allocation.
     fn find(&self, template: &str) -> Option<Route<'_>> {
-        let n = template.len();
-        let (from, to) = (*self.starts.get(n)?, *self.starts.get(n + 1)?);
-        let same_length = &self.by_len[from as usize..to as usize];
-        let i = same_length
-            .iter()
-            .find(|i| *self.paths[**i as usize] == *template)?;
-        Some(self.route(*i))
+        let i = self.paths.iter().position(|p| **p == *template)?;
+        Some(self.route(i as u32))
     }
 
     fn route(&self, i: u32) -> Route<'_> {
@@ -351,7 +333,7 @@ impl Metrics {
     }
 
     /// An HTTP request's route from the template axum matched (`None`, or a template never
-    /// registered: unmatched). Compares it with the registered templates of its length only;
+    /// registered: unmatched). Compares it with the registered templates;
     /// no lock, no allocation.
     pub fn http_route(&self, matched: Option<&str>) -> Route<'_> {
         matched

@@ -170,13 +170,14 @@ pub async fn access_layer(
     let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
     // The gRPC door records its own calls (gRPC, gRPC-Web and Connect alike: a Connect call
     // is `application/json` or `application/proto` on a gRPC method's path).
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        || Route::grpc_path(request.uri().path()).is_some();
+    let grpc_route = Route::grpc_path(request.uri().path());
+    let grpc = grpc_route.is_some()
+        || request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let route = if grpc {
-        Route::grpc_path(request.uri().path())
+        grpc_route
     } else {
         let matched = request.extensions().get::<MatchedPath>();
         Some(core.metrics.http_route(matched.map(MatchedPath::as_str)))
