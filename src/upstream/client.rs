@@ -57,27 +57,53 @@ impl std::error::Error for Error {
     }
 }
 
-/// An upstream response body: from hyper's pooled client (TLS, HTTP/2), or read through its
-/// own connection ([`super::h1`], cleartext HTTP/1.1).
-// One per upstream answer, and moved rarely: boxing the driven connection would cost an
-// allocation per request for nothing.
-#[allow(clippy::large_enum_variant)]
+/// An upstream response body: from hyper's pooled client (TLS, HTTP/2), or read off its own
+/// connection ([`super::h1`], cleartext HTTP/1.1).
 pub enum Body {
     Pooled(hyper::body::Incoming),
     Direct(super::h1::Body),
 }
 
+/// Why an upstream response body ended early.
+#[derive(Debug)]
+pub enum BodyError {
+    Pooled(hyper::Error),
+    Direct(super::h1::ReadError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Pooled(e) => e.fmt(f),
+            BodyError::Direct(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Pooled(e) => e.source(),
+            BodyError::Direct(e) => e.source(),
+        }
+    }
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Body::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Body::Direct(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Body::Pooled(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(BodyError::Pooled),
+            Body::Direct(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(BodyError::Direct),
         }
     }
 
@@ -239,19 +265,14 @@ impl UpstreamClient {
     }
 
     async fn send(&self, request: http::request::Builder, body: Bytes) -> Result<Response, Error> {
-        let mut request = request
-            .body(Full::new(body))
+        let request = request
+            .body(body)
             .expect("method, URI and headers are valid by construction");
         let Some(direct) = &self.direct else {
+            let request = request.map(Full::new);
             let response = self.http.request(request).await.map_err(Error::Pooled)?;
             return Ok(response.map(Body::Pooled));
         };
-        // hyper's connection writes the URI as it is: the origin form, the host in `Host`.
-        let mut origin = http::uri::Parts::default();
-        origin.path_and_query = request.uri().path_and_query().cloned();
-        if let Ok(uri) = Uri::from_parts(origin) {
-            *request.uri_mut() = uri;
-        }
         let response = direct.request(request).await.map_err(Error::Direct)?;
         Ok(response.map(Body::Direct))
     }

@@ -1,83 +1,148 @@
-//! Cleartext HTTP/1.1 upstream connections driven by the request that uses them, in its own
-//! task, and a small idle pool of them.
+//! Cleartext HTTP/1.1 to the upstream: a client of the gateway's own, driven by the request
+//! that uses it, and a small idle pool of its connections.
 //!
-//! hyper's pooled client runs every connection in a task of its own and hands a body over
-//! through a one-item channel: each SSE event of a stream then costs a wake-up of that task and
-//! one of the stream's (often on the other worker thread), and the events of one upstream read
-//! never reach the door together, so each is its own client write. Here the connection's future
-//! is polled by the response body itself ([`Body`]): every poll of the body first lets the
-//! connection read and decode, then takes what it decoded. Events that came in one upstream
-//! read are all at hand in one poll of the door (`chat::batches` sends them in one write), and
-//! no other task is woken. A paced stream is unchanged: the body's poll waits on the socket.
+//! Why not hyper's client here: hyper runs each connection as a task of its own and hands a
+//! body over through a channel, so each SSE event of a stream costs a wake-up of that task and
+//! one of the stream's, and the events of one upstream read never reach the door together. And
+//! each hyper connection holds about 21 KB whatever it carries (a request channel's block, an
+//! 8 KiB header buffer, the read buffer), which is most of what an open stream costs. Here a
+//! connection is a socket and the bytes read but not yet taken: the response body reads the
+//! socket itself when polled ([`Body`]), so the events of one read are all at hand in one poll
+//! of the door (`chat::batches` sends them in one write), no other task is woken, and a stream
+//! waiting for its next event holds no buffer at all. A paced stream keeps its timing: a poll
+//! returns what one read brought, never waiting for more.
 //!
-//! Not for TLS or HTTP/2 upstreams (hyper's pooled client keeps serving those): an HTTPS
-//! upstream is far away, where a wake-up per event costs nothing next to the network.
+//! What it speaks is what an upstream answers a POST with (RFC 9112): a status line and
+//! headers, interim 1xx answers skipped, a body framed by `transfer-encoding: chunked`,
+//! `content-length`, or the connection's close. Heads over [`MAX_HEAD`], chunked framing
+//! errors and contradicting lengths are errors, not guesses.
+//!
+//! Not for TLS or HTTP/2 upstreams (hyper's pooled client serves those): an HTTPS upstream is
+//! far away, where a wake-up per event costs nothing next to the network.
 //!
 //! The pool: a connection whose answer was read to its end goes back, the most recent taken
-//! first, at most `max_idle` kept; one idle longer than `idle_timeout` is closed when the pool
-//! is next touched or by the reaper (every `idle_timeout`). A connection dropped before its
-//! answer ended (the client went away) is closed, and so is the upstream request with it.
+//! first, at most `max_idle` kept; one idle longer than `idle_timeout`, or that the upstream
+//! closed while it was idle, is closed when the pool is next touched or by the reaper (every
+//! `idle_timeout`). A connection dropped before its answer ended (the client went away) is
+//! closed, and so is the upstream request with it.
 
-use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Frame;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-type Conn = Connection<TokioIo<TcpStream>, Full<Bytes>>;
+/// The largest response head read (status line and headers). hyper's client allows about
+/// 400 KiB; an API's answer carries a few KiB at most, and a head this large is a broken or
+/// hostile upstream.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields a response head may have.
+const MAX_HEADERS: usize = 128;
+/// The largest single read: a long answer's reads grow from the configured read buffer up to
+/// this, doubling each time a read fills its buffer.
+const MAX_READ: usize = 64 * 1024;
+/// The most trailer bytes taken (and ignored) after a chunked body's last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// A request body up to this size goes out in the head's write: one syscall, one segment.
+const COALESCE: usize = 64 * 1024;
 
-/// One connection: the request half and the connection future hyper drives it with.
-struct Link {
-    send: SendRequest<Full<Bytes>>,
-    conn: Driver,
+/// One upstream connection and what was read from it but not yet taken.
+struct Conn {
+    tcp: TcpStream,
+    /// Unread bytes. Emptied, it gives its allocation up (the taken frames own it): a stream
+    /// waiting on a paced upstream holds no read buffer.
+    buf: BytesMut,
+    /// The size of the next read.
+    read_size: usize,
 }
 
-/// The connection future, polled until it ends and never after.
-struct Driver {
-    conn: Conn,
-    ended: bool,
-}
-
-impl Driver {
-    /// Lets the connection make progress; `true` once it has ended (closed or failed).
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended {
-            self.ended = Pin::new(&mut self.conn).poll(cx).is_ready();
+impl Conn {
+    fn new(tcp: TcpStream, read_size: usize) -> Conn {
+        Conn {
+            tcp,
+            buf: BytesMut::new(),
+            read_size,
         }
-        self.ended
     }
-}
 
-impl Link {
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        self.conn.drive(cx)
+    /// One read from the socket into `buf`: `Ok(0)` at the upstream's end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            self.buf.reserve(self.read_size);
+            match self.tcp.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n >= self.read_size {
+                        self.read_size = (self.read_size * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // The readiness was stale: wait for the next, with no buffer held meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// The first `n` unread bytes.
+    fn take(&mut self, n: usize) -> Bytes {
+        let taken = self.buf.split_to(n).freeze();
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        taken
+    }
+
+    /// Whether the connection can carry another request: nothing unread, and nothing (an end of
+    /// stream, stray bytes) arrived since. Clears a stale readiness on the way.
+    fn is_reusable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Whether the upstream sent anything (most often its close) while the connection was
+    /// idle: after [`Conn::is_reusable`] cleared the readiness, any readiness is news.
+    fn heard_from_while_idle(&self) -> bool {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        self.tcp.poll_read_ready(&mut cx).is_ready()
     }
 }
 
 struct Idle {
-    link: Link,
+    conn: Conn,
     since: Instant,
 }
 
-/// Why a request on a driven connection failed.
+/// Why a request got no response head.
 #[derive(Debug)]
 pub enum H1Error {
     /// No connection could be made (DNS, refused, timeout).
-    Connect(std::io::Error),
-    /// The connection failed or closed before the response head.
-    Http(hyper::Error),
-    /// A new connection closed before the request could be written.
+    Connect(io::Error),
+    /// Writing the request or reading the head failed.
+    Io(io::Error),
+    /// The upstream closed the connection before the response head was complete.
     Closed,
+    /// The response head is not HTTP/1.1 the gateway can read.
+    Malformed(&'static str),
 }
 
 impl H1Error {
@@ -90,10 +155,16 @@ impl std::fmt::Display for H1Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             H1Error::Connect(_) => f.write_str("client error (Connect)"),
-            H1Error::Http(_) => f.write_str("client error (SendRequest)"),
+            H1Error::Io(_) => f.write_str("client error (SendRequest)"),
             H1Error::Closed => f.write_str(
-                "client error (SendRequest): the connection closed before the request was sent",
+                "client error (SendRequest): connection closed before the response head",
             ),
+            H1Error::Malformed(why) => {
+                write!(
+                    f,
+                    "client error (SendRequest): invalid HTTP response: {why}"
+                )
+            }
         }
     }
 }
@@ -101,9 +172,41 @@ impl std::fmt::Display for H1Error {
 impl std::error::Error for H1Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            H1Error::Connect(e) => Some(e),
-            H1Error::Http(e) => Some(e),
-            H1Error::Closed => None,
+            H1Error::Connect(e) | H1Error::Io(e) => Some(e),
+            H1Error::Closed | H1Error::Malformed(_) => None,
+        }
+    }
+}
+
+/// Why a response body ended before its end.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    /// The upstream closed the connection before the body's framing said it was done.
+    Closed,
+    /// The chunked framing is broken.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(_) => f.write_str("error reading a body from connection"),
+            ReadError::Closed => f.write_str(
+                "error reading a body from connection: the upstream closed it before the body's end",
+            ),
+            ReadError::Malformed(why) => {
+                write!(f, "error reading a body from connection: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(e) => Some(e),
+            ReadError::Closed | ReadError::Malformed(_) => None,
         }
     }
 }
@@ -112,7 +215,7 @@ impl std::error::Error for H1Error {
 pub struct H1Pool {
     /// `host:port`, as connected to.
     authority: String,
-    /// The `Host` header every request carries (hyper's connection sends none of its own).
+    /// The `Host` header every request carries.
     host: HeaderValue,
     connect_timeout: Duration,
     read_buffer: usize,
@@ -135,7 +238,7 @@ impl H1Pool {
             authority,
             host,
             connect_timeout,
-            read_buffer,
+            read_buffer: read_buffer.clamp(512, MAX_READ),
             max_idle,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
@@ -143,101 +246,137 @@ impl H1Pool {
         })
     }
 
-    /// Sends `request` (its URI in origin form) and resolves at the response head. A reused
-    /// connection that turns out closed before the request went out is replaced by a new one.
+    /// Sends `request` (its URI's path and query are the request target) and resolves at the
+    /// response head. A request an idle connection could not take (it had closed) goes on a
+    /// new connection.
     pub async fn request(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<http::Response<Body>, H1Error> {
-        request
-            .headers_mut()
-            .insert(http::header::HOST, self.host.clone());
-        if let Some(link) = self.take().await {
-            match send(link, request).await {
-                Ok((head, link)) => return Ok(self.response(head, link)),
+        request: Request<Bytes>,
+    ) -> Result<Response<Body>, H1Error> {
+        let (head, body) = self.encode(&request);
+        if let Some(conn) = self.take() {
+            match exchange(conn, &head, body.as_ref()).await {
+                Ok((response, conn)) => return Ok(self.response(response, conn)),
                 // Not written: the idle connection had closed; a fresh one takes it.
-                Err(Unsent::Again(again)) => request = *again,
-                Err(Unsent::Failed(e)) => return Err(H1Error::Http(e)),
+                Err(Exchange::Unwritten) => {}
+                Err(Exchange::Failed(e)) => return Err(e),
             }
         }
-        let link = self.connect().await?;
-        match send(link, request).await {
-            Ok((head, link)) => Ok(self.response(head, link)),
-            Err(Unsent::Again(_)) => Err(H1Error::Closed),
-            Err(Unsent::Failed(e)) => Err(H1Error::Http(e)),
+        let conn = self.connect().await?;
+        match exchange(conn, &head, body.as_ref()).await {
+            Ok((response, conn)) => Ok(self.response(response, conn)),
+            Err(Exchange::Unwritten) => Err(H1Error::Closed),
+            Err(Exchange::Failed(e)) => Err(e),
         }
     }
 
-    fn response(
-        self: &Arc<Self>,
-        head: http::Response<Incoming>,
-        link: Link,
-    ) -> http::Response<Body> {
-        head.map(|incoming| Body {
-            incoming,
-            link: Some(link),
-            pool: Arc::downgrade(self),
-        })
+    /// The request's head on the wire, with the body in it when small (else the body apart).
+    fn encode(&self, request: &Request<Bytes>) -> (Vec<u8>, Option<Bytes>) {
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let body = request.body();
+        let method = request.method();
+        // A GET or HEAD with no body says nothing of one, as hyper does.
+        let bodiless = method == http::Method::GET || method == http::Method::HEAD;
+        let length = (!body.is_empty() || !bodiless).then(|| body.len().to_string());
+        let fields: usize = request
+            .headers()
+            .iter()
+            .filter(|(name, _)| !is_framing(name))
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let size = method.as_str().len()
+            + target.len()
+            + " HTTP/1.1\r\n".len()
+            + "host: \r\n".len()
+            + self.host.len()
+            + fields
+            + length
+                .as_ref()
+                .map_or(0, |l| "content-length: \r\n".len() + l.len())
+            + 2;
+        let coalesce = body.len() <= COALESCE;
+        let mut head = Vec::with_capacity(size + if coalesce { body.len() } else { 0 });
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(self.host.as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in request.headers() {
+            // The gateway frames the body itself; `Host` is the pool's.
+            if is_framing(name) {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(length) = length {
+            head.extend_from_slice(b"content-length: ");
+            head.extend_from_slice(length.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        if coalesce {
+            head.extend_from_slice(body);
+            (head, None)
+        } else {
+            (head, Some(body.clone()))
+        }
     }
 
-    async fn connect(&self) -> Result<Link, H1Error> {
+    fn response(self: &Arc<Self>, answer: Answer, conn: Conn) -> Response<Body> {
+        let mut body = Body {
+            conn: Some(conn),
+            framing: answer.framing,
+            reusable: answer.reusable,
+            pool: Arc::downgrade(self),
+        };
+        // An answer with no body (204, `content-length: 0`) leaves its connection now: a
+        // reader that sees the body's end up front may never poll it.
+        if body.framing.is_done() {
+            body.finish();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = answer.status;
+        *response.version_mut() = answer.version;
+        *response.headers_mut() = answer.headers;
+        response
+    }
+
+    async fn connect(&self) -> Result<Conn, H1Error> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| {
-                H1Error::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
+                H1Error::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
                     "tcp connect error: connection timed out",
                 ))
             })?
             .map_err(|e| {
-                H1Error::Connect(std::io::Error::new(
-                    e.kind(),
-                    format!("tcp connect error: {e}"),
-                ))
+                H1Error::Connect(io::Error::new(e.kind(), format!("tcp connect error: {e}")))
             })?;
         let _ = tcp.set_nodelay(true);
-        let (send, conn) = Builder::new()
-            .read_buf_exact_size(Some(self.read_buffer))
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(H1Error::Http)?;
-        Ok(Link {
-            send,
-            conn: Driver { conn, ended: false },
-        })
+        Ok(Conn::new(tcp, self.read_buffer))
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn take(self: &Arc<Self>) -> Option<Link> {
-        loop {
-            let idle = {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
-                idle.pop()
-            }?;
-            let mut link = idle.link;
-            // One poll: a connection the upstream closed while idle ends here; an open one is
-            // ready for a request.
-            let ready = std::future::poll_fn(|cx| {
-                if link.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                Poll::Ready(matches!(link.send.poll_ready(cx), Poll::Ready(Ok(()))))
-            })
-            .await;
-            if ready {
-                return Some(link);
+    /// The most recently used idle connection the upstream has not closed.
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
+        while let Some(i) = idle.pop() {
+            if !i.conn.heard_from_while_idle() {
+                return Some(i.conn);
             }
         }
+        None
     }
 
     /// A connection whose answer was read to its end.
-    fn put(self: &Arc<Self>, mut link: Link) {
-        // The connection settles to idle (or closes, if the upstream asked to close).
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        if link.drive(&mut cx) || !matches!(link.send.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+    fn put(self: &Arc<Self>, conn: Conn) {
+        if !conn.is_reusable() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,14 +384,15 @@ impl H1Pool {
             return;
         }
         idle.push(Idle {
-            link,
+            conn,
             since: Instant::now(),
         });
         drop(idle);
         self.reaper.call_once(|| self.start_reaper());
     }
 
-    /// Closes connections idle past the timeout even when no request comes to do it.
+    /// Closes connections idle past the timeout, or closed by the upstream, even when no
+    /// request comes to do it.
     fn start_reaper(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -265,22 +405,14 @@ impl H1Pool {
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                let waker = futures_util::task::noop_waker();
-                let mut cx = Context::from_waker(&waker);
                 let stale: Vec<Idle> = {
                     let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
                     let now = Instant::now();
-                    let mut stale = Vec::new();
-                    for mut i in std::mem::take(&mut *idle) {
-                        // One poll each: a connection the upstream closed while idle ends
-                        // here, and its socket is let go now rather than at its timeout.
-                        if now.duration_since(i.since) >= pool.idle_timeout || i.link.drive(&mut cx)
-                        {
-                            stale.push(i);
-                        } else {
-                            idle.push(i);
-                        }
-                    }
+                    let (stale, kept) = std::mem::take(&mut *idle).into_iter().partition(|i| {
+                        now.duration_since(i.since) >= pool.idle_timeout
+                            || i.conn.heard_from_while_idle()
+                    });
+                    *idle = kept;
                     stale
                 };
                 // Closed outside the lock.
@@ -290,217 +422,391 @@ impl H1Pool {
     }
 }
 
-/// A request that did not get its head.
-enum Unsent {
-    /// Never written (the connection was closed): it may go on another connection.
-    Again(Box<Request<Full<Bytes>>>),
-    Failed(hyper::Error),
+/// Headers the gateway writes itself, whatever the request says.
+fn is_framing(name: &HeaderName) -> bool {
+    name == http::header::HOST
+        || name == http::header::CONTENT_LENGTH
+        || name == http::header::TRANSFER_ENCODING
 }
 
-/// `request` on `link`, driving the connection until the response head.
-async fn send(
-    mut link: Link,
-    request: Request<Full<Bytes>>,
-) -> Result<(http::Response<Incoming>, Link), Unsent> {
-    let Link { send, conn } = &mut link;
-    let mut sending = std::pin::pin!(send.try_send_request(request));
-    let result = std::future::poll_fn(|cx| {
-        // A connection that ended here (the upstream answered and closed) stays ended: the
-        // body's reads must not poll its finished future again.
-        conn.drive(cx);
-        sending.as_mut().poll(cx)
-    })
-    .await;
-    match result {
-        Ok(head) => Ok((head, link)),
-        Err(mut e) => match e.take_message() {
-            Some(request) => Err(Unsent::Again(Box::new(request))),
-            None => Err(Unsent::Failed(e.into_error())),
-        },
+/// A response head read, and how its body is framed.
+struct Answer {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    /// Whether the connection may carry another request once the body is read.
+    reusable: bool,
+}
+
+/// A request that got no response head.
+enum Exchange {
+    /// Never written (a reused connection had closed): it may go on another connection.
+    Unwritten,
+    Failed(H1Error),
+}
+
+/// Writes the request on `conn` and reads the response head.
+async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    body: Option<&Bytes>,
+) -> Result<(Answer, Conn), Exchange> {
+    if let Err(e) = conn.tcp.write_all(head).await {
+        // Nothing of it reached the upstream's application.
+        return Err(if is_closed(&e) {
+            Exchange::Unwritten
+        } else {
+            Exchange::Failed(H1Error::Io(e))
+        });
+    }
+    if let Some(body) = body {
+        conn.tcp
+            .write_all(body)
+            .await
+            .map_err(|e| Exchange::Failed(H1Error::Io(e)))?;
+    }
+    loop {
+        match parse_head(&conn.buf).map_err(|why| Exchange::Failed(H1Error::Malformed(why)))? {
+            Some((len, answer)) => {
+                let _ = conn.take(len);
+                if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(Exchange::Failed(H1Error::Malformed(
+                        "a protocol switch the gateway did not ask for",
+                    )));
+                }
+                // Interim answers (103 Early Hints, a 100 Continue the gateway did not ask
+                // for) come before the answer.
+                if answer.status.is_informational() {
+                    continue;
+                }
+                return Ok((answer, conn));
+            }
+            None => match conn.fill().await {
+                Ok(0) => return Err(Exchange::Failed(H1Error::Closed)),
+                Ok(_) => {}
+                Err(e) => return Err(Exchange::Failed(H1Error::Io(e))),
+            },
+        }
     }
 }
 
-/// A response body read through its connection: each poll drives the connection first. At its
-/// end the connection goes back to the pool; dropped before, it is closed.
+/// The peer's close, seen on a write.
+fn is_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// The response head at the start of `buf` and its length, `None` while incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, Answer)>, &'static str> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err("the response head is over 64 KiB")
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("over 128 header fields"),
+        Err(_) => return Err("the response head does not parse"),
+    };
+    if len > MAX_HEAD {
+        return Err("the response head is over 64 KiB");
+    }
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| "the status code is out of range")?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // The head's bytes in one allocation of their own, the values slices of it: a value kept
+    // longer than the answer (a header copied to the client) holds no read buffer.
+    let bytes = Bytes::copy_from_slice(&buf[..len]);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| "a header name is invalid")?;
+        let start = field.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(start..start + field.value.len()))
+            .map_err(|_| "a header value is invalid")?;
+        headers.append(name, value);
+    }
+    let (framing, delimited) = framing(status, &headers)?;
+    let reusable = delimited && version == Version::HTTP_11 && !asks_close(&headers);
+    Ok(Some((
+        len,
+        Answer {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        },
+    )))
+}
+
+/// How the body is framed (RFC 9112 §6.3), and whether its end leaves the connection usable.
+fn framing(status: StatusCode, headers: &HeaderMap) -> Result<(Framing, bool), &'static str> {
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Length(0), true));
+    }
+    let length = content_length(headers)?;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // The last coding decides; a length beside it is ignored, and a connection that said
+        // both (a smuggling shape) is not trusted with another request.
+        let chunked = headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            (Framing::Chunked(Chunked::Size), length.is_none())
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// The `content-length`, when the answer gives one; lengths that disagree are an error.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| "content-length is not a number")?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("content-length is not a number");
+            }
+            let n: u64 = part.parse().map_err(|_| "content-length is out of range")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("content-length values disagree");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// Whether the answer's `Connection` header says `close`.
+fn asks_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Where a body's reading stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes the connection.
+    Close,
+    /// Read to its end.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunked {
+    /// At a chunk-size line.
+    Size,
+    /// This many bytes of the chunk's data to come.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; this many trailer bytes seen.
+    Trailers(usize),
+}
+
+/// What one decoding step found.
+#[derive(Debug, PartialEq)]
+enum Decoded {
+    Data(Bytes),
+    /// The body's end.
+    End,
+    /// More bytes must be read.
+    More,
+}
+
+impl Framing {
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+
+    /// The next piece of the body in `conn`'s unread bytes.
+    fn decode(&mut self, conn: &mut Conn) -> Result<Decoded, ReadError> {
+        loop {
+            let unread = conn.buf.len();
+            match self {
+                Framing::Done | Framing::Length(0) => {
+                    *self = Framing::Done;
+                    return Ok(Decoded::End);
+                }
+                _ if unread == 0 => return Ok(Decoded::More),
+                Framing::Length(left) => {
+                    let n = (*left).min(unread as u64);
+                    *left -= n;
+                    return Ok(Decoded::Data(conn.take(n as usize)));
+                }
+                Framing::Close => return Ok(Decoded::Data(conn.take(unread))),
+                Framing::Chunked(Chunked::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((line, size))) => {
+                        let _ = conn.take(line);
+                        *self = Framing::Chunked(if size == 0 {
+                            Chunked::Trailers(0)
+                        } else {
+                            Chunked::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
+                    Err(_) => return Err(ReadError::Malformed("invalid chunk size line")),
+                },
+                Framing::Chunked(Chunked::Data(left)) => {
+                    let n = (*left).min(unread as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        *self = Framing::Chunked(Chunked::DataEnd);
+                    }
+                    return Ok(Decoded::Data(conn.take(n as usize)));
+                }
+                Framing::Chunked(Chunked::DataEnd) => {
+                    if unread < 2 {
+                        if conn.buf[0] != b'\r' {
+                            return Err(ReadError::Malformed("no CRLF after a chunk's data"));
+                        }
+                        return Ok(Decoded::More);
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Err(ReadError::Malformed("no CRLF after a chunk's data"));
+                    }
+                    let _ = conn.take(2);
+                    *self = Framing::Chunked(Chunked::Size);
+                }
+                Framing::Chunked(Chunked::Trailers(seen)) => {
+                    let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                        if *seen + unread > MAX_TRAILERS {
+                            return Err(ReadError::Malformed("the trailers are over 16 KiB"));
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    let _ = conn.take(end + 2);
+                    if end == 0 {
+                        *self = Framing::Done;
+                        return Ok(Decoded::End);
+                    }
+                    *seen += end + 2;
+                    if *seen > MAX_TRAILERS {
+                        return Err(ReadError::Malformed("the trailers are over 16 KiB"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A response body read off its connection when polled. At its end the connection goes back to
+/// the pool; dropped before, it is closed.
 pub struct Body {
-    incoming: Incoming,
-    link: Option<Link>,
+    /// `None` once the body ended (or failed).
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
     pool: Weak<H1Pool>,
+}
+
+impl Body {
+    /// The body is read: its connection goes back to the pool if it can carry another request.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let conn = self.conn.take();
+        if let (Some(conn), true, Some(pool)) = (conn, self.reusable, self.pool.upgrade()) {
+            pool.put(conn);
+        }
+    }
 }
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ReadError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let mut ended = false;
-        if let Some(link) = this.link.as_mut() {
-            ended = link.drive(cx);
-        }
-        let polled = Pin::new(&mut this.incoming).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => {
-                if let (Some(link), Some(pool)) = (this.link.take(), this.pool.upgrade()) {
-                    if !ended {
-                        pool.put(link);
+    ) -> Poll<Option<Result<Frame<Bytes>, ReadError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = this.framing.decode(conn);
+            match decoded {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing.is_done() {
+                        // The last bytes: the connection is free before they are handed on.
+                        this.finish();
                     }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.link = None,
-            _ if ended => {
-                // The connection is gone; what it decoded is still in `incoming`.
-                this.link = None;
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.framing = Framing::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(ReadError::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(ReadError::Io(e))));
+                }
             }
-            _ => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.framing.is_done()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.incoming.size_hint()
+        match self.framing {
+            Framing::Length(n) => http_body::SizeHint::with_exact(n),
+            Framing::Done => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use http_body_util::BodyExt;
-
-    use super::*;
-
-    /// An upstream that answers `ok` on keep-alive connections, counting the connections.
-    async fn upstream() -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    fn request() -> Request<Full<Bytes>> {
-        Request::post("/v1/chat/completions")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn an_answer_read_to_its_end_leaves_its_connection_for_the_next() {
-        let (addr, accepted) = upstream().await;
-        let host = HeaderValue::from_str(&addr).unwrap();
-        let pool = H1Pool::new(
-            addr,
-            host,
-            Duration::from_secs(1),
-            4096,
-            8,
-            Duration::from_secs(5),
-        );
-        for _ in 0..3 {
-            let response = pool.request(request()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"ok");
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
-        // An answer dropped before its end takes its connection with it.
-        drop(pool.request(request()).await.unwrap());
-        let response = pool.request(request()).await.unwrap();
-        let _ = response.into_body().collect().await.unwrap();
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn no_upstream_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        drop(listener);
-        let host = HeaderValue::from_str(&addr).unwrap();
-        let pool = H1Pool::new(
-            addr,
-            host,
-            Duration::from_secs(1),
-            4096,
-            8,
-            Duration::from_secs(5),
-        );
-        let Err(error) = pool.request(request()).await else {
-            panic!("no upstream, yet an answer");
-        };
-        assert!(error.is_connect(), "{error}");
-    }
-
-    /// An upstream that answers and closes at once (`connection: close`, then EOF in the same
-    /// breath): the connection's future ends while the head is awaited or the body read; the
-    /// answer still arrives whole, nothing closed goes back to the pool, and the next request
-    /// gets a new connection.
-    #[tokio::test]
-    async fn an_upstream_that_closes_after_each_answer_still_answers_each() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    // The request: its head, then its 2-byte body.
-                    while !seen.windows(6).any(|w| w == b"\r\n\r\n{}") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let answer =
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbye!\n";
-                    let _ = tcp.write_all(answer).await;
-                    let _ = tcp.shutdown().await;
-                });
-            }
-        });
-        let host = HeaderValue::from_str(&addr).unwrap();
-        let pool = H1Pool::new(
-            addr,
-            host,
-            Duration::from_secs(1),
-            4096,
-            8,
-            Duration::from_secs(5),
-        );
-        for i in 1..=3 {
-            let response = pool.request(request()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"bye!\n");
-            assert_eq!(
-                accepted.load(Ordering::SeqCst),
-                i,
-                "a new connection each time"
-            );
-        }
-    }
-}
+#[path = "h1_tests.rs"]
+mod tests;

@@ -14,11 +14,11 @@ use super::attempt::{Failed, Try};
 use super::{describe, timeout, Deadline};
 use crate::chat::{AttemptOutcome, ChunkStream, Events, GatewayError, TimeoutKind};
 use crate::keys::KeyLease;
-use crate::upstream::client::Response;
+use crate::upstream::client::{BodyError, Response};
 use crate::upstream::sse::{named_frame, SseParser, MAX_PENDING};
 use crate::upstream::verdict::{self, Bad, UpstreamErrorBody};
 
-type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
 /// A stream whose first event is complete, judged and masked. Nothing of it has reached the
 /// client yet; once it does, nothing is retried.
@@ -166,7 +166,7 @@ impl Live {
     /// The next upstream read, or `Err` at `due`. One timer serves the whole stream: armed
     /// once, it is moved on only when it fires before `due` (the stream was not idle), instead
     /// of a timer set and cancelled for every event.
-    async fn read(&mut self, due: Instant) -> Result<Option<Result<Bytes, hyper::Error>>, ()> {
+    async fn read(&mut self, due: Instant) -> Result<Option<Result<Bytes, BodyError>>, ()> {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
