@@ -284,7 +284,12 @@ fn direct_pool(base: &Uri, settings: &Settings) -> Option<Arc<H1Pool>> {
         return None;
     }
     let authority = base.authority()?;
-    let host = HeaderValue::from_str(authority.as_str()).ok()?;
+    // `Host` is host and port alone: user info in the base URL is no header's business.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    let host = HeaderValue::from_str(&host).ok()?;
     let port = authority.port_u16().unwrap_or(80);
     Some(H1Pool::new(
         format!("{}:{port}", authority.host()),

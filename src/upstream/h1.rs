@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Frame;
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -48,8 +48,16 @@ const MAX_HEADERS: usize = 128;
 /// The largest single read: a long answer's reads grow from the configured read buffer up to
 /// this, doubling each time a read fills its buffer.
 const MAX_READ: usize = 64 * 1024;
+/// The longest chunk-size line (size and extensions), as hyper's limit on extensions.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// The most trailer bytes taken (and ignored) after a chunked body's last chunk.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// The most interim (1xx) answers taken before the answer.
+const MAX_INTERIM: usize = 16;
+/// A connection idle this long is asked by a real (peeking) read whether the upstream closed
+/// it, not by the runtime's readiness alone, which may not have seen a close that just came:
+/// upstreams close idle connections after seconds (uvicorn and Node after 5), never sooner.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
 /// A request body up to this size goes out in the head's write: one syscall, one segment.
 const COALESCE: usize = 64 * 1024;
 
@@ -61,6 +69,9 @@ struct Conn {
     buf: BytesMut,
     /// The size of the next read.
     read_size: usize,
+    /// How long the upstream keeps the connection open idle, when it said (`Keep-Alive:
+    /// timeout=N`).
+    keep_alive: Option<Duration>,
 }
 
 impl Conn {
@@ -69,6 +80,7 @@ impl Conn {
             tcp,
             buf: BytesMut::new(),
             read_size,
+            keep_alive: None,
         }
     }
 
@@ -84,19 +96,18 @@ impl Conn {
                     }
                     return Poll::Ready(Ok(n));
                 }
-                // The readiness was stale: wait for the next, with no buffer held meanwhile.
+                // The readiness was stale: wait for the next, holding no more buffer meanwhile
+                // than the unread bytes (a part of an event, a chunk's CRLF) need.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.buf.is_empty() {
                         self.buf = BytesMut::new();
+                    } else if self.buf.capacity() > 2 * self.buf.len() {
+                        self.buf = BytesMut::from(&self.buf[..]);
                     }
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
     /// The first `n` unread bytes.
@@ -119,17 +130,40 @@ impl Conn {
     }
 
     /// Whether the upstream sent anything (most often its close) while the connection was
-    /// idle: after [`Conn::is_reusable`] cleared the readiness, any readiness is news.
-    fn heard_from_while_idle(&self) -> bool {
+    /// idle: after [`Conn::is_reusable`] cleared the readiness, any readiness is news. A
+    /// connection idle past [`PROBE_AFTER`] is also asked by a peeking read.
+    fn heard_from_while_idle(&self, idle: Duration) -> bool {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        self.tcp.poll_read_ready(&mut cx).is_ready()
+        if self.tcp.poll_read_ready(&mut cx).is_ready() {
+            return true;
+        }
+        if idle < PROBE_AFTER {
+            return false;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        !matches!(
+            socket2::SockRef::from(&self.tcp).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 }
 
 struct Idle {
     conn: Conn,
     since: Instant,
+}
+
+impl Idle {
+    /// Idle past the pool's timeout, or past what the upstream said it keeps (less a margin,
+    /// so the gateway never writes to a connection the upstream is closing).
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        let limit = match self.conn.keep_alive {
+            Some(upstream) => timeout.min(upstream.saturating_sub(Duration::from_millis(500))),
+            None => timeout,
+        };
+        now.duration_since(self.since) >= limit
+    }
 }
 
 /// Why a request got no response head.
@@ -285,6 +319,7 @@ impl H1Pool {
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
         let size = method.as_str().len()
+            + 1
             + target.len()
             + " HTTP/1.1\r\n".len()
             + "host: \r\n".len()
@@ -326,7 +361,8 @@ impl H1Pool {
         }
     }
 
-    fn response(self: &Arc<Self>, answer: Answer, conn: Conn) -> Response<Body> {
+    fn response(self: &Arc<Self>, answer: Answer, mut conn: Conn) -> Response<Body> {
+        conn.keep_alive = answer.keep_alive;
         let mut body = Body {
             conn: Some(conn),
             framing: answer.framing,
@@ -361,24 +397,27 @@ impl H1Pool {
         Ok(Conn::new(tcp, self.read_buffer))
     }
 
-    /// The most recently used idle connection the upstream has not closed.
+    /// The most recently used idle connection the upstream has not closed. (Older ones past
+    /// their time are the reaper's.) One found closed is let go outside the lock.
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
-        while let Some(i) = idle.pop() {
-            if !i.conn.heard_from_while_idle() {
+        loop {
+            let i = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let now = Instant::now();
+            if !i.expired(now, self.idle_timeout)
+                && !i.conn.heard_from_while_idle(now.duration_since(i.since))
+            {
                 return Some(i.conn);
             }
         }
-        None
     }
 
     /// A connection whose answer was read to its end.
-    fn put(self: &Arc<Self>, conn: Conn) {
+    fn put(self: &Arc<Self>, mut conn: Conn) {
         if !conn.is_reusable() {
             return;
         }
+        // A long answer's grown reads are not the next answer's.
+        conn.read_size = self.read_buffer;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             return;
@@ -409,8 +448,9 @@ impl H1Pool {
                     let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
                     let now = Instant::now();
                     let (stale, kept) = std::mem::take(&mut *idle).into_iter().partition(|i| {
-                        now.duration_since(i.since) >= pool.idle_timeout
-                            || i.conn.heard_from_while_idle()
+                        i.expired(now, pool.idle_timeout)
+                            // Readiness only: no syscall per idle connection each tick.
+                            || i.conn.heard_from_while_idle(Duration::ZERO)
                     });
                     *idle = kept;
                     stale
@@ -437,6 +477,8 @@ struct Answer {
     framing: Framing,
     /// Whether the connection may carry another request once the body is read.
     reusable: bool,
+    /// `Keep-Alive: timeout=N`: how long the upstream keeps the connection idle.
+    keep_alive: Option<Duration>,
 }
 
 /// A request that got no response head.
@@ -446,48 +488,91 @@ enum Exchange {
     Failed(H1Error),
 }
 
-/// Writes the request on `conn` and reads the response head.
+/// Writes the request on `conn` and reads the response head. The socket is read while the
+/// request is still being written: an upstream (or a proxy before it) may answer a large request
+/// early (401, 413) and stop reading it; that answer is taken, the rest of the request dropped,
+/// and the connection not reused.
 async fn exchange(
     mut conn: Conn,
     head: &[u8],
     body: Option<&Bytes>,
 ) -> Result<(Answer, Conn), Exchange> {
-    if let Err(e) = conn.tcp.write_all(head).await {
-        // Nothing of it reached the upstream's application.
-        return Err(if is_closed(&e) {
-            Exchange::Unwritten
-        } else {
-            Exchange::Failed(H1Error::Io(e))
-        });
-    }
-    if let Some(body) = body {
-        conn.tcp
-            .write_all(body)
-            .await
-            .map_err(|e| Exchange::Failed(H1Error::Io(e)))?;
-    }
-    loop {
-        match parse_head(&conn.buf).map_err(|why| Exchange::Failed(H1Error::Malformed(why)))? {
-            Some((len, answer)) => {
+    let body: &[u8] = body.map_or(&[], |b| b);
+    let total = head.len() + body.len();
+    let mut written = 0;
+    let mut write_error: Option<io::Error> = None;
+    // Whether any byte of an answer came, and how many interim answers.
+    let mut heard = false;
+    let mut interim = 0;
+    let answer = std::future::poll_fn(|cx| loop {
+        while written < total && write_error.is_none() {
+            let rest = if written < head.len() {
+                &head[written..]
+            } else {
+                &body[written - head.len()..]
+            };
+            match Pin::new(&mut conn.tcp).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => write_error = Some(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => write_error = Some(e),
+                Poll::Pending => break,
+            }
+        }
+        match parse_head(&conn.buf) {
+            Err(why) => return Poll::Ready(Err(Exchange::Failed(H1Error::Malformed(why)))),
+            Ok(Some((len, mut answer))) => {
                 let _ = conn.take(len);
                 if answer.status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(Exchange::Failed(H1Error::Malformed(
+                    return Poll::Ready(Err(Exchange::Failed(H1Error::Malformed(
                         "a protocol switch the gateway did not ask for",
-                    )));
+                    ))));
                 }
                 // Interim answers (103 Early Hints, a 100 Continue the gateway did not ask
                 // for) come before the answer.
                 if answer.status.is_informational() {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Poll::Ready(Err(Exchange::Failed(H1Error::Malformed(
+                            "over 16 interim answers",
+                        ))));
+                    }
                     continue;
                 }
-                return Ok((answer, conn));
+                if written < total {
+                    answer.reusable = false;
+                }
+                return Poll::Ready(Ok(answer));
             }
-            None => match conn.fill().await {
-                Ok(0) => return Err(Exchange::Failed(H1Error::Closed)),
-                Ok(_) => {}
-                Err(e) => return Err(Exchange::Failed(H1Error::Io(e))),
-            },
+            Ok(None) => {}
         }
+        match conn.poll_fill(cx) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(unanswered(write_error.take(), heard))),
+            Poll::Ready(Ok(_)) => heard = true,
+            Poll::Ready(Err(e)) => {
+                let error = match write_error.take() {
+                    Some(refused) => unanswered(Some(refused), heard),
+                    None => Exchange::Failed(H1Error::Io(e)),
+                };
+                return Poll::Ready(Err(error));
+            }
+            // A write failed and no answer is at hand: none is coming.
+            Poll::Pending if write_error.is_some() => {
+                return Poll::Ready(Err(unanswered(write_error.take(), heard)));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await?;
+    Ok((answer, conn))
+}
+
+/// Why a connection gave no answer: a write the upstream's close refused, before any answer,
+/// means the request never reached it; otherwise the request may have, and is not resent.
+fn unanswered(write_error: Option<io::Error>, heard: bool) -> Exchange {
+    match write_error {
+        Some(e) if is_closed(&e) && !heard => Exchange::Unwritten,
+        Some(e) => Exchange::Failed(H1Error::Io(e)),
+        None => Exchange::Failed(H1Error::Closed),
     }
 }
 
@@ -535,8 +620,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Answer)>, &'static str> {
             .map_err(|_| "a header value is invalid")?;
         headers.append(name, value);
     }
-    let (framing, delimited) = framing(status, &headers)?;
+    let (framing, delimited) = framing(status, version, &headers)?;
     let reusable = delimited && version == Version::HTTP_11 && !asks_close(&headers);
+    let keep_alive = keep_alive_timeout(&headers);
     Ok(Some((
         len,
         Answer {
@@ -545,12 +631,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Answer)>, &'static str> {
             headers,
             framing,
             reusable,
+            keep_alive,
         },
     )))
 }
 
 /// How the body is framed (RFC 9112 §6.3), and whether its end leaves the connection usable.
-fn framing(status: StatusCode, headers: &HeaderMap) -> Result<(Framing, bool), &'static str> {
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), &'static str> {
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -559,6 +650,11 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<(Framing, bool), &
     }
     let length = content_length(headers)?;
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // HTTP/1.0 has no transfer codings: a peer that sends one frames bodies some way
+        // of its own (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Err("transfer-encoding in an HTTP/1.0 answer");
+        }
         // The last coding decides; a length beside it is ignored, and a connection that said
         // both (a smuggling shape) is not trusted with another request.
         let chunked = headers
@@ -600,6 +696,18 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
         }
     }
     Ok(length)
+}
+
+/// The `timeout=N` of a `Keep-Alive` header.
+fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    value.split(',').find_map(|param| {
+        let (name, n) = param.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        n.trim().parse::<u64>().ok().map(Duration::from_secs)
+    })
 }
 
 /// Whether the answer's `Connection` header says `close`.
@@ -667,18 +775,19 @@ impl Framing {
                     return Ok(Decoded::Data(conn.take(n as usize)));
                 }
                 Framing::Close => return Ok(Decoded::Data(conn.take(unread))),
-                Framing::Chunked(Chunked::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((line, size))) => {
-                        let _ = conn.take(line);
-                        *self = Framing::Chunked(if size == 0 {
-                            Chunked::Trailers(0)
-                        } else {
-                            Chunked::Data(size)
-                        });
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(Decoded::More),
-                    Err(_) => return Err(ReadError::Malformed("invalid chunk size line")),
-                },
+                Framing::Chunked(Chunked::Size) => {
+                    let Some((line, size)) =
+                        chunk_size_line(&conn.buf).map_err(ReadError::Malformed)?
+                    else {
+                        return Ok(Decoded::More);
+                    };
+                    let _ = conn.take(line);
+                    *self = Framing::Chunked(if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    });
+                }
                 Framing::Chunked(Chunked::Data(left)) => {
                     let n = (*left).min(unread as u64);
                     *left -= n;
@@ -701,25 +810,76 @@ impl Framing {
                     *self = Framing::Chunked(Chunked::Size);
                 }
                 Framing::Chunked(Chunked::Trailers(seen)) => {
-                    let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                    let Some(lf) = conn.buf.iter().position(|&b| b == b'\n') else {
                         if *seen + unread > MAX_TRAILERS {
                             return Err(ReadError::Malformed("the trailers are over 16 KiB"));
                         }
                         return Ok(Decoded::More);
                     };
-                    let _ = conn.take(end + 2);
-                    if end == 0 {
+                    if lf == 0 || conn.buf[lf - 1] != b'\r' {
+                        return Err(ReadError::Malformed("a trailer line does not end in CRLF"));
+                    }
+                    let line = &conn.buf[..lf - 1];
+                    if line.is_empty() {
+                        let _ = conn.take(lf + 1);
                         *self = Framing::Done;
                         return Ok(Decoded::End);
                     }
-                    *seen += end + 2;
+                    // A field, not the rest of a body an upstream framed wrongly.
+                    if matches!(line[0], b' ' | b'\t') || !line.contains(&b':') {
+                        return Err(ReadError::Malformed("a trailer line is not a field"));
+                    }
+                    *seen += lf + 1;
                     if *seen > MAX_TRAILERS {
                         return Err(ReadError::Malformed("the trailers are over 16 KiB"));
                     }
+                    let _ = conn.take(lf + 1);
                 }
             }
         }
     }
+}
+
+/// The chunk-size line at the start of `buf` (RFC 9112 §7.1: one or more hex digits, then
+/// optional whitespace and extensions, then CRLF): its length and the size; `None` while
+/// incomplete. Stricter than the RFC's readers need be in one way only: a bare LF anywhere in
+/// the line is an error, as a peer that ends lines at LF would frame the body otherwise.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+    let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_CHUNK_LINE {
+            return Err("a chunk-size line is over 16 KiB");
+        }
+        return Ok(None);
+    };
+    if lf == 0 || window[lf - 1] != b'\r' {
+        return Err("a chunk-size line does not end in CRLF");
+    }
+    let line = &window[..lf - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("a chunk has no size");
+    }
+    let mut size: u64 = 0;
+    for &digit in &line[..digits] {
+        let value = u64::from((digit as char).to_digit(16).unwrap_or(0));
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(value))
+            .ok_or("a chunk size is out of range")?;
+    }
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err("a chunk size is followed by something other than extensions");
+    }
+    if rest.contains(&b'\r') {
+        return Err("a chunk extension holds a CR");
+    }
+    Ok(Some((lf + 1, size)))
 }
 
 /// A response body read off its connection when polled. At its end the connection goes back to
@@ -733,6 +893,12 @@ pub struct Body {
 }
 
 impl Body {
+    /// The body ended with its connection (closed, failed): nothing more comes.
+    fn fail(&mut self) {
+        self.framing = Framing::Done;
+        self.conn = None;
+    }
+
     /// The body is read: its connection goes back to the pool if it can carry another request.
     fn finish(&mut self) {
         self.framing = Framing::Done;
@@ -771,23 +937,22 @@ impl http_body::Body for Body {
                 }
                 Ok(Decoded::More) => {}
                 Err(e) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(e)));
                 }
             }
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::Close => {
-                    this.framing = Framing::Done;
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(ReadError::Closed)));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(ReadError::Io(e))));
                 }
             }

@@ -413,3 +413,160 @@ fn chunked_decoding_takes_any_split() {
         }
     });
 }
+
+/// Chunk framing an upstream got wrong is an error, never a shorter body read as whole: a size
+/// line with no digits (an extra CRLF), a bare LF, junk after the size, a line that never ends,
+/// and a "trailer" that is the rest of a body.
+#[test]
+fn chunk_size_lines_are_read_strictly() {
+    assert_eq!(chunk_size_line(b"1a\r\n"), Ok(Some((4, 26))));
+    assert_eq!(chunk_size_line(b"A ;name=\"v\"\r\nxx"), Ok(Some((13, 10))));
+    assert_eq!(chunk_size_line(b"0000\r\n"), Ok(Some((6, 0))));
+    assert_eq!(chunk_size_line(b"1a"), Ok(None));
+    assert_eq!(chunk_size_line(b"1a;ext"), Ok(None));
+    for bad in [
+        &b"\r\n"[..],
+        b" 5\r\n",
+        b";x\r\n",
+        b"5;x\nhello\r\n",
+        b"5\n",
+        b"5 x\r\n",
+        b"5;a\rb\r\n",
+        b"11111111111111111\r\n",
+    ] {
+        assert!(
+            chunk_size_line(bad).is_err(),
+            "{:?} was read",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let mut endless = b"1;".to_vec();
+    endless.resize(MAX_CHUNK_LINE + 10, b'a');
+    assert!(chunk_size_line(&endless).is_err());
+    let mut spaces = b"5".to_vec();
+    spaces.resize(MAX_CHUNK_LINE, b' ');
+    assert!(chunk_size_line(&spaces).is_err());
+}
+
+#[tokio::test]
+async fn a_misframed_chunked_body_is_an_error() {
+    let answers: [&'static [u8]; 3] = [
+        // An extra CRLF after a chunk: "hello" must not pass for the whole body.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+        // Trailer lines that are not fields.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nworld\r\n\r\n",
+        // An endless extension.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let pieces = if i == 2 {
+            // The extension goes on past the line limit.
+            let filler: &'static [u8] = Box::leak(vec![b'a'; MAX_CHUNK_LINE].into_boxed_slice());
+            vec![answer, filler]
+        } else {
+            vec![answer]
+        };
+        let (addr, _seen) = scripted(vec![pieces]).await;
+        let response = pool(&addr).request(request()).await.unwrap();
+        let error = body_of(response).await.unwrap_err();
+        assert!(matches!(error, ReadError::Malformed(_)), "{i}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn more_interim_answers_than_any_upstream_sends_are_an_error() {
+    let hint: &'static [u8] = b"HTTP/1.1 103 Early Hints\r\n\r\n";
+    let (addr, _seen) = scripted(vec![vec![hint; MAX_INTERIM + 1]]).await;
+    let Err(error) = pool(&addr).request(request()).await else {
+        panic!("an answer out of interim answers alone");
+    };
+    assert!(error.to_string().contains("interim"), "{error}");
+    let old: &[u8] = b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    let (addr, _seen) = scripted(vec![vec![old]]).await;
+    assert!(pool(&addr).request(request()).await.is_err());
+}
+
+/// A proxy before the upstream refuses a large request after its head (413, 401) and stops
+/// reading: the gateway gets that answer, not a write stuck until the first-byte timeout.
+#[tokio::test]
+async fn an_early_answer_to_a_large_request_is_taken() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let refusal =
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!";
+        let _ = tcp.write_all(refusal).await;
+        // Reads no more, and holds the connection open.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let huge = Bytes::from(vec![b'x'; 64 << 20]);
+    let request = Request::post("/v1/embeddings").body(huge).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(3), pool(&addr).request(request))
+        .await
+        .expect("the answer came while the request was still being written")
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(&body_of(response).await.unwrap()[..], b"big!");
+}
+
+/// An upstream that says how long it keeps idle connections (`Keep-Alive: timeout=1`) gets no
+/// request on one idle longer (less a margin), even though the pool's own timeout is longer.
+#[tokio::test]
+async fn the_upstreams_keep_alive_timeout_is_kept() {
+    let ok: &[u8] =
+        b"HTTP/1.1 200 OK\r\nkeep-alive: timeout=1, max=100\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, seen) = scripted(vec![vec![ok]; 3]).await;
+    let pool = pool(&addr);
+    for _ in 0..2 {
+        let response = pool.request(request()).await.unwrap();
+        assert_eq!(&body_of(response).await.unwrap()[..], b"ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let response = pool.request(request()).await.unwrap();
+    assert_eq!(&body_of(response).await.unwrap()[..], b"ok");
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        2,
+        "not the expiring one"
+    );
+}
+
+/// A close the runtime has not yet seen (its driver has not run since) is found by the peeking
+/// read a connection idle past `PROBE_AFTER` gets; a connection idle for less trusts readiness.
+#[test]
+fn a_close_the_runtime_has_not_seen_is_found_by_the_peek() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let conn = Conn::new(tcp, 4096);
+        assert!(!conn.heard_from_while_idle(PROBE_AFTER), "open and silent");
+        // The peer closes; no await follows, so the runtime's driver does not run.
+        drop(peer.into_std().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !conn.heard_from_while_idle(Duration::ZERO),
+            "readiness alone"
+        );
+        assert!(
+            conn.heard_from_while_idle(PROBE_AFTER),
+            "the peek sees the close"
+        );
+    });
+}
