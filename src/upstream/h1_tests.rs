@@ -377,41 +377,42 @@ async fn a_waiting_stream_holds_no_read_buffer() {
     assert_eq!(conn.buf.capacity(), 0, "no buffer while waiting");
 }
 
-#[test]
-fn chunked_decoding_takes_any_split() {
+/// Both ends of a loopback connection: the gateway's, then the upstream's.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (peer, _) = listener.accept().await.unwrap();
+    (tcp, peer)
+}
+
+#[tokio::test]
+async fn chunked_decoding_takes_any_split() {
     let wire: &[u8] =
         b"4;name=v\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx: y\r\n\r\n";
-    // A connected socket pair stands in; only the buffer is read.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut conn = Conn::new(tcp, 4096);
-        for step in [1, 2, 3, 7, wire.len()] {
-            let mut framing = Framing::Chunked(Chunked::Size);
-            let mut body = Vec::new();
-            let mut fed = 0;
-            loop {
-                match framing.decode(&mut conn).unwrap() {
-                    Decoded::Data(data) => body.extend_from_slice(&data),
-                    Decoded::End => break,
-                    Decoded::More => {
-                        assert!(fed < wire.len(), "more wanted after the whole body");
-                        let next = (fed + step).min(wire.len());
-                        conn.buf.extend_from_slice(&wire[fed..next]);
-                        fed = next;
-                    }
+    // A connected socket stands in; only the buffer is read.
+    let (tcp, _peer) = socket_pair().await;
+    let mut conn = Conn::new(tcp, 4096);
+    for step in [1, 2, 3, 7, wire.len()] {
+        let mut framing = Framing::Chunked(Chunked::Size);
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.decode(&mut conn).unwrap() {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::End => break,
+                Decoded::More => {
+                    assert!(fed < wire.len(), "more wanted after the whole body");
+                    let next = (fed + step).min(wire.len());
+                    conn.buf.extend_from_slice(&wire[fed..next]);
+                    fed = next;
                 }
             }
-            assert_eq!(body, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
-            assert!(conn.buf.is_empty(), "step {step}");
         }
-    });
+        assert_eq!(body, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
+        assert!(conn.buf.is_empty(), "step {step}");
+    }
 }
 
 /// Chunk framing an upstream got wrong is an error, never a shorter body read as whole: a size
@@ -543,30 +544,20 @@ async fn the_upstreams_keep_alive_timeout_is_kept() {
 
 /// A close the runtime has not yet seen (its driver has not run since) is found by the peeking
 /// read a connection idle past `PROBE_AFTER` gets; a connection idle for less trusts readiness.
-#[test]
-fn a_close_the_runtime_has_not_seen_is_found_by_the_peek() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (peer, _) = listener.accept().await.unwrap();
-        let conn = Conn::new(tcp, 4096);
-        assert!(!conn.heard_from_while_idle(PROBE_AFTER), "open and silent");
-        // The peer closes; no await follows, so the runtime's driver does not run.
-        drop(peer.into_std().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(
-            !conn.heard_from_while_idle(Duration::ZERO),
-            "readiness alone"
-        );
-        assert!(
-            conn.heard_from_while_idle(PROBE_AFTER),
-            "the peek sees the close"
-        );
-    });
+#[tokio::test]
+async fn a_close_the_runtime_has_not_seen_is_found_by_the_peek() {
+    let (tcp, peer) = socket_pair().await;
+    let conn = Conn::new(tcp, 4096);
+    assert!(!conn.heard_from_while_idle(PROBE_AFTER), "open and silent");
+    // The peer closes; no await follows, so the runtime's driver does not run.
+    drop(peer.into_std().unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        !conn.heard_from_while_idle(Duration::ZERO),
+        "readiness alone"
+    );
+    assert!(
+        conn.heard_from_while_idle(PROBE_AFTER),
+        "the peek sees the close"
+    );
 }
