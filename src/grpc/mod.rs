@@ -11,6 +11,8 @@
 //!   `tonic-types` details (BadRequest, RetryInfo, ErrorInfo, RequestInfo).
 //! - [`call`]: what a call knows besides its message (request id, `grpc-timeout` deadline,
 //!   gateway token) and its one access-log line and metrics sample.
+//! - [`door`]: the one service behind every gRPC path: Connect, the guard, gRPC-Web and the
+//!   tonic services, in that order.
 //! - [`trailers`]: the attempt trail in the trailers of successful calls too.
 //! - [`codec`]: prost's codec, strict on requests: malformed protobuf and a second request
 //!   message are INVALID_ARGUMENT.
@@ -23,6 +25,7 @@
 mod call;
 mod codec;
 mod connect;
+mod door;
 mod guard;
 mod health;
 mod request;
@@ -54,8 +57,8 @@ const FILE_DESCRIPTOR_SET: &[u8] =
 const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
 /// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
-/// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched. The
-/// chat service also speaks the Connect protocol on the same paths.
+/// (HTTP/1.1 `application/grpc-web*`); the chat service also speaks the Connect protocol on
+/// the same paths. Every one of their paths goes to the one [`door::Door`].
 pub(crate) fn router(core: Arc<Core>) -> Router {
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
@@ -83,18 +86,22 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
     let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
     let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
         .max_decoding_message_size(max_message);
-    tonic::service::Routes::new(chat)
-        .add_service(health_service)
+    let names = [
+        SERVICE_NAME,
+        service_name(&health_service),
+        service_name(&reflection_v1),
+        service_name(&reflection_v1alpha),
+    ];
+    let others = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .layer(axum::middleware::from_fn(trailers::attempts_in_trailers))
-        .layer(tonic_web::GrpcWebLayer::new())
-        // Outermost, so it sees the client's own content type (gRPC-Web included).
-        .layer(axum::middleware::from_fn(guard::guard))
-        // Connect content types on the ChatService paths are served before the guard.
-        .layer(axum::middleware::from_fn_with_state(
-            connect,
-            connect::route,
-        ))
+        .add_service(reflection_v1alpha);
+    let door = door::Door::new(connect, chat, others);
+    names.iter().fold(Router::new(), |router, name| {
+        router.route_service(&format!("/{name}/{{*rest}}"), door.clone())
+    })
+}
+
+/// The name a tonic service is routed by (`grpc.health.v1.Health`).
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
 }
