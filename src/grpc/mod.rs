@@ -40,6 +40,7 @@ use axum::Router;
 
 use crate::core::Core;
 
+pub(crate) use door::Door;
 /// For errors made below the service (a request body too slow to arrive).
 pub(crate) use status::to_status;
 
@@ -56,10 +57,41 @@ const FILE_DESCRIPTOR_SET: &[u8] =
 /// The fully qualified name of the chat service, as health checks and reflection know it.
 const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
-/// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
+/// The gRPC door: chat, health and reflection services, each also reachable over gRPC-Web
 /// (HTTP/1.1 `application/grpc-web*`); the chat service also speaks the Connect protocol on
-/// the same paths. Every one of their paths goes to the one [`door::Door`].
-pub(crate) fn router(core: Arc<Core>) -> Router {
+/// the same paths. Every one of their paths goes to the one [`Door`].
+#[derive(Clone)]
+pub(crate) struct Grpc {
+    door: Door,
+    /// The services whose paths (`/{name}/…`) the door serves.
+    names: [&'static str; 4],
+}
+
+impl Grpc {
+    pub fn new(core: Arc<Core>) -> Grpc {
+        build(core)
+    }
+
+    /// The door's paths as routes (`/{name}/{*rest}`, any method), for calls that take the
+    /// HTTP router's way.
+    pub fn router(&self) -> Router {
+        self.names.iter().fold(Router::new(), |router, name| {
+            router.route_service(&format!("/{name}/{{*rest}}"), self.door.clone())
+        })
+    }
+
+    /// Whether [`Grpc::router`] routes `path` to the door: `/{name}/` and at least one more
+    /// byte (a catch-all matches no empty rest).
+    pub fn serves(&self, path: &str) -> bool {
+        serves(&self.names, path)
+    }
+
+    pub fn door(&self) -> Door {
+        self.door.clone()
+    }
+}
+
+fn build(core: Arc<Core>) -> Grpc {
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
         tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
@@ -95,13 +127,49 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
     let others = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let door = door::Door::new(connect, chat, others);
-    names.iter().fold(Router::new(), |router, name| {
-        router.route_service(&format!("/{name}/{{*rest}}"), door.clone())
-    })
+    Grpc {
+        door: Door::new(connect, chat, others),
+        names,
+    }
+}
+
+fn serves(names: &[&str], path: &str) -> bool {
+    let Some((name, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    !rest.is_empty() && names.contains(&name)
 }
 
 /// The name a tonic service is routed by (`grpc.health.v1.Health`).
 fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
+}
+
+#[cfg(test)]
+mod tests {
+    /// The paths the server sends to the door without the router are the ones the router
+    /// would have sent there (`/{name}/{*rest}`), no more.
+    #[test]
+    fn the_door_serves_what_its_routes_match() {
+        let names = [super::SERVICE_NAME, "grpc.health.v1.Health"];
+        for path in [
+            "/megallm.v1.ChatService/CreateChatCompletion",
+            "/megallm.v1.ChatService/Nope",
+            "/megallm.v1.ChatService/a/b",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(super::serves(&names, path), "{path}");
+        }
+        for path in [
+            "/megallm.v1.ChatService/",
+            "/megallm.v1.ChatService",
+            "/megallm.v1.ChatServicex/Create",
+            "/v1/chat/completions",
+            "/",
+            "",
+            "/other.Service/Method",
+        ] {
+            assert!(!super::serves(&names, path), "{path}");
+        }
+    }
 }
