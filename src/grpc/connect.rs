@@ -21,9 +21,8 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -60,41 +59,60 @@ enum Codec {
     Proto,
 }
 
-/// What a request's content type says about it, if it is Connect's.
+/// What a request's content type says about it, if it is Connect's: the codec, and whether the
+/// call is a stream. No allocation: every gRPC call passes this test on its way.
 fn classify(headers: &HeaderMap) -> Option<(Codec, bool)> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let media = value.split(';').next()?.trim().to_ascii_lowercase();
-    match media.as_str() {
-        "application/json" => Some((Codec::Json, false)),
-        "application/proto" => Some((Codec::Proto, false)),
-        "application/connect+json" => Some((Codec::Json, true)),
-        "application/connect+proto" => Some((Codec::Proto, true)),
-        _ => None,
+    let media = value.split(';').next()?.trim();
+    let is = |name: &str| media.eq_ignore_ascii_case(name);
+    if is("application/json") {
+        Some((Codec::Json, false))
+    } else if is("application/proto") {
+        Some((Codec::Proto, false))
+    } else if is("application/connect+json") {
+        Some((Codec::Json, true))
+    } else if is("application/connect+proto") {
+        Some((Codec::Proto, true))
+    } else {
+        None
     }
 }
 
-/// The layer: a Connect POST to a ChatService method is served here; everything else passes.
-pub async fn route(State(connect): State<Arc<Connect>>, request: Request, next: Next) -> Response {
-    let Some(method) = request
+/// A Connect call: the ChatService method it names, its codec, and whether it streams.
+pub struct ConnectCall {
+    method: String,
+    codec: Codec,
+    streaming: bool,
+}
+
+/// The Connect call `request` is, if it is one: a POST with a Connect content type to a
+/// ChatService method. Anything else goes on to gRPC / gRPC-Web (and [`super::guard`]).
+pub fn call_of(request: &Request) -> Option<ConnectCall> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    let method = request
         .uri()
         .path()
         .strip_prefix('/')
         .and_then(|p| p.strip_prefix(SERVICE_NAME))
-        .and_then(|p| p.strip_prefix('/'))
-        .map(str::to_owned)
-    else {
-        return next.run(request).await;
-    };
-    let Some((codec, streaming)) = classify(request.headers()) else {
-        return next.run(request).await;
-    };
-    if request.method() != Method::POST {
-        return next.run(request).await;
-    }
-    if streaming {
-        connect.stream(&method, codec, request).await
-    } else {
-        connect.unary(&method, codec, request).await
+        .and_then(|p| p.strip_prefix('/'))?;
+    let (codec, streaming) = classify(request.headers())?;
+    Some(ConnectCall {
+        method: method.to_owned(),
+        codec,
+        streaming,
+    })
+}
+
+impl Connect {
+    /// Serves a Connect call ([`call_of`] said what it is).
+    pub async fn serve(&self, call: ConnectCall, request: Request) -> Response {
+        if call.streaming {
+            self.stream(&call.method, call.codec, request).await
+        } else {
+            self.unary(&call.method, call.codec, request).await
+        }
     }
 }
 

@@ -1,19 +1,18 @@
-//! What a gRPC route refuses before tonic sees the call: a POST whose content type is neither
+//! What a gRPC path refuses before tonic sees the call: a POST whose content type is neither
 //! gRPC nor a Connect call (Connect calls to ChatService methods are taken by
-//! [`super::connect`] before this layer; a Connect content type elsewhere, as on the health
+//! [`super::connect`] before this check; a Connect content type elsewhere, as on the health
 //! and reflection paths, which speak gRPC only, is refused here like any other) (415, as the
 //! gRPC HTTP/2 spec asks, in OpenAI's error JSON: such a client is likely an HTTP one at the
 //! wrong path), and request metadata over [`MAX_METADATA`] (RESOURCE_EXHAUSTED,
 //! the code gRPC implementations give metadata over their limit).
 //!
 //! Metadata over the listener's HTTP/2 header-list limit (`server::H2_MAX_HEADER_LIST`, 64 KiB)
-//! never reaches this layer: the h2 codec answers such a stream itself with a bare HTTP 431 (no
+//! never reaches this check: the h2 codec answers such a stream itself with a bare HTTP 431 (no
 //! `grpc-status`), which tonic clients report as UNKNOWN. [`MAX_METADATA`] sits well below that
 //! limit, so everything between the two gets a proper RESOURCE_EXHAUSTED here.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -28,15 +27,12 @@ use crate::core::error_response;
 /// a request id need well under 1 KiB.
 pub const MAX_METADATA: usize = 16 * 1024;
 
-/// The layer: refuses non-gRPC POSTs and oversized metadata, passes everything else on.
-pub async fn guard(request: Request, next: Next) -> Response {
-    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    let grpc = content_type
-        .as_ref()
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+/// The answer to a non-gRPC POST or to oversized metadata; `None` lets the call through.
+pub fn refusal(request: &Request) -> Option<Response> {
+    let content_type = request.headers().get(header::CONTENT_TYPE);
+    let grpc = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if request.method() == Method::POST && !grpc {
         let shown = content_type
-            .as_ref()
             .map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
                     .chars()
@@ -47,10 +43,10 @@ pub async fn guard(request: Request, next: Next) -> Response {
         let error = GatewayError::UnsupportedMediaType(format!(
             "content type `{shown}` is not gRPC: send application/grpc, or Connect's application/json or application/proto to a ChatService method (OpenAI JSON clients use POST /v1/chat/completions)"
         ));
-        return error_response(&error);
+        return Some(error_response(&error));
     }
-    let size = metadata_size(&request);
-    if grpc && size > MAX_METADATA {
+    let size = if grpc { metadata_size(request) } else { 0 };
+    if size > MAX_METADATA {
         let message =
             format!("request metadata is {size} bytes, over the limit of {MAX_METADATA} bytes");
         let mut details = ErrorDetails::new();
@@ -65,11 +61,11 @@ pub async fn guard(request: Request, next: Next) -> Response {
             // gRPC-Web clients want their own content type back.
             response
                 .headers_mut()
-                .insert(header::CONTENT_TYPE, content_type);
+                .insert(header::CONTENT_TYPE, content_type.clone());
         }
-        return response;
+        return Some(response);
     }
-    next.run(request).await
+    None
 }
 
 /// The request's header list size as HTTP/2 accounts it (RFC 9113 §6.5.2).

@@ -11,6 +11,8 @@
 //!   `tonic-types` details (BadRequest, RetryInfo, ErrorInfo, RequestInfo).
 //! - [`call`]: what a call knows besides its message (request id, `grpc-timeout` deadline,
 //!   gateway token) and its one access-log line and metrics sample.
+//! - [`door`]: the one service behind every gRPC path: Connect, the guard, gRPC-Web and the
+//!   tonic services, in that order.
 //! - [`trailers`]: the attempt trail in the trailers of successful calls too.
 //! - [`codec`]: prost's codec, strict on requests: malformed protobuf and a second request
 //!   message are INVALID_ARGUMENT.
@@ -23,6 +25,7 @@
 mod call;
 mod codec;
 mod connect;
+mod door;
 mod guard;
 mod health;
 mod request;
@@ -37,6 +40,7 @@ use axum::Router;
 
 use crate::core::Core;
 
+pub(crate) use door::Door;
 /// For errors made below the service (a request body too slow to arrive).
 pub(crate) use status::to_status;
 
@@ -53,10 +57,41 @@ const FILE_DESCRIPTOR_SET: &[u8] =
 /// The fully qualified name of the chat service, as health checks and reflection know it.
 const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
-/// The gRPC routes: chat, health and reflection services, each also reachable over gRPC-Web
-/// (HTTP/1.1 `application/grpc-web*`); plain gRPC passes the gRPC-Web layer untouched. The
-/// chat service also speaks the Connect protocol on the same paths.
-pub(crate) fn router(core: Arc<Core>) -> Router {
+/// The gRPC door: chat, health and reflection services, each also reachable over gRPC-Web
+/// (HTTP/1.1 `application/grpc-web*`); the chat service also speaks the Connect protocol on
+/// the same paths. Every one of their paths goes to the one [`Door`].
+#[derive(Clone)]
+pub(crate) struct Grpc {
+    door: Door,
+    /// The services whose paths (`/{name}/…`) the door serves.
+    names: [&'static str; 4],
+}
+
+impl Grpc {
+    pub fn new(core: Arc<Core>) -> Grpc {
+        build(core)
+    }
+
+    /// The door's paths as routes (`/{name}/{*rest}`, any method), for calls that take the
+    /// HTTP router's way.
+    pub fn router(&self) -> Router {
+        self.names.iter().fold(Router::new(), |router, name| {
+            router.route_service(&format!("/{name}/{{*rest}}"), self.door.clone())
+        })
+    }
+
+    /// Whether [`Grpc::router`] routes `path` to the door: `/{name}/` and at least one more
+    /// byte (a catch-all matches no empty rest).
+    pub fn serves(&self, path: &str) -> bool {
+        serves(&self.names, path)
+    }
+
+    pub fn door(&self) -> Door {
+        self.door.clone()
+    }
+}
+
+fn build(core: Arc<Core>) -> Grpc {
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
         tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
@@ -83,18 +118,58 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
     let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
     let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
         .max_decoding_message_size(max_message);
-    tonic::service::Routes::new(chat)
-        .add_service(health_service)
+    let names = [
+        SERVICE_NAME,
+        service_name(&health_service),
+        service_name(&reflection_v1),
+        service_name(&reflection_v1alpha),
+    ];
+    let others = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .layer(axum::middleware::from_fn(trailers::attempts_in_trailers))
-        .layer(tonic_web::GrpcWebLayer::new())
-        // Outermost, so it sees the client's own content type (gRPC-Web included).
-        .layer(axum::middleware::from_fn(guard::guard))
-        // Connect content types on the ChatService paths are served before the guard.
-        .layer(axum::middleware::from_fn_with_state(
-            connect,
-            connect::route,
-        ))
+        .add_service(reflection_v1alpha);
+    Grpc {
+        door: Door::new(connect, chat, others),
+        names,
+    }
+}
+
+fn serves(names: &[&str], path: &str) -> bool {
+    let Some((name, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    !rest.is_empty() && names.contains(&name)
+}
+
+/// The name a tonic service is routed by (`grpc.health.v1.Health`).
+fn service_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+#[cfg(test)]
+mod tests {
+    /// The paths the server sends to the door without the router are the ones the router
+    /// would have sent there (`/{name}/{*rest}`), no more.
+    #[test]
+    fn the_door_serves_what_its_routes_match() {
+        let names = [super::SERVICE_NAME, "grpc.health.v1.Health"];
+        for path in [
+            "/megallm.v1.ChatService/CreateChatCompletion",
+            "/megallm.v1.ChatService/Nope",
+            "/megallm.v1.ChatService/a/b",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(super::serves(&names, path), "{path}");
+        }
+        for path in [
+            "/megallm.v1.ChatService/",
+            "/megallm.v1.ChatService",
+            "/megallm.v1.ChatServicex/Create",
+            "/v1/chat/completions",
+            "/",
+            "",
+            "/other.Service/Method",
+        ] {
+            assert!(!super::serves(&names, path), "{path}");
+        }
+    }
 }

@@ -1,19 +1,17 @@
 //! Copies `x-gateway-attempts` from a gRPC response's headers into its trailers. tonic has no
 //! trailing metadata for successful calls, but the attempt trail belongs in the trailers: a
 //! streamed call's clients read them at the end, and errors carry it there already (in the
-//! status metadata). With this layer, every answer has it in both places.
+//! status metadata). With this, every answer has it in both places.
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
+use http::HeaderValue;
 use http_body_util::BodyExt;
+use tonic::body::Body;
 
 use crate::chat::headers::ATTEMPTS;
 
-pub async fn attempts_in_trailers(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// `response` with the attempt trail of its headers added to its trailers; as it is when its
+/// headers carry none (then its body is not wrapped).
+pub fn attempts_in_trailers(response: http::Response<Body>) -> http::Response<Body> {
     let Some(attempts) = response.headers().get(ATTEMPTS).cloned() else {
         return response;
     };

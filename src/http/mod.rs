@@ -155,11 +155,19 @@ async fn method_not_allowed(method: Method) -> Response {
 /// Gives every request a [`RequestContext`] (request id in and out, and with traces on its
 /// span, continuing the client's `traceparent`) and writes one log line and one metrics sample
 /// per HTTP request, labelled by the route axum matched. gRPC calls log in their own door.
-pub async fn access_layer(
-    State(core): State<Arc<Core>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn access_layer(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    access(&core, request, |request| next.run(request)).await
+}
+
+/// [`access_layer`] around any service (`next` answers the request): the server calls the
+/// gRPC door this way, ahead of the router. A request no route matched (no `MatchedPath`) is
+/// labelled `unmatched`: what a non-gRPC call on a gRPC path was labelled when the router
+/// matched it too (its template is no HTTP route).
+pub async fn access<F, Fut>(core: &Core, mut request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let start = Instant::now();
     let mut ctx = RequestContext::new(
         request
@@ -167,7 +175,15 @@ pub async fn access_layer(
             .get(headers::REQUEST_ID)
             .and_then(|v| v.to_str().ok()),
     );
-    let request_id = HeaderValue::try_from(ctx.request_id.as_str()).ok();
+    // Sensitive, so that HTTP/2 sends it as a literal instead of adding it to the connection's
+    // HPACK table: an id new with every answer is never reused from there, it only evicts what
+    // would be, and the encoder compares each new one with every id already in the table.
+    let request_id = HeaderValue::try_from(ctx.request_id.as_str())
+        .ok()
+        .map(|mut id| {
+            id.set_sensitive(true);
+            id
+        });
     // The gRPC door records its own calls (gRPC, gRPC-Web and Connect alike: a Connect call
     // is `application/json` or `application/proto` on a gRPC method's path).
     let grpc_route = Route::grpc_path(request.uri().path());
@@ -194,7 +210,7 @@ pub async fn access_layer(
     let path = request.uri().path().to_owned();
     let span = ctx.span.clone();
     request.extensions_mut().insert(ctx);
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     if let Some(id) = request_id {
         response
             .headers_mut()

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,7 +28,6 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use super::activity::{Activity, Busy, Watched};
 use super::body::{timeout_status, TimedBody, Tracked};
@@ -46,7 +44,7 @@ const SLOW_HEAD_ANSWER: Duration = Duration::from_secs(1);
 /// What every connection task shares.
 pub struct Shared {
     pub builder: auto::Builder<TokioExecutor>,
-    pub app: Router,
+    pub app: super::App,
     pub limits: ClientLimits,
     /// Cancelled when the gateway stops: finish open requests, take no new ones.
     pub stop: CancellationToken,
@@ -78,10 +76,10 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
                 TimedBody::new(body, Instant::now(), body_timeout, request_id)
                     .flag_on_timeout(timed_out.clone())
             });
-            let call = app.clone().oneshot(request);
+            let call = app.call(request);
             let drain = grpc.then(|| drain.clone());
             async move {
-                let mut response = call.await?;
+                let mut response = call.await;
                 if timed_out.is_some_and(|t| t.load(Ordering::Relaxed)) {
                     let status = timeout_status(body_timeout, None);
                     // Only a trailers-only answer can come before the body was read.

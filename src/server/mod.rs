@@ -1,6 +1,6 @@
-//! One listener for both doors: HTTP/1.1 and h2c (gRPC included) on the same port, the gRPC
-//! routes merged into the HTTP router, the limits that keep any peer from starving the gateway,
-//! and graceful shutdown.
+//! One listener for both doors: HTTP/1.1 and h2c (gRPC included) on the same port, gRPC calls
+//! sent to their door ahead of the HTTP router ([`App`]), the limits that keep any peer from
+//! starving the gateway, and graceful shutdown.
 //!
 //! - [`serve`]: the accept loop. A connection is accepted only with a free place under
 //!   `--max-connections` (else it waits in the kernel's backlog); running out of descriptors
@@ -26,16 +26,22 @@ mod cors;
 mod fallback;
 mod fd;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::response::Response;
 use axum::Router;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
 
 pub use fd::{default_max_connections, raise_nofile_limit};
 
@@ -65,17 +71,72 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The whole application: HTTP routes, gRPC services, fallbacks, CORS (when origins are
 /// configured) and, outermost, the access layer (so preflights are logged too).
-pub fn app(core: Arc<Core>) -> Router {
-    let mut app = crate::http::router(core.clone())
-        .merge(crate::grpc::router(core.clone()))
+///
+/// A call on a gRPC path goes straight to the gRPC door, through the same access layer, rather
+/// than through the router: the router's match and its per-route boxing and cloning were a
+/// measurable part of a gRPC call's cost, and the door's paths are a prefix test. With CORS
+/// configured every call takes the router's way, so that the CORS layer sees gRPC-Web and
+/// Connect calls (and their preflights) too.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    direct: Option<Arc<Direct>>,
+}
+
+/// The gRPC door where the server calls it without the router.
+struct Direct {
+    core: Arc<Core>,
+    grpc: crate::grpc::Grpc,
+}
+
+/// The application over `core`'s settings and state.
+pub fn app(core: Arc<Core>) -> App {
+    let grpc = crate::grpc::Grpc::new(core.clone());
+    let mut router = crate::http::router(core.clone())
+        .merge(grpc.router())
         .fallback(fallback::unknown_path);
-    if let Some(cors) = cors::layer(&core.settings.cors_origins) {
-        app = app.layer(cors);
+    let cors = cors::layer(&core.settings.cors_origins);
+    let direct = cors.is_none().then(|| {
+        Arc::new(Direct {
+            core: core.clone(),
+            grpc,
+        })
+    });
+    if let Some(cors) = cors {
+        router = router.layer(cors);
     }
-    app.layer(axum::middleware::from_fn_with_state(
+    let router = router.layer(axum::middleware::from_fn_with_state(
         core,
         crate::http::access_layer,
-    ))
+    ));
+    App { router, direct }
+}
+
+impl App {
+    /// Answers one request: a gRPC path's at its door, any other through the router.
+    pub fn call<B>(&self, request: http::Request<B>) -> impl Future<Output = Response> + Send
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        match &self.direct {
+            Some(direct) if direct.grpc.serves(request.uri().path()) => {
+                let direct = direct.clone();
+                Either::Left(async move {
+                    let mut door = direct.grpc.door();
+                    let call =
+                        |request| door.call(request).map(|r| r.unwrap_or_else(|e| match e {}));
+                    crate::http::access(&direct.core, request.map(Body::new), call).await
+                })
+            }
+            _ => Either::Right(
+                self.router
+                    .clone()
+                    .oneshot(request)
+                    .map(|r| r.unwrap_or_else(|e| match e {})),
+            ),
+        }
+    }
 }
 
 /// The next connection on any of the listeners (`--listen` given more than once).
@@ -103,7 +164,7 @@ pub struct Shutdown {
 /// connection has closed (or `shutdown.kill` closed them).
 pub async fn serve(
     listeners: Vec<TcpListener>,
-    app: Router,
+    app: App,
     limits: ClientLimits,
     max_connections: usize,
     shutdown: Shutdown,
