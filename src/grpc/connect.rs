@@ -91,12 +91,7 @@ pub fn call_of(request: &Request) -> Option<ConnectCall> {
     if request.method() != Method::POST {
         return None;
     }
-    let method = request
-        .uri()
-        .path()
-        .strip_prefix('/')
-        .and_then(|p| p.strip_prefix(SERVICE_NAME))
-        .and_then(|p| p.strip_prefix('/'))?;
+    let method = super::chat_method(request.uri().path())?;
     let (codec, streaming) = classify(request.headers())?;
     Some(ConnectCall {
         method: method.to_owned(),

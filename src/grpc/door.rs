@@ -24,7 +24,7 @@ use tower::{Layer, Service};
 use super::connect::{self, Connect};
 use super::pb::chat_service_server::ChatServiceServer;
 use super::service::ChatDoor;
-use super::{guard, trailers, SERVICE_NAME};
+use super::{guard, trailers};
 
 /// A tonic service's answer.
 type TonicResponse = http::Response<tonic::body::Body>;
@@ -114,13 +114,7 @@ struct Services {
 
 impl Services {
     fn route(&self, request: http::Request<tonic::body::Body>) -> Trailed {
-        let chat = request
-            .uri()
-            .path()
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(SERVICE_NAME))
-            .is_some_and(|p| p.starts_with('/'));
-        Trailed(if chat {
+        Trailed(if super::chat_method(request.uri().path()).is_some() {
             self.chat.clone().call(request)
         } else {
             Box::pin(self.others.clone().call(request))

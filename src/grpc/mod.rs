@@ -57,6 +57,13 @@ const FILE_DESCRIPTOR_SET: &[u8] =
 /// The fully qualified name of the chat service, as health checks and reflection know it.
 const SERVICE_NAME: &str = "megallm.v1.ChatService";
 
+/// The ChatService method `path` names (`/megallm.v1.ChatService/{method}`), if it names one.
+fn chat_method(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?
+        .strip_prefix(SERVICE_NAME)?
+        .strip_prefix('/')
+}
+
 /// The gRPC door: chat, health and reflection services, each also reachable over gRPC-Web
 /// (HTTP/1.1 `application/grpc-web*`); the chat service also speaks the Connect protocol on
 /// the same paths. Every one of their paths goes to the one [`Door`].
@@ -68,10 +75,6 @@ pub(crate) struct Grpc {
 }
 
 impl Grpc {
-    pub fn new(core: Arc<Core>) -> Grpc {
-        build(core)
-    }
-
     /// The door's paths as routes (`/{name}/{*rest}`, any method), for calls that take the
     /// HTTP router's way.
     pub fn router(&self) -> Router {
@@ -91,45 +94,47 @@ impl Grpc {
     }
 }
 
-fn build(core: Arc<Core>) -> Grpc {
-    let reporter = tonic_health::server::HealthReporter::new();
-    let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
-        tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
-    ));
-    health::spawn(Arc::downgrade(&core), reporter);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc error details, so reflection clients (grpcurl) can print the
-            // BadRequest / RetryInfo / ErrorInfo / RequestInfo an error carries.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-    };
-    // Both builds only fail on a malformed descriptor set, which is compiled in: a bug, not
-    // a runtime condition.
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("the compiled-in descriptor sets are valid");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("the compiled-in descriptor sets are valid");
-    // The same size limit as the HTTP door's body limit.
-    let max_message = core.settings.max_body_bytes;
-    let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
-    let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
-        .max_decoding_message_size(max_message);
-    let names = [
-        SERVICE_NAME,
-        service_name(&health_service),
-        service_name(&reflection_v1),
-        service_name(&reflection_v1alpha),
-    ];
-    let others = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    Grpc {
-        door: Door::new(connect, chat, others),
-        names,
+impl Grpc {
+    pub fn new(core: Arc<Core>) -> Grpc {
+        let reporter = tonic_health::server::HealthReporter::new();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(health::Health(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        ));
+        health::spawn(Arc::downgrade(&core), reporter);
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so reflection clients (grpcurl) can print the
+                // BadRequest / RetryInfo / ErrorInfo / RequestInfo an error carries.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both builds only fail on a malformed descriptor set, which is compiled in: a bug, not
+        // a runtime condition.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .expect("the compiled-in descriptor sets are valid");
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .expect("the compiled-in descriptor sets are valid");
+        // The same size limit as the HTTP door's body limit.
+        let max_message = core.settings.max_body_bytes;
+        let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
+        let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
+            .max_decoding_message_size(max_message);
+        let names = [
+            SERVICE_NAME,
+            service_name(&health_service),
+            service_name(&reflection_v1),
+            service_name(&reflection_v1alpha),
+        ];
+        let others = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        Grpc {
+            door: Door::new(connect, chat, others),
+            names,
+        }
     }
 }
 

@@ -561,3 +561,31 @@ async fn a_close_the_runtime_has_not_seen_is_found_by_the_peek() {
         "the peek sees the close"
     );
 }
+
+/// The idle pool keeps at most `max_idle` connections: of two answers read to their end at
+/// once with room for one, the second's connection is closed, and the next two requests find
+/// one connection to reuse and open one.
+#[tokio::test]
+async fn the_idle_pool_keeps_no_more_than_max_idle() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, seen) = scripted(vec![vec![ok]; 4]).await;
+    let pool = H1Pool::new(
+        addr.clone(),
+        HeaderValue::from_str(&addr).unwrap(),
+        Duration::from_secs(1),
+        4096,
+        1,
+        Duration::from_secs(5),
+    );
+    let both = || async {
+        let (a, b) = tokio::join!(pool.request(request()), pool.request(request()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(&body_of(a).await.unwrap()[..], b"ok");
+        assert_eq!(&body_of(b).await.unwrap()[..], b"ok");
+    };
+    both().await;
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.idle.lock().unwrap().len(), 1, "one kept");
+    both().await;
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 3, "one reused, one new");
+}
