@@ -587,5 +587,9 @@ async fn the_idle_pool_keeps_no_more_than_max_idle() {
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(pool.idle.lock().unwrap().len(), 1, "one kept");
     both().await;
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 3, "one reused, one new");
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        3,
+        "one reused, one new"
+    );
 }
