@@ -134,6 +134,47 @@ async fn a_stream_broken_after_three_chunks_is_one_estimated_broken_record() {
     assert!(r["prompt_tokens"].as_u64().unwrap() >= 1, "{r}");
 }
 
+/// OpenAI's way once asked for usage: `"usage":null` on every chunk. The gateway then holds
+/// the chunks unread for an estimate it needs only if the usage never comes; here it never
+/// does, and the estimate is made from them. The client sees its chunks without the null.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_promised_its_usage_and_broke_is_estimated_from_its_chunks() {
+    let mock = MockUpstream::start().await;
+    let with_null = |i: usize| {
+        let mut chunk: Value = serde_json::from_str(&chunk_json(0, &json!(MODEL), i, 40)).unwrap();
+        chunk["usage"] = Value::Null;
+        chunk.to_string()
+    };
+    mock.set_chat(
+        "key-a",
+        Reply::ok().events((0..40).map(with_null)).break_after(30),
+    );
+    let log = UsageLog::new();
+    let gw = gateway(&mock, &log, &[]).await;
+    let transcript = gw.http.chat_stream(&stream_body()).await.collect().await;
+    assert!(!transcript.has_done());
+    let data = transcript.data();
+    assert_eq!(
+        data.len(),
+        31,
+        "30 chunks, then the error event: {:?}",
+        &data[29..]
+    );
+    assert!(data[30].contains("upstream_stream_broken"));
+    assert_eq!(
+        data[0],
+        chunk_json(0, &json!(MODEL), 0, 40),
+        "the null is taken out"
+    );
+    let records = log.wait(1).await;
+    let r = &records[0];
+    assert_eq!(r["outcome"], "broken");
+    assert_eq!(r["estimated"], true);
+    // 30 chunks of `s0c<i>✓ `: each a few tokens; bytes / 4 of the raw chunks would be ~1,800.
+    let completion = r["completion_tokens"].as_u64().unwrap();
+    assert!((60..=200).contains(&completion), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_is_one_cancelled_record() {
     let mock = MockUpstream::start().await;

@@ -117,9 +117,7 @@ impl SseParser {
     }
 
     fn next_line(&mut self) -> Option<Bytes> {
-        let found = self.buf[self.scanned..]
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r');
+        let found = memchr::memchr2(b'\n', b'\r', &self.buf[self.scanned..]);
         let Some(offset) = found else {
             self.scanned = self.buf.len();
             return None;

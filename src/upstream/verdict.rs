@@ -3,6 +3,8 @@
 //! not a chunk. The checks are cheap on the common path: a look at the first and last bytes,
 //! one `memmem` for `"error"`, and a parse only when that finds something.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -59,7 +61,11 @@ pub fn error_event(data: &[u8]) -> Option<UpstreamErrorBody> {
 
 fn error_object(json: &[u8]) -> Option<UpstreamErrorBody> {
     // A top-level `"error"` member needs these bytes; a chunk's text has its quotes escaped.
-    memmem::find(json, b"\"error\"")?;
+    static ERROR: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+    // Built once: `memmem::find` builds its searcher on every call, which cost more than the
+    // search on a stream's short events.
+    ERROR.find(json)?;
     #[derive(Deserialize)]
     struct Probe<'a> {
         #[serde(borrow, default)]

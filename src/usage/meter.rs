@@ -4,12 +4,13 @@
 
 use std::borrow::Cow;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use memchr::memmem::Finder;
 
 use super::{Outcome, Partial, Record, Recorder, Usage};
 use crate::chat::{ChunkStream, Events, GatewayError, RequestContext};
@@ -35,6 +36,15 @@ pub struct Meter {
     content_past: u64,
     /// A whole answer's bytes when it carried no `usage` (bytes / 4).
     content_bytes: u64,
+    /// The upstream said it will send the stream's `usage` (`"usage":null` on a chunk): from
+    /// then on the chunks are held unread (see [`Meter::hold`]), as the estimate they serve is
+    /// needed only if that `usage` never comes.
+    promised: bool,
+    /// Chunks not read yet, each as its length (`u32`, little-endian) and its bytes; at most
+    /// [`HELD_MAX`] bytes...
+    held: Vec<u8>,
+    /// ...and the bytes of the chunks past them, counted at the held ones' share of content.
+    held_past: u64,
     usage: Option<Usage>,
     ttft: Option<Duration>,
     admission: Option<Admission>,
@@ -77,6 +87,9 @@ impl Meter {
             content: String::new(),
             content_past: 0,
             content_bytes: 0,
+            promised: false,
+            held: Vec::new(),
+            held_past: 0,
             usage: None,
             ttft: None,
             admission: None,
@@ -117,8 +130,63 @@ impl Meter {
         self.finish(outcome);
     }
 
+    /// A stream's chunk (its data) for the estimate: read now, or held unread once the upstream
+    /// promised its `usage`.
+    fn chunk(&mut self, data: &[u8], promises_usage: bool) {
+        self.promised |= promises_usage;
+        if self.promised {
+            self.hold(data);
+        } else {
+            add_content(self, data);
+        }
+    }
+
+    /// Keeps a chunk unread. Reading a chunk for its content is a JSON parse (about a fifth of
+    /// a short stream's CPU at the gateway) and is wasted once the `usage` comes, as it does on
+    /// every stream that ends well; a copy is not. Past [`HELD_MAX`], only bytes are counted.
+    fn hold(&mut self, data: &[u8]) {
+        let need = self.held.len() + 4 + data.len();
+        if need > HELD_MAX {
+            self.held_past += data.len() as u64;
+            return;
+        }
+        if need > self.held.capacity() {
+            // Grown by hand, so that doubling never holds more than HELD_MAX.
+            let grown = (self.held.capacity() * 2).clamp(need, HELD_MAX);
+            self.held.reserve_exact(grown - self.held.len());
+        }
+        self.held
+            .extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.held.extend_from_slice(data);
+    }
+
+    /// Reads the held chunks for content (the `usage` never came); the bytes past them count at
+    /// the content share the held ones had.
+    fn read_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let before = self.content.len() as u64 + self.content_past;
+        let mut raw = 0u64;
+        let mut rest = &held[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let n = (u32::from_le_bytes(*len) as usize).min(tail.len());
+            let (chunk, tail) = tail.split_at(n);
+            add_content(self, chunk);
+            raw += n as u64;
+            rest = tail;
+        }
+        let past = std::mem::take(&mut self.held_past);
+        if past > 0 && raw > 0 {
+            let content = self.content.len() as u64 + self.content_past - before;
+            let share = (u128::from(past) * u128::from(content)).div_ceil(u128::from(raw));
+            self.content_past += u64::try_from(share).unwrap_or(u64::MAX);
+        }
+    }
+
     /// The counts to record: the upstream's, else an estimate (`true`).
-    fn counts(&self) -> (Usage, bool) {
+    fn counts(&mut self) -> (Usage, bool) {
+        if self.usage.is_none() {
+            self.read_held();
+        }
         match (self.usage, self.ttft) {
             (Some(usage), _) => (usage, false),
             // Nothing came back: nothing to count.
@@ -228,26 +296,26 @@ impl Stream for Metered {
                     } else {
                         Cow::Borrowed(&chunk[..])
                     };
-                    if let Some(at) = memchr::memmem::find(&data, b"\"usage\"") {
-                        // OpenAI puts `"usage":null` on every chunk once asked: nothing to
-                        // read there, and no need to parse the chunk to know it.
-                        let null = data[at + 7..].starts_with(b":null");
-                        if let Some(partial) = (!null).then(|| Partial::parse(&data)).flatten() {
-                            let so_far = this.meter.usage.unwrap_or_default();
-                            this.meter.usage = Some(so_far.merged(partial));
-                            if this.hide && partial.usage_only {
-                                continue;
-                            }
-                        }
-                        if this.hide {
-                            drop(data);
-                            chunk = strip_null_usage(chunk);
-                            add_content(&mut this.meter, &chunk);
-                            return Poll::Ready(Some(Ok(chunk)));
+                    let Some(at) = USAGE.find(&data) else {
+                        this.meter.chunk(&data, false);
+                        drop(data);
+                        return Poll::Ready(Some(Ok(chunk)));
+                    };
+                    // OpenAI puts `"usage":null` on every chunk once asked: nothing to read
+                    // there, and no need to parse the chunk to know it; the `usage` follows.
+                    let null = data[at + 7..].starts_with(b":null");
+                    if let Some(partial) = (!null).then(|| Partial::parse(&data)).flatten() {
+                        let so_far = this.meter.usage.unwrap_or_default();
+                        this.meter.usage = Some(so_far.merged(partial));
+                        if this.hide && partial.usage_only {
+                            continue;
                         }
                     }
-                    add_content(&mut this.meter, &data);
+                    this.meter.chunk(&data, null);
                     drop(data);
+                    if this.hide {
+                        chunk = strip_null_usage(chunk);
+                    }
                     return Poll::Ready(Some(Ok(chunk)));
                 }
                 Some(Err(error)) => {
@@ -263,10 +331,21 @@ impl Stream for Metered {
     }
 }
 
+/// `"usage"`, searched for in every chunk: built once, as `memmem::find` builds its searcher
+/// on every call, which cost more than the search on short chunks.
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 /// Takes `"usage":null` (OpenAI puts it on every chunk once asked) out of a chunk.
 fn strip_null_usage(chunk: Bytes) -> Bytes {
-    for pattern in [&b",\"usage\":null"[..], b"\"usage\":null,"] {
-        if let Some(at) = memchr::memmem::find(&chunk, pattern) {
+    static NULLS: LazyLock<[Finder<'static>; 2]> = LazyLock::new(|| {
+        [
+            Finder::new(b",\"usage\":null"),
+            Finder::new(b"\"usage\":null,"),
+        ]
+    });
+    for finder in NULLS.iter() {
+        let pattern = finder.needle();
+        if let Some(at) = finder.find(&chunk) {
             let mut out = BytesMut::with_capacity(chunk.len());
             out.extend_from_slice(&chunk[..at]);
             out.extend_from_slice(&chunk[at + pattern.len()..]);
@@ -275,6 +354,9 @@ fn strip_null_usage(chunk: Bytes) -> Bytes {
     }
     chunk
 }
+
+/// Chunk bytes a stream's meter holds unread ([`Meter::hold`]): about 35 of OpenAI's chunks.
+const HELD_MAX: usize = 8 * 1024;
 
 /// Answer text a stream's meter keeps for the tokenizer's estimate, so that an hour-long
 /// stream holds no more than a short one; past it, only bytes are counted, at the kept text's
@@ -407,11 +489,7 @@ fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    /// A long stream's meter keeps at most [`CONTENT_KEPT`] of its text, and its estimate
-    /// still follows the tokenizer's count of the whole text (the kept part's tokens per byte,
-    /// for the rest), not bytes / 4.
-    #[tokio::test]
-    async fn a_long_streams_text_is_not_kept_yet_its_estimate_follows_the_tokenizer() {
+    fn meter() -> Meter {
         let recorder = Arc::new(Recorder::new(None, None));
         let ctx = RequestContext::new(Some("r1"));
         let subject = Subject {
@@ -422,25 +500,94 @@ mod tests {
         };
         let mut meter = Meter::new(recorder, &ctx, subject, Bytes::new());
         meter.first_byte();
-        let mut whole = String::new();
-        for i in 0..5_000 {
-            // Digits and punctuation: far more tokens per byte than bytes / 4 would say.
-            let piece = format!("{}, {}; ", i % 97, i % 89);
-            whole.push_str(&piece);
-            let chunk = serde_json::json!({"choices": [{"delta": {"content": piece}}]});
-            add_content(&mut meter, chunk.to_string().as_bytes());
-            assert!(meter.content.capacity() <= CONTENT_KEPT);
+        meter
+    }
+
+    /// A long stream's meter keeps at most [`CONTENT_KEPT`] of its text (and holds at most
+    /// [`HELD_MAX`] once promised its usage), and its estimate still follows the tokenizer's
+    /// count of the whole text (the kept part's tokens per byte, for the rest), not bytes / 4.
+    #[test]
+    fn a_long_streams_text_is_not_kept_yet_its_estimate_follows_the_tokenizer() {
+        for promised in [false, true] {
+            let mut meter = meter();
+            let mut whole = String::new();
+            for i in 0..5_000 {
+                // Digits and punctuation: far more tokens per byte than bytes / 4 would say.
+                let piece = format!("{}, {}; ", i % 97, i % 89);
+                whole.push_str(&piece);
+                meter.chunk(&chunk_of(&piece), promised);
+                assert!(meter.content.capacity() <= CONTENT_KEPT);
+                assert!(meter.held.capacity() <= HELD_MAX);
+            }
+            let (usage, estimated) = meter.counts();
+            assert!(estimated);
+            let exact = crate::chat::context::text_tokens(&whole) as f64;
+            let by_bytes = whole.len().div_ceil(4) as f64;
+            let got = usage.completion_tokens as f64;
+            assert!(
+                (got - exact).abs() < exact * 0.05,
+                "{got} against {exact} (promised: {promised})"
+            );
+            assert!(
+                (by_bytes - exact).abs() > exact * 0.2,
+                "the text must tell the two apart"
+            );
         }
-        let (usage, estimated) = meter.counts();
-        assert!(estimated);
-        let exact = crate::chat::context::text_tokens(&whole) as f64;
-        let by_bytes = whole.len().div_ceil(4) as f64;
-        let got = usage.completion_tokens as f64;
-        assert!((got - exact).abs() < exact * 0.05, "{got} against {exact}");
+    }
+
+    fn chunk_of(piece: &str) -> Vec<u8> {
+        serde_json::json!({"choices": [{"delta": {"content": piece}}], "usage": null})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Once the upstream promised its usage, chunks are held, not read: a stream whose usage
+    /// came never parses them, and one whose usage never came (cut short) gets the estimate it
+    /// would have got had every chunk been read at once.
+    #[test]
+    fn a_promised_stream_reads_its_chunks_only_when_its_usage_never_comes() {
+        let pieces: Vec<String> = (0..20).map(|i| format!("word{i} ")).collect();
+        let mut eager = meter();
+        let mut lazy = meter();
+        for piece in &pieces {
+            add_content(&mut eager, &chunk_of(piece));
+            lazy.chunk(&chunk_of(piece), true);
+        }
         assert!(
-            (by_bytes - exact).abs() > exact * 0.2,
-            "the text must tell the two apart"
+            lazy.content.is_empty(),
+            "nothing is read while the usage may come"
         );
+        assert!(!lazy.held.is_empty());
+        assert_eq!(lazy.counts(), eager.counts());
+        assert!(lazy.held.is_empty());
+
+        let mut answered = meter();
+        for piece in &pieces {
+            answered.chunk(&chunk_of(piece), true);
+        }
+        answered.usage = Some(Usage {
+            completion_tokens: 7,
+            total_tokens: 7,
+            ..Usage::default()
+        });
+        assert_eq!(answered.counts().0.completion_tokens, 7);
+        assert!(
+            answered.content.is_empty(),
+            "the usage came: no chunk was parsed"
+        );
+    }
+
+    /// Chunks before the promise are read at once, the rest held; both count.
+    #[test]
+    fn chunks_before_the_promise_are_read_and_after_it_held() {
+        let mut meter = meter();
+        meter.chunk(br#"{"choices":[{"delta":{"content":"abcd"}}]}"#, false);
+        assert_eq!(meter.content, "abcd");
+        meter.chunk(&chunk_of("ef"), true);
+        meter.chunk(br#"{"choices":[{"delta":{"content":"gh"}}]}"#, false);
+        assert_eq!(meter.content, "abcd", "held once promised");
+        meter.read_held();
+        assert_eq!(meter.content, "abcdefgh");
     }
 
     #[test]
