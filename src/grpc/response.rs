@@ -33,21 +33,33 @@ pub fn chunk(data: &[u8]) -> Result<pb::ChatCompletionChunk, GatewayError> {
 
 /// The JSON object in `bytes` (already masked by the core: its start may be quoted).
 fn parse<T: FromObject>(bytes: &[u8]) -> Result<T::Out, GatewayError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let read = Any(ObjectOnly::<T>(PhantomData))
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
+    let not_json = |e: &dyn fmt::Display| {
+        let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
+        GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
+    };
+    let reader = Any(ObjectOnly::<T>(PhantomData));
+    // One UTF-8 check of the whole text is cheaper than the byte reader's check of each string;
+    // text that is not UTF-8 goes to the byte reader so that its error names the place.
+    let read = match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            reader
+                .deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+        }
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            reader
+                .deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+        }
+    };
     match read {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(GatewayError::Internal(
             "the upstream's answer is not a JSON object".into(),
         )),
-        Err(e) => {
-            let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
-            Err(GatewayError::Internal(format!(
-                "the upstream's answer is not JSON ({e}): {start}"
-            )))
-        }
+        Err(e) => Err(not_json(&e)),
     }
 }
 

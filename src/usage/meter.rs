@@ -419,7 +419,11 @@ fn each_content(chunk: &[u8], mut f: impl FnMut(&str)) {
         #[serde(borrow, default)]
         delta: Option<&'a RawValue>,
     }
-    let Ok(parsed) = serde_json::from_slice::<Chunk>(chunk) else {
+    // One UTF-8 check of the whole, not one per string (as a byte reader makes).
+    let parsed = std::str::from_utf8(chunk)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Chunk>(text).ok());
+    let Some(parsed) = parsed else {
         f(&String::from_utf8_lossy(chunk));
         return;
     };

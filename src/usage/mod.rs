@@ -102,7 +102,13 @@ impl Partial {
             message: Option<Inner>,
             choices: Option<Vec<serde::de::IgnoredAny>>,
         }
-        let answer = serde_json::from_slice::<Answer>(json).ok()?;
+        // One UTF-8 check of the whole is cheaper than the byte reader's check of each string;
+        // an answer that is not UTF-8 still has its usage read, by the byte reader.
+        let answer = match std::str::from_utf8(json) {
+            Ok(text) => serde_json::from_str::<Answer>(text),
+            Err(_) => serde_json::from_slice::<Answer>(json),
+        }
+        .ok()?;
         let usage_only = answer.choices.as_ref().is_some_and(Vec::is_empty);
         let raw = answer
             .usage
@@ -209,6 +215,16 @@ mod tests {
             "response.created"
         );
         assert_eq!(Usage::parse(br#"{"choices":[]}"#), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_an_answer_that_is_not_utf8() {
+        let answer = b"{\"choices\":[{\"message\":{\"content\":\"\xff\xfe\"}}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}";
+        let u = Usage::parse(answer).expect("the usage beside bytes that are not UTF-8");
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total_tokens),
+            (2, 1, 3)
+        );
     }
 
     #[test]
