@@ -117,15 +117,16 @@ fn frame(data: &[u8]) -> Bytes {
 
 fn put_frame(out: &mut BytesMut, data: &[u8]) {
     out.put_slice(b"data: ");
-    // A multi-line event keeps its lines: each goes out as its own `data:` line.
-    let mut lines = data.split(|&b| b == b'\n');
-    if let Some(first) = lines.next() {
-        out.put_slice(first);
-    }
-    for line in lines {
+    // A multi-line event keeps its lines: each goes out as its own `data:` line. memchr, not
+    // a byte-by-byte split: nearly every event is one line, and the split's scan of it was
+    // the larger part of framing it.
+    let mut rest = data;
+    while let Some(at) = memchr::memchr(b'\n', rest) {
+        out.put_slice(&rest[..at]);
         out.put_slice(b"\ndata: ");
-        out.put_slice(line);
+        rest = &rest[at + 1..];
     }
+    out.put_slice(rest);
     out.put_slice(b"\n\n");
 }
 
@@ -143,6 +144,11 @@ mod tests {
     fn frames_keep_every_line() {
         assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
         assert_eq!(&frame(b"one\ntwo")[..], b"data: one\ndata: two\n\n");
+        assert_eq!(
+            &frame(b"a\n\nb\n")[..],
+            b"data: a\ndata: \ndata: b\ndata: \n\n"
+        );
+        assert_eq!(&frame(b"")[..], b"data: \n\n");
     }
 
     #[tokio::test]
