@@ -70,8 +70,44 @@ impl Sums {
     }
 }
 
-/// Totals by (client, model, key).
-type ByTriple = HashMap<(String, String, String), Sums>;
+/// Totals by (client, model, key). hashbrown's, for its lookups by borrowed names
+/// ([`Names`]): a triple already counted is found without allocating its three strings.
+type ByTriple = hashbrown::HashMap<(String, String, String), Sums>;
+
+/// A key of [`ByTriple`] or of the token counts, by reference. Hashes as the owned tuple does
+/// (`str` and `String` hash alike, fields in order).
+#[derive(Hash)]
+struct Names<'a, T>(&'a str, &'a str, T);
+
+impl hashbrown::Equivalent<(String, String, String)> for Names<'_, &str> {
+    fn equivalent(&self, key: &(String, String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+impl hashbrown::Equivalent<(String, String, &'static str)> for Names<'_, &'static str> {
+    fn equivalent(&self, key: &(String, String, &'static str)) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+/// The count under `names` in `map`, made (with its key's strings) only the first time.
+fn count<'m, K, V: Default, T: Copy>(
+    map: &'m mut hashbrown::HashMap<K, V>,
+    names: Names<'_, T>,
+    owned: impl FnOnce(&str, &str, T) -> K,
+) -> &'m mut V
+where
+    K: std::hash::Hash + Eq,
+    for<'a> Names<'a, T>: std::hash::Hash + hashbrown::Equivalent<K>,
+{
+    // Two lookups for a new triple (rare: the triples are bounded by clients × models × keys)
+    // rather than an owned key for every record.
+    if !map.contains_key(&names) {
+        map.insert(owned(names.0, names.1, names.2), V::default());
+    }
+    map.get_mut(&names).expect("inserted above")
+}
 
 #[derive(Default)]
 struct Totals {
@@ -82,20 +118,20 @@ struct Totals {
     /// Model names kept as themselves (bounded by [`MAX_MODELS`]).
     models: Vec<String>,
     /// `gateway_tokens_total` by (client, model, type).
-    tokens: BTreeMap<(String, String, &'static str), u64>,
+    tokens: hashbrown::HashMap<(String, String, &'static str), u64>,
     outcomes: BTreeMap<&'static str, u64>,
 }
 
 impl Totals {
-    fn model_label(&mut self, model: &str) -> String {
+    fn model_label<'a>(&mut self, model: &'a str) -> &'a str {
         if self.models.iter().any(|m| m == model) {
-            return model.to_owned();
+            return model;
         }
         if self.models.len() < MAX_MODELS {
             self.models.push(model.to_owned());
-            return model.to_owned();
+            return model;
         }
-        "other".to_owned()
+        "other"
     }
 }
 
@@ -173,14 +209,11 @@ impl Recorder {
                 t.today.clear();
             }
             let model = t.model_label(record.model.as_deref().unwrap_or(NONE));
-            let client = record.client.clone().unwrap_or_else(|| NONE.to_owned());
-            let key = record.key.clone().unwrap_or_else(|| NONE.to_owned());
-            let triple = (client.clone(), model.clone(), key);
-            t.since_start
-                .entry(triple.clone())
-                .or_default()
-                .add(&record);
-            t.today.entry(triple).or_default().add(&record);
+            let client = record.client.as_deref().unwrap_or(NONE);
+            let key = record.key.as_deref().unwrap_or(NONE);
+            let owned = |c: &str, m: &str, k: &str| (c.to_owned(), m.to_owned(), k.to_owned());
+            count(&mut t.since_start, Names(client, model, key), owned).add(&record);
+            count(&mut t.today, Names(client, model, key), owned).add(&record);
             let u = &record.usage;
             for (kind, n) in [
                 ("prompt", u.prompt_tokens),
@@ -189,9 +222,8 @@ impl Recorder {
                 ("reasoning", u.reasoning_tokens.unwrap_or(0)),
             ] {
                 if n > 0 || kind == "prompt" || kind == "completion" {
-                    *t.tokens
-                        .entry((client.clone(), model.clone(), kind))
-                        .or_default() += n;
+                    let owned = |c: &str, m: &str, k| (c.to_owned(), m.to_owned(), k);
+                    *count(&mut t.tokens, Names(client, model, kind), owned) += n;
                 }
             }
             *t.outcomes.entry(record.outcome.name()).or_default() += 1;
@@ -251,7 +283,10 @@ impl Recorder {
     pub fn render_metrics(&self, out: &mut String) {
         let t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
         out.push_str("# HELP gateway_tokens_total Tokens used by client, model and type (prompt, completion, cached, reasoning), as the upstream counted them or the gateway estimated them.\n# TYPE gateway_tokens_total counter\n");
-        for ((client, model, kind), n) in &t.tokens {
+        // Sorted, as the metrics are everywhere else: a scrape is rare, a record is not.
+        let mut tokens: Vec<_> = t.tokens.iter().collect();
+        tokens.sort_unstable();
+        for ((client, model, kind), n) in tokens {
             let _ = writeln!(
                 out,
                 "gateway_tokens_total{{client=\"{}\",model=\"{}\",type=\"{kind}\"}} {n}",
