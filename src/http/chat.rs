@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::auth::ClientAuth;
@@ -104,30 +104,15 @@ fn frames(batch: &[Bytes]) -> Bytes {
     let len = batch.iter().map(|d| d.len() + 8).sum();
     let mut out = BytesMut::with_capacity(len);
     for data in batch {
-        put_frame(&mut out, data);
+        crate::upstream::sse::put_data(&mut out, data);
     }
     out.freeze()
 }
 
 fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);
-    put_frame(&mut out, data);
+    crate::upstream::sse::put_data(&mut out, data);
     out.freeze()
-}
-
-fn put_frame(out: &mut BytesMut, data: &[u8]) {
-    out.put_slice(b"data: ");
-    // A multi-line event keeps its lines: each goes out as its own `data:` line. memchr, not
-    // a byte-by-byte split: nearly every event is one line, and the split's scan of it was
-    // the larger part of framing it.
-    let mut rest = data;
-    while let Some(at) = memchr::memchr(b'\n', rest) {
-        out.put_slice(&rest[..at]);
-        out.put_slice(b"\ndata: ");
-        rest = &rest[at + 1..];
-    }
-    out.put_slice(rest);
-    out.put_slice(b"\n\n");
 }
 
 fn error_frame(error: &GatewayError) -> Bytes {

@@ -534,6 +534,25 @@ impl Outcome {
 mod tests {
     use super::*;
 
+    /// A record finds the totals its (client, model, key) already has by borrowed names: the
+    /// borrowed key hashes and compares as the owned one, so nothing is counted twice apart.
+    #[test]
+    fn a_triple_already_counted_is_found_by_its_names() {
+        let owned = |c: &str, m: &str, k: &str| (c.to_owned(), m.to_owned(), k.to_owned());
+        let mut by = ByTriple::new();
+        count(&mut by, Names("a", "m", "key-1"), owned).requests += 1;
+        count(&mut by, Names("a", "m", "key-1"), owned).requests += 1;
+        count(&mut by, Names("b", "m", "key-1"), owned).requests += 1;
+        assert_eq!(by.len(), 2);
+        assert_eq!(by[&("a".into(), "m".into(), "key-1".into())].requests, 2);
+        let mut tokens = hashbrown::HashMap::<(String, String, &'static str), u64>::new();
+        let owned = |c: &str, m: &str, k| (c.to_owned(), m.to_owned(), k);
+        *count(&mut tokens, Names("a", "m", "prompt"), owned) += 3;
+        *count(&mut tokens, Names("a", "m", "prompt"), owned) += 4;
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[&("a".into(), "m".into(), "prompt")], 7);
+    }
+
     #[test]
     fn shared_fields_group_back() {
         let mut f = HashMap::new();
