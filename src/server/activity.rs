@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
+use super::cork::Socket;
 use crate::config::ClientLimits;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -68,9 +69,10 @@ impl Activity {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn on_read(&self, bytes: &[u8]) {
+    /// Whether these bytes completed the h2c preface.
+    fn on_read(&self, bytes: &[u8]) -> bool {
         if bytes.is_empty() || !self.watch_reads.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         let mut s = self.state();
         if let Some(seen) = s.sniffed {
@@ -87,7 +89,7 @@ impl Activity {
                     }
                     self.watch_reads.store(false, Ordering::Relaxed);
                     self.changed.notify_one();
-                    return;
+                    return true;
                 }
                 s.sniffed = Some(seen + n);
             } else {
@@ -102,6 +104,7 @@ impl Activity {
         if s.sniffed.is_none() {
             self.watch_reads.store(false, Ordering::Relaxed);
         }
+        false
     }
 
     /// When the connection is to be closed if nothing changes; `None` while busy.
@@ -162,37 +165,33 @@ impl Drop for Busy {
     }
 }
 
-/// The client socket, telling [`Activity`] about bytes read, and handing itself back when
-/// [`Activity::reclaim_for_slow_head`] asked for it.
+/// The client socket ([`Socket`], shared with the connection's task), telling [`Activity`]
+/// about bytes read, corking the socket once the connection is h2c, and handing the socket
+/// back when [`Activity::reclaim_for_slow_head`] asked for it.
 pub struct Watched {
-    /// `Some` until dropped.
-    tcp: Option<TcpStream>,
+    socket: Arc<Socket>,
     activity: Arc<Activity>,
     /// Bytes written and not yet flushed: a response is half way out.
     unflushed: bool,
 }
 
 impl Watched {
-    pub fn new(tcp: TcpStream, activity: Arc<Activity>) -> Self {
+    pub fn new(socket: Arc<Socket>, activity: Arc<Activity>) -> Self {
         Watched {
-            tcp: Some(tcp),
+            socket,
             activity,
             unflushed: false,
         }
     }
 }
 
-impl Watched {
-    fn tcp(&mut self) -> Pin<&mut TcpStream> {
-        Pin::new(self.tcp.as_mut().expect("the socket is taken only on drop"))
-    }
-}
-
 impl Drop for Watched {
     fn drop(&mut self) {
         let reclaim = self.activity.state().reclaim.take();
-        if let (Some(tx), Some(tcp), false) = (reclaim, self.tcp.take(), self.unflushed) {
-            let _ = tx.send(tcp);
+        if let (Some(tx), false) = (reclaim, self.unflushed) {
+            if let Some(tcp) = self.socket.take() {
+                let _ = tx.send(tcp);
+            }
         }
     }
 }
@@ -205,9 +204,9 @@ impl AsyncRead for Watched {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let poll = this.tcp().poll_read(cx, buf);
-        if poll.is_ready() {
-            this.activity.on_read(&buf.filled()[before..]);
+        let poll = this.socket.poll_read(cx, buf);
+        if poll.is_ready() && this.activity.on_read(&buf.filled()[before..]) {
+            this.socket.cork();
         }
         poll
     }
@@ -220,7 +219,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = this.tcp().poll_write(cx, buf);
+        let poll = this.socket.poll_write(cx, buf);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             this.unflushed = true;
         }
@@ -233,7 +232,7 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = this.tcp().poll_write_vectored(cx, bufs);
+        let poll = this.socket.poll_write_vectored(cx, bufs);
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             this.unflushed = true;
         }
@@ -241,12 +240,12 @@ impl AsyncWrite for Watched {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.as_ref().is_some_and(|t| t.is_write_vectored())
+        self.socket.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let poll = this.tcp().poll_flush(cx);
+        let poll = this.socket.poll_flush(cx);
         if matches!(poll, Poll::Ready(Ok(()))) {
             this.unflushed = false;
         }
@@ -254,7 +253,7 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().tcp().poll_shutdown(cx)
+        self.socket.poll_shutdown(cx)
     }
 }
 
@@ -304,13 +303,16 @@ mod tests {
     #[test]
     fn h2c_is_idle_once_the_preface_is_in_and_busy_while_a_stream_is_open() {
         let a = Activity::new();
-        a.on_read(&H2_PREFACE[..10]);
+        assert!(!a.on_read(&H2_PREFACE[..10]));
         assert_eq!(
             phase(&a),
             Phase::Head,
             "a preface is a head: header timeout"
         );
-        a.on_read(&H2_PREFACE[10..]);
+        assert!(
+            a.on_read(&H2_PREFACE[10..]),
+            "the preface is complete: cork"
+        );
         assert!(a.is_h2());
         assert_eq!(phase(&a), Phase::Idle);
         let one = Busy::start(&a);

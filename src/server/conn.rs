@@ -16,9 +16,12 @@
 //! [`GOAWAY_GRACE`] later if the peer does not finish the handshake.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Busy, Watched};
 use super::body::{timeout_status, TimedBody, Tracked};
+use super::cork::Socket;
 use crate::chat::{headers, GatewayError, TimeoutKind};
 use crate::config::ClientLimits;
 
@@ -59,7 +63,8 @@ pub struct Shared {
 pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     let _permit = permit;
     let activity = Activity::new();
-    let io = TokioIo::new(Watched::new(tcp, activity.clone()));
+    let socket = Arc::new(Socket::new(tcp));
+    let io = TokioIo::new(Watched::new(socket.clone(), activity.clone()));
     let service = {
         let activity = activity.clone();
         let app = shared.app.clone();
@@ -111,7 +116,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
                 }
             };
             tokio::select! {
-                result = conn.as_mut() => {
+                result = turn(conn.as_mut(), &socket) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
@@ -149,6 +154,21 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
             answer_slow_head(tcp, shared.limits.header_timeout).await;
         }
     }
+}
+
+/// Polls hyper's connection, then sends what it wrote in this turn on a corked (h2c) socket in
+/// one write (see [`super::cork`]). A failed send is also reported to hyper's next write.
+fn turn<'a, F: Future>(
+    mut conn: Pin<&'a mut F>,
+    socket: &'a Socket,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        let poll = conn.as_mut().poll(cx);
+        if let Poll::Ready(Err(e)) = socket.poll_send_held(cx) {
+            tracing::debug!(error = %e, "writing to the client failed");
+        }
+        poll
+    })
 }
 
 /// 408 with OpenAI's error JSON to a peer whose request head did not arrive in time, then a

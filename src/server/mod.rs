@@ -7,7 +7,8 @@
 //!   pauses accepting instead of spinning on the error.
 //! - [`conn`]: one connection, and the watchdog that closes it when the peer stalls before or
 //!   between requests (`--client-header-timeout`, `--client-idle-timeout`); [`activity`]: what
-//!   the watchdog knows (the connection's phase, kept by the socket and the requests).
+//!   the watchdog knows (the connection's phase, kept by the socket and the requests);
+//!   [`cork`]: an h2c connection's writes leave once per turn of its task, not once per flush.
 //! - [`body`]: the request body's deadline (`--client-body-timeout`, `core::BodyTimeout`) and the
 //!   response body that keeps its connection busy.
 //! - [`fd`]: the open-files limit and the connection cap derived from it.
@@ -22,6 +23,7 @@
 mod activity;
 mod body;
 mod conn;
+mod cork;
 mod cors;
 mod fallback;
 mod fd;
