@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -37,11 +38,16 @@ struct State {
     h2: bool,
     /// Set when the watchdog wants the socket back from hyper to answer a slow head.
     reclaim: Option<oneshot::Sender<TcpStream>>,
+    /// When the watchdog wakes next. It is woken early only by a change that brings the
+    /// deadline before this, so that a request's start and end cost it nothing.
+    armed: Option<Instant>,
 }
 
 /// What the watchdog knows of a connection. Updated on each request's start and end and on
 /// the first byte read while no request is open; nothing per byte beyond one atomic load.
 pub struct Activity {
+    header_timeout: Duration,
+    idle_timeout: Duration,
     /// Reads matter (they may begin a head) only while no request is open on HTTP/1.
     watch_reads: AtomicBool,
     state: Mutex<State>,
@@ -49,8 +55,10 @@ pub struct Activity {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    pub fn new(limits: &ClientLimits) -> Arc<Self> {
         Arc::new(Activity {
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
             watch_reads: AtomicBool::new(true),
             state: Mutex::new(State {
                 phase: Phase::Fresh,
@@ -59,6 +67,7 @@ impl Activity {
                 sniffed: Some(0),
                 h2: false,
                 reclaim: None,
+                armed: None,
             }),
             changed: Notify::new(),
         })
@@ -88,7 +97,7 @@ impl Activity {
                         s.since = Instant::now();
                     }
                     self.watch_reads.store(false, Ordering::Relaxed);
-                    self.changed.notify_one();
+                    self.phase_changed(&s);
                     return true;
                 }
                 s.sniffed = Some(seen + n);
@@ -99,7 +108,7 @@ impl Activity {
         if matches!(s.phase, Phase::Fresh | Phase::Idle) {
             s.phase = Phase::Head;
             s.since = Instant::now();
-            self.changed.notify_one();
+            self.phase_changed(&s);
         }
         if s.sniffed.is_none() {
             self.watch_reads.store(false, Ordering::Relaxed);
@@ -108,13 +117,37 @@ impl Activity {
     }
 
     /// When the connection is to be closed if nothing changes; `None` while busy.
-    pub fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
-        let s = self.state();
+    fn deadline_of(&self, s: &State) -> Option<Instant> {
         match s.phase {
-            Phase::Fresh | Phase::Head => Some(s.since + limits.header_timeout),
-            Phase::Idle => Some(s.since + limits.idle_timeout),
+            Phase::Fresh | Phase::Head => Some(s.since + self.header_timeout),
+            Phase::Idle => Some(s.since + self.idle_timeout),
             Phase::Busy => None,
         }
+    }
+
+    /// Wakes the watchdog if the new phase's deadline comes before its next wake-up.
+    fn phase_changed(&self, s: &State) {
+        let deadline = self.deadline_of(s);
+        if deadline.is_some_and(|d| s.armed.is_none_or(|armed| d < armed)) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the watchdog should look next, remembered as its wake-up: the deadline, or while
+    /// busy one idle timeout from now (the request's end makes a later deadline than that).
+    pub fn arm(&self) -> Instant {
+        let mut s = self.state();
+        let at = self
+            .deadline_of(&s)
+            .unwrap_or_else(|| Instant::now() + self.idle_timeout);
+        s.armed = Some(at);
+        at
+    }
+
+    /// Whether the deadline has passed (never while busy).
+    pub fn expired(&self) -> bool {
+        let s = self.state();
+        self.deadline_of(&s).is_some_and(|d| d <= Instant::now())
     }
 
     pub fn is_h2(&self) -> bool {
@@ -160,7 +193,7 @@ impl Drop for Busy {
             if !s.h2 {
                 activity.watch_reads.store(true, Ordering::Relaxed);
             }
-            activity.changed.notify_one();
+            activity.phase_changed(&s);
         }
     }
 }
@@ -276,20 +309,65 @@ mod tests {
         a.state().phase
     }
 
+    fn deadline(a: &Activity) -> Option<Instant> {
+        a.deadline_of(&a.state())
+    }
+
+    /// Whether the watchdog was woken since it last looked.
+    fn woken(a: &Activity) -> bool {
+        use futures_util::FutureExt;
+        a.changed.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_woken_only_when_the_deadline_comes_sooner() {
+        let a = Activity::new(&limits());
+        let at = a.arm();
+        assert_eq!(Some(at), deadline(&a), "fresh: the header deadline");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read(b"G");
+        assert!(!woken(&a), "a head begun later ends later");
+        let busy = Busy::start(&a);
+        drop(busy);
+        assert!(!woken(&a), "idle until later than the head's deadline");
+        // The watchdog wakes at the head's deadline and arms for the idle one.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!a.expired());
+        let idle = a.arm();
+        assert_eq!(Some(idle), deadline(&a));
+        // A new head has the header timeout, sooner than the idle deadline: wake.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read(b"P");
+        assert!(woken(&a));
+        let head = a.arm();
+        assert!(head < idle);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(a.expired(), "the head did not come whole in time");
+        // While busy nothing expires; the watchdog only looks again an idle timeout later.
+        let busy = Busy::start(&a);
+        assert!(!a.expired());
+        let recheck = a.arm();
+        assert_eq!(recheck, Instant::now() + limits().idle_timeout);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(busy);
+        assert!(!woken(&a), "its end brings no deadline before the recheck");
+        assert!(deadline(&a).unwrap() > recheck);
+    }
+
     #[test]
     fn http1_phases_follow_heads_and_requests() {
-        let a = Activity::new();
-        let fresh = a.deadline(&limits()).unwrap();
+        let a = Activity::new(&limits());
+        let fresh = deadline(&a).unwrap();
         a.on_read(b"GE");
         assert_eq!(phase(&a), Phase::Head);
         assert!(!a.is_h2());
         // Further bytes of the same head do not move its deadline.
-        let head = a.deadline(&limits()).unwrap();
+        let head = deadline(&a).unwrap();
         assert!(head >= fresh);
         a.on_read(b"T / HTTP/1.1\r\n");
-        assert_eq!(a.deadline(&limits()), Some(head));
+        assert_eq!(deadline(&a), Some(head));
         let busy = Busy::start(&a);
-        assert_eq!(a.deadline(&limits()), None);
+        assert_eq!(deadline(&a), None);
         drop(busy);
         assert_eq!(phase(&a), Phase::Idle);
         a.on_read(b"P");
@@ -302,7 +380,7 @@ mod tests {
 
     #[test]
     fn h2c_is_idle_once_the_preface_is_in_and_busy_while_a_stream_is_open() {
-        let a = Activity::new();
+        let a = Activity::new(&limits());
         assert!(!a.on_read(&H2_PREFACE[..10]));
         assert_eq!(
             phase(&a),

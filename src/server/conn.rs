@@ -14,6 +14,10 @@
 //! hyper has no timeout answer of its own (its socket comes back from hyper's connection as it
 //! is dropped, see [`Watched`]). An HTTP/2 connection gets GOAWAY and is closed for good
 //! [`GOAWAY_GRACE`] later if the peer does not finish the handshake.
+//!
+//! The watchdog costs nothing per request: its clock is moved only when a phase brings the
+//! deadline sooner than it is set for (a new HTTP/1 head), and it is polled only when its own
+//! clock or signals wake it ([`Gate`]), not on each wake of hyper's connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,9 +25,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -62,7 +67,7 @@ pub struct Shared {
 /// the connection's place under `--max-connections`, given back when this returns.
 pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePermit) {
     let _permit = permit;
-    let activity = Activity::new();
+    let activity = Activity::new(&shared.limits);
     let socket = Arc::new(Socket::new(tcp));
     let io = TokioIo::new(Watched::new(socket.clone(), activity.clone()));
     let service = {
@@ -106,44 +111,39 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
         let mut goaway_sent = false;
         // Set once the connection is told to close: it is dropped if still open by then.
         let mut close_by: Option<Instant> = None;
+        // The watchdog is polled only when its own clock or signals wake it, not on each of
+        // the many wakes of hyper's connection (a request read, a response chunk ready).
+        let gate = Gate::new();
         loop {
-            let changed = activity.changed.notified();
-            let deadline = close_by.or_else(|| activity.deadline(&shared.limits));
-            let expiry = async move {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
+            let watchdog = watchdog(&activity, &shared, goaway_sent, close_by);
+            tokio::pin!(watchdog);
+            let order = tokio::select! {
+                biased;
                 result = turn(conn.as_mut(), &socket) => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
                     return None;
                 }
-                _ = changed => {}
-                _ = expiry => {
-                    if close_by.is_some() {
-                        return None;
+                order = gate.open(watchdog) => order,
+            };
+            match order {
+                Order::GoAway => {
+                    if !goaway_sent {
+                        conn.as_mut().graceful_shutdown();
+                        goaway_sent = true;
                     }
-                    if activity.deadline(&shared.limits).is_some_and(|d| d <= Instant::now()) {
-                        if !activity.is_h2() {
-                            tracing::debug!("closing a stalled or idle client connection");
-                            return activity.reclaim_for_slow_head();
-                        }
-                        if !goaway_sent {
-                            conn.as_mut().graceful_shutdown();
-                            goaway_sent = true;
-                        }
-                        close_by = Some(Instant::now() + GOAWAY_GRACE);
-                    }
+                    close_by = Some(Instant::now() + GOAWAY_GRACE);
                 }
-                _ = shared.stop.cancelled(), if !goaway_sent => {
+                Order::Stop => {
                     conn.as_mut().graceful_shutdown();
                     goaway_sent = true;
                 }
-                _ = shared.kill.cancelled() => return None,
+                Order::Close => return None,
+                Order::AnswerSlowHead => {
+                    tracing::debug!("closing a stalled or idle client connection");
+                    return activity.reclaim_for_slow_head();
+                }
             }
         }
     }
@@ -169,6 +169,103 @@ fn turn<'a, F: Future>(
         }
         poll
     })
+}
+
+/// What the watchdog tells the connection to do.
+enum Order {
+    /// An h2 connection stalled: GOAWAY, then close after [`GOAWAY_GRACE`].
+    GoAway,
+    /// The gateway stops: GOAWAY, finish what is open.
+    Stop,
+    Close,
+    /// An HTTP/1 connection stalled: close it, answering 408 if a head had begun.
+    AnswerSlowHead,
+}
+
+/// Watches the connection until it must be told something. Its clock is set once per phase
+/// that moves the deadline sooner ([`Activity::arm`]), and checked when it rings; requests that
+/// start and end in between cost it nothing. After GOAWAY (`close_by`) it only waits for that.
+async fn watchdog(
+    activity: &Activity,
+    shared: &Shared,
+    goaway_sent: bool,
+    close_by: Option<Instant>,
+) -> Order {
+    let clock = tokio::time::sleep_until(close_by.unwrap_or_else(|| activity.arm()));
+    tokio::pin!(clock);
+    loop {
+        let changed = activity.changed.notified();
+        if close_by.is_none() {
+            let at = activity.arm();
+            if at != clock.deadline() {
+                clock.as_mut().reset(at);
+            }
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = clock.as_mut() => {
+                if close_by.is_some() {
+                    return Order::Close;
+                }
+                if activity.expired() {
+                    return if activity.is_h2() { Order::GoAway } else { Order::AnswerSlowHead };
+                }
+            }
+            _ = shared.stop.cancelled(), if !goaway_sent => return Order::Stop,
+            _ = shared.kill.cancelled() => return Order::Close,
+        }
+    }
+}
+
+/// Polls a future only when its own waker fired since its last poll (or it was never polled),
+/// as `FuturesUnordered` does for each of its futures; otherwise Pending at the cost of an
+/// atomic swap. A fresh future is polled first by [`Gate::open`].
+struct Gate {
+    inner: Arc<GateWake>,
+    waker: Waker,
+}
+
+struct GateWake {
+    woken: AtomicBool,
+    /// The task's waker, woken when the gated future's is.
+    task: AtomicWaker,
+}
+
+impl Wake for GateWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Gate {
+    fn new() -> Gate {
+        let inner = Arc::new(GateWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(inner.clone());
+        Gate { inner, waker }
+    }
+
+    /// `future`, polled only when woken; it is polled on its first poll whatever came before.
+    fn open<'a, F: Future>(
+        &'a self,
+        mut future: Pin<&'a mut F>,
+    ) -> impl Future<Output = F::Output> + 'a {
+        self.inner.woken.store(true, Ordering::Release);
+        std::future::poll_fn(move |cx| {
+            self.inner.task.register(cx.waker());
+            if !self.inner.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            future.as_mut().poll(&mut Context::from_waker(&self.waker))
+        })
+    }
 }
 
 /// 408 with OpenAI's error JSON to a peer whose request head did not arrive in time, then a
