@@ -143,7 +143,7 @@ impl<B> Tracked<B> {
 
     /// Ends the body with a gRPC UNAVAILABLE status once `drain` is cancelled.
     pub fn grpc_until(mut self, drain: Option<&CancellationToken>) -> Self {
-        self.drain = drain.map(|d| d.child_token().cancelled_owned());
+        self.drain = drain.map(|d| d.clone().cancelled_owned());
         self
     }
 }
