@@ -147,15 +147,30 @@ impl Attempts {
     }
 }
 
-impl fmt::Display for Attempts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Attempts {
+    /// The trail as header text, put together without the formatting machinery: it is on
+    /// every answer.
+    pub fn header_text(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() * 16);
+        let mut digits = itoa::Buffer::new();
         for (i, a) in self.0.iter().enumerate() {
             if i > 0 {
-                f.write_str(",")?;
+                out.push(',');
             }
-            write!(f, "{}:{}", a.key_id, a.outcome)?;
+            out.push_str(&a.key_id);
+            out.push(':');
+            out.push_str(match a.outcome {
+                AttemptOutcome::Status(status) => digits.format(status),
+                other => other.name().unwrap_or_default(),
+            });
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for Attempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.header_text())
     }
 }
 

@@ -38,7 +38,7 @@ fn render(error: &GatewayError, body: bytes::Bytes) -> Response {
 
 /// The attempt trail as the `x-gateway-attempts` header.
 pub fn set_attempts(response: &mut Response, attempts: &Attempts) {
-    if let Ok(value) = HeaderValue::try_from(attempts.to_string()) {
+    if let Ok(value) = HeaderValue::try_from(attempts.header_text()) {
         response.headers_mut().insert(headers::ATTEMPTS, value);
     }
 }

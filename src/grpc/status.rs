@@ -123,7 +123,7 @@ pub fn to_status(
 
 /// Puts the attempt trail (`key-2:429,key-3:200`) in `metadata`.
 pub fn set_attempts(metadata: &mut MetadataMap, attempts: &Attempts) {
-    if let Ok(value) = MetadataValue::try_from(attempts.to_string()) {
+    if let Ok(value) = MetadataValue::try_from(attempts.header_text()) {
         metadata.insert(headers::ATTEMPTS, value);
     }
 }

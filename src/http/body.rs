@@ -56,12 +56,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
         )));
     };
     let text = String::from_utf8_lossy(value.as_bytes());
-    let shown: String = text.chars().take(100).collect();
     let mut params = text.split(';');
-    let mime = params.next().unwrap_or("").trim().to_ascii_lowercase();
-    let json =
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    let mime = params.next().unwrap_or("").trim().as_bytes();
+    // `application/json`, or `application/…+json`, in any case; compared in place, as this
+    // runs on every request.
+    let json = mime.eq_ignore_ascii_case(b"application/json")
+        || (mime.len() >= 17
+            && mime[..12].eq_ignore_ascii_case(b"application/")
+            && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"));
     if !json {
+        let shown: String = text.chars().take(100).collect();
         return Err(GatewayError::UnsupportedMediaType(format!(
             "content type `{shown}` is not supported: {CURL_HINT}"
         )));
@@ -138,8 +142,18 @@ mod tests {
             &[(ct, "Application/JSON; charset=UTF-8")],
             &[(ct, "application/vnd.api+json;charset=\"utf8\"")],
             &[(ct, "application/json"), (ce, "identity")],
+            &[(ct, " APPLICATION/Problem+JSON ")],
+            &[(ct, "application/+json")],
         ] {
             assert_eq!(refusal(fine), None, "{fine:?}");
+        }
+        for not_json in [
+            "application/jsonx",
+            "application/",
+            "text/+json",
+            "application+json",
+        ] {
+            assert!(refusal(&[(ct, not_json)]).is_some(), "{not_json}");
         }
         let missing = refusal(&[]).unwrap();
         assert!(
