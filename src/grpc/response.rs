@@ -19,7 +19,7 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::pb;
-use crate::chat::GatewayError;
+use crate::chat::{read_json, GatewayError};
 
 /// A whole completion body.
 pub fn completion(body: &[u8]) -> Result<pb::ChatCompletion, GatewayError> {
@@ -37,23 +37,7 @@ fn parse<T: FromObject>(bytes: &[u8]) -> Result<T::Out, GatewayError> {
         let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
         GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
     };
-    let reader = Any(ObjectOnly::<T>(PhantomData));
-    // One UTF-8 check of the whole text is cheaper than the byte reader's check of each string;
-    // text that is not UTF-8 goes to the byte reader so that its error names the place.
-    let read = match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            reader
-                .deserialize(&mut de)
-                .and_then(|v| de.end().map(|()| v))
-        }
-        Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            reader
-                .deserialize(&mut de)
-                .and_then(|v| de.end().map(|()| v))
-        }
-    };
+    let read = read_json(bytes, Any(ObjectOnly::<T>(PhantomData)));
     match read {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(GatewayError::Internal(

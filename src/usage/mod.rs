@@ -102,13 +102,8 @@ impl Partial {
             message: Option<Inner>,
             choices: Option<Vec<serde::de::IgnoredAny>>,
         }
-        // One UTF-8 check of the whole is cheaper than the byte reader's check of each string;
-        // an answer that is not UTF-8 still has its usage read, by the byte reader.
-        let answer = match std::str::from_utf8(json) {
-            Ok(text) => serde_json::from_str::<Answer>(text),
-            Err(_) => serde_json::from_slice::<Answer>(json),
-        }
-        .ok()?;
+        // An answer that is not UTF-8 still has its usage read (by the byte reader).
+        let answer: Answer = crate::chat::read_json(json, std::marker::PhantomData).ok()?;
         let usage_only = answer.choices.as_ref().is_some_and(Vec::is_empty);
         let raw = answer
             .usage

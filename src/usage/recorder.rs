@@ -101,12 +101,14 @@ where
     K: std::hash::Hash + Eq,
     for<'a> Names<'a, T>: std::hash::Hash + hashbrown::Equivalent<K>,
 {
-    // Two lookups for a new triple (rare: the triples are bounded by clients × models × keys)
-    // rather than an owned key for every record.
-    if !map.contains_key(&names) {
-        map.insert(owned(names.0, names.1, names.2), V::default());
+    // One lookup; the owned key (made of the same strings, so it is equivalent) only for a
+    // new triple, which is rare: the triples are bounded by clients × models × keys.
+    match map.entry_ref(&names) {
+        hashbrown::hash_map::EntryRef::Occupied(entry) => entry.into_mut(),
+        hashbrown::hash_map::EntryRef::Vacant(entry) => {
+            entry.insert_with_key(owned(names.0, names.1, names.2), V::default())
+        }
     }
-    map.get_mut(&names).expect("inserted above")
 }
 
 #[derive(Default)]
