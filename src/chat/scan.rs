@@ -38,30 +38,33 @@ pub fn check(body: &[u8]) -> Result<(), GatewayError> {
 }
 
 /// The index of the closing quote of the string whose content starts at `i` (or the body's
-/// end), checking each `\u` escape on the way.
+/// end), checking each `\u` escape on the way. Text between escapes is skipped with memchr:
+/// strings (a conversation's messages) are most of a large body.
 fn string_end(body: &[u8], mut i: usize) -> Result<usize, GatewayError> {
     while i < body.len() {
-        match body[i] {
-            b'"' => return Ok(i),
-            b'\\' if body.get(i + 1) == Some(&b'u') => {
-                let unit = hex4(body, i + 2);
-                match unit {
-                    Some(0xD800..=0xDBFF) => {
-                        let low = (body.get(i + 6) == Some(&b'\\')
-                            && body.get(i + 7) == Some(&b'u'))
-                        .then(|| hex4(body, i + 8))
-                        .flatten();
-                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
-                            return Err(lone_surrogate(body, i));
-                        }
-                        i += 12;
-                    }
-                    Some(0xDC00..=0xDFFF) => return Err(lone_surrogate(body, i)),
-                    _ => i += 6,
+        let Some(at) = memchr::memchr2(b'"', b'\\', &body[i..]) else {
+            break;
+        };
+        i += at;
+        if body[i] == b'"' {
+            return Ok(i);
+        }
+        if body.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        match hex4(body, i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = (body.get(i + 6) == Some(&b'\\') && body.get(i + 7) == Some(&b'u'))
+                    .then(|| hex4(body, i + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err(lone_surrogate(body, i));
                 }
+                i += 12;
             }
-            b'\\' => i += 2,
-            _ => i += 1,
+            Some(0xDC00..=0xDFFF) => return Err(lone_surrogate(body, i)),
+            _ => i += 6,
         }
     }
     Ok(body.len())
@@ -132,5 +135,17 @@ mod tests {
         ] {
             assert!(check(good.as_bytes()).is_ok(), "{good}");
         }
+        // Escapes and the string's end found past long runs of text.
+        let text = "x".repeat(5000);
+        let late = format!("{{\"a\":\"{text}\\\"{text}\\ud800{text}\"}}");
+        assert!(
+            check(late.as_bytes()).is_err(),
+            "a surrogate after long text"
+        );
+        let deep_after = format!("{{\"a\":\"{text}\\\"{text}\",\"b\":{}}}", nested(200));
+        assert!(
+            check(deep_after.as_bytes()).is_err(),
+            "depth counted after the string"
+        );
     }
 }
