@@ -147,9 +147,7 @@ impl Attempts {
     pub fn last_key(&self) -> Option<&str> {
         self.0.last().map(|a| &*a.key_id)
     }
-}
 
-impl Attempts {
     /// The trail as header text, put together without the formatting machinery: it is on
     /// every answer.
     pub fn header_text(&self) -> String {

@@ -106,7 +106,7 @@ impl Drop for Call {
             method = self.method,
             model = self.model.as_deref().unwrap_or(""),
             key = attempts.and_then(|a| a.last_key()).unwrap_or(""),
-            attempts = %attempts.map(|a| a.to_string()).unwrap_or_default(),
+            attempts = %attempts.map(|a| a.header_text()).unwrap_or_default(),
             code = ?code,
             grpc_status = code as i32,
             duration_ms = millis(elapsed),

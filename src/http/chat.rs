@@ -109,32 +109,15 @@ fn frames(batch: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-fn frame(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 8);
-    crate::upstream::sse::put_data(&mut out, data);
-    out.freeze()
-}
-
 fn error_frame(error: &GatewayError) -> Bytes {
     tracing::warn!(error = %error, "stream ended with an error");
-    frame(&error.to_openai_json())
+    crate::upstream::sse::named_frame(None, &error.to_openai_json())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::FutureExt;
-
-    #[test]
-    fn frames_keep_every_line() {
-        assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
-        assert_eq!(&frame(b"one\ntwo")[..], b"data: one\ndata: two\n\n");
-        assert_eq!(
-            &frame(b"a\n\nb\n")[..],
-            b"data: a\ndata: \ndata: b\ndata: \n\n"
-        );
-        assert_eq!(&frame(b"")[..], b"data: \n\n");
-    }
 
     #[tokio::test]
     async fn events_of_one_read_go_out_as_one_frame() {

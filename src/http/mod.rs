@@ -237,7 +237,7 @@ where
         path,
         model = note.model.as_deref().unwrap_or(""),
         key = attempts.and_then(|a| a.last_key()).unwrap_or(""),
-        attempts = %attempts.map(|a| a.to_string()).unwrap_or_default(),
+        attempts = %attempts.map(|a| a.header_text()).unwrap_or_default(),
         status,
         duration_ms = millis(elapsed),
         "request"

@@ -319,6 +319,51 @@ mod tests {
         a.changed.notified().now_or_never().is_some()
     }
 
+    /// Two ends of a loopback connection: ours wrapped as hyper gets it, and the peer's.
+    async fn watched_pair() -> (Watched, Arc<Socket>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        let socket = Arc::new(Socket::new(ours));
+        let watched = Watched::new(socket.clone(), Activity::new(&limits()));
+        (watched, socket, peer)
+    }
+
+    /// What the peer has received so far, waiting a moment for anything in flight.
+    async fn received(peer: &mut TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0; 256];
+        match tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await {
+            Ok(n) => buf[..n.unwrap()].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_h2c_connection_is_corked_once_its_preface_is_read_and_http1_never() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut watched, socket, mut peer) = watched_pair().await;
+        peer.write_all(H2_PREFACE).await.unwrap();
+        let mut preface = vec![0; H2_PREFACE.len()];
+        watched.read_exact(&mut preface).await.unwrap();
+        watched.write_all(b"SETTINGS").await.unwrap();
+        watched.flush().await.unwrap();
+        assert_eq!(received(&mut peer).await, b"", "held until the turn ends");
+        std::future::poll_fn(|cx| socket.poll_send_held(cx))
+            .await
+            .unwrap();
+        assert_eq!(received(&mut peer).await, b"SETTINGS");
+
+        let (mut watched, _socket, mut peer) = watched_pair().await;
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut head = vec![0; 18];
+        watched.read_exact(&mut head).await.unwrap();
+        watched.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert_eq!(received(&mut peer).await, b"HTTP/1.1 200 OK\r\n");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_watchdog_is_woken_only_when_the_deadline_comes_sooner() {
         let a = Activity::new(&limits());

@@ -17,7 +17,8 @@
 //!
 //! The watchdog costs nothing per request: its clock is moved only when a phase brings the
 //! deadline sooner than it is set for (a new HTTP/1 head), and it is polled only when its own
-//! clock or signals wake it ([`Gate`]), not on each wake of hyper's connection.
+//! clock or signals wake it (through a `FuturesUnordered`), not on each wake of hyper's
+//! connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,10 +26,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -112,11 +113,11 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
         // Set once the connection is told to close: it is dropped if still open by then.
         let mut close_by: Option<Instant> = None;
         // The watchdog is polled only when its own clock or signals wake it, not on each of
-        // the many wakes of hyper's connection (a request read, a response chunk ready).
-        let gate = Gate::new();
+        // the many wakes of hyper's connection (a request read, a response chunk ready):
+        // FuturesUnordered polls only the futures whose wakers fired. It holds one at a time.
+        let mut watching = FuturesUnordered::new();
         loop {
-            let watchdog = watchdog(&activity, &shared, goaway_sent, close_by);
-            tokio::pin!(watchdog);
+            watching.push(watchdog(&activity, &shared, goaway_sent, close_by));
             let order = tokio::select! {
                 biased;
                 result = turn(conn.as_mut(), &socket) => {
@@ -125,7 +126,7 @@ pub async fn serve(tcp: TcpStream, shared: Arc<Shared>, permit: OwnedSemaphorePe
                     }
                     return None;
                 }
-                order = gate.open(watchdog) => order,
+                Some(order) = watching.next() => order,
             };
             match order {
                 Order::GoAway => {
@@ -214,57 +215,6 @@ async fn watchdog(
             _ = shared.stop.cancelled(), if !goaway_sent => return Order::Stop,
             _ = shared.kill.cancelled() => return Order::Close,
         }
-    }
-}
-
-/// Polls a future only when its own waker fired since its last poll (or it was never polled),
-/// as `FuturesUnordered` does for each of its futures; otherwise Pending at the cost of an
-/// atomic swap. A fresh future is polled first by [`Gate::open`].
-struct Gate {
-    inner: Arc<GateWake>,
-    waker: Waker,
-}
-
-struct GateWake {
-    woken: AtomicBool,
-    /// The task's waker, woken when the gated future's is.
-    task: AtomicWaker,
-}
-
-impl Wake for GateWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Gate {
-    fn new() -> Gate {
-        let inner = Arc::new(GateWake {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(inner.clone());
-        Gate { inner, waker }
-    }
-
-    /// `future`, polled only when woken; it is polled on its first poll whatever came before.
-    fn open<'a, F: Future>(
-        &'a self,
-        mut future: Pin<&'a mut F>,
-    ) -> impl Future<Output = F::Output> + 'a {
-        self.inner.woken.store(true, Ordering::Release);
-        std::future::poll_fn(move |cx| {
-            self.inner.task.register(cx.waker());
-            if !self.inner.woken.swap(false, Ordering::AcqRel) {
-                return Poll::Pending;
-            }
-            future.as_mut().poll(&mut Context::from_waker(&self.waker))
-        })
     }
 }
 

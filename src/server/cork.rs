@@ -155,7 +155,10 @@ impl<T: AsyncWrite + Unpin> State<T> {
             let Some(io) = self.io.as_mut() else {
                 return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
-            match ready!(Pin::new(io).poll_write(cx, &self.held[self.sent..])) {
+            // writev, as hyper's and h2's writes are: std's `write` on a socket is `send`,
+            // which `/proc/PID/io`'s write-syscall count (the bench's) does not see.
+            let rest = [io::IoSlice::new(&self.held[self.sent..])];
+            match ready!(Pin::new(io).poll_write_vectored(cx, &rest)) {
                 Ok(0) => return Poll::Ready(Err(self.fail(io::ErrorKind::WriteZero))),
                 Ok(n) => self.sent += n,
                 Err(e) => return Poll::Ready(Err(self.fail(e.kind()))),

@@ -233,6 +233,18 @@ mod tests {
     }
 
     #[test]
+    fn frames_keep_every_line() {
+        let frame = |data: &[u8]| named_frame(None, data);
+        assert_eq!(&frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&frame(b"one\ntwo")[..], b"data: one\ndata: two\n\n");
+        assert_eq!(
+            &frame(b"a\n\nb\n")[..],
+            b"data: a\ndata: \ndata: b\ndata: \n\n"
+        );
+        assert_eq!(&frame(b"")[..], b"data: \n\n");
+    }
+
+    #[test]
     fn byte_order_mark_is_skipped() {
         let mut p = SseParser::new();
         p.push(b"\xEF\xBB");

@@ -79,9 +79,22 @@ type ByTriple = hashbrown::HashMap<(String, String, String), Sums>;
 #[derive(Hash)]
 struct Names<'a, T>(&'a str, &'a str, T);
 
+/// The owned key [`Names`] stand for, and how they compare with it.
+trait KeyOf<K>: std::hash::Hash + hashbrown::Equivalent<K> {
+    /// The same strings, owned: equivalent by construction (hashbrown's `insert_with_key`
+    /// checks it).
+    fn owned(&self) -> K;
+}
+
 impl hashbrown::Equivalent<(String, String, String)> for Names<'_, &str> {
     fn equivalent(&self, key: &(String, String, String)) -> bool {
         self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+impl KeyOf<(String, String, String)> for Names<'_, &str> {
+    fn owned(&self) -> (String, String, String) {
+        (self.0.to_owned(), self.1.to_owned(), self.2.to_owned())
     }
 }
 
@@ -91,22 +104,23 @@ impl hashbrown::Equivalent<(String, String, &'static str)> for Names<'_, &'stati
     }
 }
 
-/// The count under `names` in `map`, made (with its key's strings) only the first time.
-fn count<'m, K, V: Default, T: Copy>(
+impl KeyOf<(String, String, &'static str)> for Names<'_, &'static str> {
+    fn owned(&self) -> (String, String, &'static str) {
+        (self.0.to_owned(), self.1.to_owned(), self.2)
+    }
+}
+
+/// The count under `names` in `map`, made (with its key's strings) only the first time: one
+/// lookup, and an owned key only for a new triple, which is rare (the triples are bounded by
+/// clients × models × keys).
+fn count<'m, K: std::hash::Hash + Eq, V: Default>(
     map: &'m mut hashbrown::HashMap<K, V>,
-    names: Names<'_, T>,
-    owned: impl FnOnce(&str, &str, T) -> K,
-) -> &'m mut V
-where
-    K: std::hash::Hash + Eq,
-    for<'a> Names<'a, T>: std::hash::Hash + hashbrown::Equivalent<K>,
-{
-    // One lookup; the owned key (made of the same strings, so it is equivalent) only for a
-    // new triple, which is rare: the triples are bounded by clients × models × keys.
-    match map.entry_ref(&names) {
+    names: &impl KeyOf<K>,
+) -> &'m mut V {
+    match map.entry_ref(names) {
         hashbrown::hash_map::EntryRef::Occupied(entry) => entry.into_mut(),
         hashbrown::hash_map::EntryRef::Vacant(entry) => {
-            entry.insert_with_key(owned(names.0, names.1, names.2), V::default())
+            entry.insert_with_key(names.owned(), V::default())
         }
     }
 }
@@ -213,9 +227,9 @@ impl Recorder {
             let model = t.model_label(record.model.as_deref().unwrap_or(NONE));
             let client = record.client.as_deref().unwrap_or(NONE);
             let key = record.key.as_deref().unwrap_or(NONE);
-            let owned = |c: &str, m: &str, k: &str| (c.to_owned(), m.to_owned(), k.to_owned());
-            count(&mut t.since_start, Names(client, model, key), owned).add(&record);
-            count(&mut t.today, Names(client, model, key), owned).add(&record);
+            let names = Names(client, model, key);
+            count(&mut t.since_start, &names).add(&record);
+            count(&mut t.today, &names).add(&record);
             let u = &record.usage;
             for (kind, n) in [
                 ("prompt", u.prompt_tokens),
@@ -224,8 +238,7 @@ impl Recorder {
                 ("reasoning", u.reasoning_tokens.unwrap_or(0)),
             ] {
                 if n > 0 || kind == "prompt" || kind == "completion" {
-                    let owned = |c: &str, m: &str, k| (c.to_owned(), m.to_owned(), k);
-                    *count(&mut t.tokens, Names(client, model, kind), owned) += n;
+                    *count(&mut t.tokens, &Names(client, model, kind)) += n;
                 }
             }
             *t.outcomes.entry(record.outcome.name()).or_default() += 1;
@@ -540,17 +553,15 @@ mod tests {
     /// borrowed key hashes and compares as the owned one, so nothing is counted twice apart.
     #[test]
     fn a_triple_already_counted_is_found_by_its_names() {
-        let owned = |c: &str, m: &str, k: &str| (c.to_owned(), m.to_owned(), k.to_owned());
         let mut by = ByTriple::new();
-        count(&mut by, Names("a", "m", "key-1"), owned).requests += 1;
-        count(&mut by, Names("a", "m", "key-1"), owned).requests += 1;
-        count(&mut by, Names("b", "m", "key-1"), owned).requests += 1;
+        count(&mut by, &Names("a", "m", "key-1")).requests += 1;
+        count(&mut by, &Names("a", "m", "key-1")).requests += 1;
+        count(&mut by, &Names("b", "m", "key-1")).requests += 1;
         assert_eq!(by.len(), 2);
         assert_eq!(by[&("a".into(), "m".into(), "key-1".into())].requests, 2);
         let mut tokens = hashbrown::HashMap::<(String, String, &'static str), u64>::new();
-        let owned = |c: &str, m: &str, k| (c.to_owned(), m.to_owned(), k);
-        *count(&mut tokens, Names("a", "m", "prompt"), owned) += 3;
-        *count(&mut tokens, Names("a", "m", "prompt"), owned) += 4;
+        *count(&mut tokens, &Names("a", "m", "prompt")) += 3;
+        *count(&mut tokens, &Names("a", "m", "prompt")) += 4;
         assert_eq!(tokens.len(), 1);
         assert_eq!(tokens[&("a".into(), "m".into(), "prompt")], 7);
     }
