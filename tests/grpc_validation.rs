@@ -202,3 +202,100 @@ async fn metadata_over_the_limit_is_resource_exhausted() {
     chat.create_chat_completion(request).await.expect("a call");
     assert_eq!(mock.chat_count(), 1);
 }
+
+type Header<'a> = (&'a str, &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_framing_is_judged_before_the_core() {
+    let mock = MockUpstream::start().await;
+    let gw = spawn_gateway(&mock, &["k"], |s| s.max_body_bytes = 1024).await;
+    let h2 = HttpClient::new_h2c(gw.addr);
+    let one = hi().encode_to_vec();
+    let framed = frame_bytes(&one);
+    let with_flag = |flag: u8| {
+        let mut bytes = framed.clone();
+        bytes[0] = flag;
+        bytes
+    };
+    let gzip = [GRPC[0], GRPC[1], ("grpc-encoding", "gzip")];
+    let identity = [GRPC[0], GRPC[1], ("grpc-encoding", "identity")];
+    // A prefix announcing 2000 bytes (over the 1024-byte limit), with none of them sent.
+    let too_large = [0u8, 0, 0, 0x07, 0xd0].to_vec();
+    let truncated = framed[..framed.len() - 3].to_vec();
+    for path in [UNARY, STREAM] {
+        // (headers, body, the grpc-status, what its message says)
+        let cases: [(&[Header], Vec<u8>, &str, &str); 7] = [
+            (&gzip, framed.clone(), "12", "gzip"),
+            (&GRPC, with_flag(1), "13", "compressed-flag"),
+            (&GRPC, with_flag(2), "3", "compressed flag"),
+            (&GRPC, too_large.clone(), "11", "1024"),
+            (&GRPC, truncated.clone(), "3", "ended inside a message"),
+            (&GRPC, Vec::new(), "3", "none arrived"),
+            (
+                &GRPC,
+                [framed.clone(), vec![0, 0]].concat(),
+                "3",
+                "ended inside",
+            ),
+        ];
+        for (headers, body, code, said) in cases {
+            let resp = h2.post_raw(path, headers, body.clone()).await;
+            assert_eq!(resp.status, 200, "{path} {body:?}: {}", resp.text());
+            assert_eq!(
+                resp.header("content-type").as_deref(),
+                Some("application/grpc")
+            );
+            assert_eq!(
+                grpc_status(&resp).as_deref(),
+                Some(code),
+                "{path} {body:?}: {:?}",
+                resp.headers
+            );
+            let message = percent_decoded(&resp.header("grpc-message").unwrap_or_default());
+            assert!(message.contains(said), "{path} {body:?}: {message}");
+            if code == "12" {
+                assert_eq!(
+                    resp.header("grpc-accept-encoding").as_deref(),
+                    Some("identity")
+                );
+            }
+        }
+        // `identity` is no compression: the call goes through.
+        let resp = h2.post_raw(path, &identity, framed.clone()).await;
+        assert_eq!(resp.status, 200);
+        assert!(
+            grpc_status(&resp).is_none_or(|s| s == "0"),
+            "{path}: {:?}",
+            resp.headers
+        );
+    }
+    assert_eq!(
+        mock.chat_count(),
+        2,
+        "only the two good calls reached the upstream"
+    );
+}
+
+/// `grpc-message` as sent: percent-encoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -106,7 +106,7 @@ impl<U: Message + Default + Wire> Decoder for StrictDecoder<U> {
 
 /// INVALID_ARGUMENT with the details every gateway error carries (ErrorInfo, one BadRequest
 /// violation naming no field: the message as a whole is wrong).
-fn invalid(reason: &str, message: &str) -> Status {
+pub(super) fn invalid(reason: &str, message: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, DOMAIN, std::collections::HashMap::new());
     details.add_bad_request_violation("", message);

@@ -1,13 +1,13 @@
 //! The one service behind every gRPC path, in the order a call meets it: a Connect call to a
 //! ChatService method goes to [`super::connect`]; then [`super::guard`] refuses what is not gRPC
 //! or carries too much metadata; gRPC-Web (its content types only) is translated by tonic-web;
-//! and the tonic service the path names answers, with the attempt trail copied into its
-//! trailers ([`super::trailers`]).
+//! and the path's service answers: [`super::wire`] for the two chat methods (their trailers
+//! carry the attempt trail already), a tonic service for the rest, with the attempt trail
+//! copied into its trailers ([`super::trailers`]).
 //!
 //! Why one hand-written service rather than a stack of axum middleware: each `from_fn` layer
 //! boxed a future and cloned the service under it on every call, and the tonic services sat
-//! behind a second axum router. Here a native gRPC chat call costs no allocation of its own:
-//! its future is the tonic service's, wrapped in a plain enum.
+//! behind a second axum router. Here a native gRPC chat call costs one boxed future.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +24,7 @@ use tower::{Layer, Service};
 use super::connect::{self, Connect};
 use super::pb::chat_service_server::ChatServiceServer;
 use super::service::ChatDoor;
-use super::{guard, trailers};
+use super::{guard, trailers, wire};
 
 /// A tonic service's answer.
 type TonicResponse = http::Response<tonic::body::Body>;
@@ -41,16 +41,24 @@ struct Parts {
 }
 
 impl Door {
-    /// `chat` serves the chat service's paths; `others` (health, reflection) every other
-    /// gRPC path the router sends here.
+    /// `door` answers the two chat methods ([`wire`], requests up to `max_message` bytes);
+    /// `chat` the chat service's other paths; `others` (health, reflection) every other gRPC
+    /// path the router sends here.
     pub fn new(
         connect: Arc<Connect>,
+        door: Arc<ChatDoor>,
+        max_message: usize,
         chat: ChatServiceServer<ChatDoor>,
         others: tonic::service::Routes,
     ) -> Door {
         Door(Arc::new(Parts {
             connect,
-            services: Services { chat, others },
+            services: Services {
+                door,
+                max_message,
+                chat,
+                others,
+            },
         }))
     }
 }
@@ -105,20 +113,35 @@ fn is_grpc_web(headers: &HeaderMap) -> bool {
     )
 }
 
-/// The tonic services by path, each answer with its attempt trail in the trailers.
+/// The services by path: the two chat methods on [`wire`], the rest on tonic's, each answer
+/// with its attempt trail in the trailers.
 #[derive(Clone)]
 struct Services {
+    door: Arc<ChatDoor>,
+    max_message: usize,
     chat: ChatServiceServer<ChatDoor>,
     others: tonic::service::Routes,
 }
 
 impl Services {
     fn route(&self, request: http::Request<tonic::body::Body>) -> Trailed {
-        Trailed(if super::chat_method(request.uri().path()).is_some() {
+        let path = request.uri().path();
+        if let Some(method) = wire::method_of(path) {
+            let (door, max_message) = (self.door.clone(), self.max_message);
+            // The wire's answers carry the attempt trail in their trailers already.
+            return Trailed {
+                call: Box::pin(async move {
+                    Ok(wire::serve(&door, method, max_message, request).await)
+                }),
+                trail: false,
+            };
+        }
+        let call = if super::chat_method(path).is_some() {
             self.chat.clone().call(request)
         } else {
             Box::pin(self.others.clone().call(request))
-        })
+        };
+        Trailed { call, trail: true }
     }
 }
 
@@ -137,15 +160,22 @@ impl Service<http::Request<tonic::body::Body>> for Services {
     }
 }
 
-/// A tonic call whose answer gets [`trailers::attempts_in_trailers`].
-pub struct Trailed(BoxFuture<TonicResponse>);
+/// A call whose answer gets [`trailers::attempts_in_trailers`] when `trail` (tonic's).
+pub struct Trailed {
+    call: BoxFuture<TonicResponse>,
+    trail: bool,
+}
 
 impl Future for Trailed {
     type Output = Result<TonicResponse, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(self.0.as_mut().poll(cx))?;
-        Poll::Ready(Ok(trailers::attempts_in_trailers(response)))
+        let response = ready!(self.call.as_mut().poll(cx))?;
+        Poll::Ready(Ok(if self.trail {
+            trailers::attempts_in_trailers(response)
+        } else {
+            response
+        }))
     }
 }
 

@@ -11,11 +11,13 @@
 //!   `tonic-types` details (BadRequest, RetryInfo, ErrorInfo, RequestInfo).
 //! - [`call`]: what a call knows besides its message (request id, `grpc-timeout` deadline,
 //!   gateway token) and its one access-log line and metrics sample.
-//! - [`door`]: the one service behind every gRPC path: Connect, the guard, gRPC-Web and the
-//!   tonic services, in that order.
+//! - [`door`]: the one service behind every gRPC path: Connect, the guard, gRPC-Web, then
+//!   [`wire`] for the two chat methods and the tonic services for the rest, in that order.
+//! - [`wire`]: the two chat methods' gRPC framing (request message in, answer and trailers
+//!   out) without tonic's generic server, the same bytes on the wire.
 //! - [`trailers`]: the attempt trail in the trailers of successful calls too.
 //! - [`codec`]: prost's codec, strict on requests: malformed protobuf and a second request
-//!   message are INVALID_ARGUMENT.
+//!   message are INVALID_ARGUMENT (ListModels; [`wire`] says the same for the chat methods).
 //! - [`guard`]: non-gRPC content types (415) and oversized metadata (RESOURCE_EXHAUSTED),
 //!   refused before tonic sees the call.
 //! - [`connect`]: the Connect protocol (unary and server streaming, JSON and proto) on the
@@ -33,6 +35,7 @@ mod response;
 mod service;
 mod status;
 mod trailers;
+mod wire;
 
 use std::sync::Arc;
 
@@ -120,7 +123,8 @@ impl Grpc {
         // The same size limit as the HTTP door's body limit.
         let max_message = core.settings.max_body_bytes;
         let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
-        let chat = pb::chat_service_server::ChatServiceServer::new(service::ChatDoor::new(core))
+        let door = Arc::new(service::ChatDoor::new(core));
+        let chat = pb::chat_service_server::ChatServiceServer::from_arc(door.clone())
             .max_decoding_message_size(max_message);
         let names = [
             SERVICE_NAME,
@@ -132,7 +136,7 @@ impl Grpc {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         Grpc {
-            door: Door::new(connect, chat, others),
+            door: Door::new(connect, door, max_message, chat, others),
             names,
         }
     }
