@@ -26,15 +26,16 @@ pub struct ChatRequest {
 }
 
 /// The fields the gateway checks, borrowed from the body; everything else is ignored here and
-/// forwarded as it came. `null` reads as absent, as OpenAI's API treats it.
+/// forwarded as it came. `null` reads as absent, as OpenAI's API treats it. `M` is how
+/// `messages` is read: [`shape::Messages`], judged during the parse, or a `RawValue` judged
+/// after it (the fallback, see [`shape::Messages`]).
 #[derive(Deserialize)]
-struct Checked<'a> {
+struct Checked<'a, M> {
     /// Read with `present` so that `"model": null` is seen (and refused) rather than defaulted
     /// into a body that would then carry two `model` keys.
     #[serde(borrow, default, deserialize_with = "present")]
     model: Option<&'a RawValue>,
-    #[serde(borrow)]
-    messages: Option<&'a RawValue>,
+    messages: Option<M>,
     #[serde(borrow)]
     temperature: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -57,6 +58,27 @@ struct Checked<'a> {
     tools: Option<&'a RawValue>,
     #[serde(borrow)]
     tool_choice: Option<&'a RawValue>,
+}
+
+impl<'a, M> Checked<'a, M> {
+    /// The same fields, `messages` (already judged) left out.
+    fn into_raw(self) -> Checked<'a, &'a RawValue> {
+        Checked {
+            model: self.model,
+            messages: None,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            n: self.n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            max_tokens: self.max_tokens,
+            max_completion_tokens: self.max_completion_tokens,
+            stream: self.stream,
+            stop: self.stop,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
+        }
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -85,14 +107,24 @@ impl ChatRequest {
                 code: "invalid_json",
             });
         }
-        let checked: Checked =
-            serde_json::from_str(text).map_err(|e| GatewayError::InvalidRequest {
-                message: format!("request body is not valid JSON: {e}"),
-                param: None,
-                code: "invalid_json",
-            })?;
+        let (checked, messages_len) = match serde_json::from_str::<Checked<shape::Messages>>(text) {
+            Ok(mut checked) => {
+                let len = shape::Messages::judge(checked.messages.take())?;
+                (checked.into_raw(), len)
+            }
+            Err(_) => {
+                let checked: Checked<&RawValue> =
+                    serde_json::from_str(text).map_err(|e| GatewayError::InvalidRequest {
+                        message: format!("request body is not valid JSON: {e}"),
+                        param: None,
+                        code: "invalid_json",
+                    })?;
+                shape::messages(checked.messages)?;
+                let len = checked.messages.map_or(0, |raw| raw.get().len());
+                (checked, len)
+            }
+        };
 
-        shape::messages(checked.messages)?;
         shape::stop(checked.stop)?;
         shape::tools(checked.tools)?;
         shape::tool_choice(checked.tool_choice)?;
@@ -120,7 +152,6 @@ impl ChatRequest {
             .into_iter()
             .flatten()
             .find_map(|raw| raw.get().parse::<u32>().ok());
-        let messages_len = checked.messages.map_or(0, |raw| raw.get().len());
         let (model, body) = match checked.model {
             Some(raw) => {
                 let model = match serde_json::from_str::<String>(raw.get()) {

@@ -6,7 +6,11 @@
 //! The rules refuse what cannot be a valid request and nothing more: fields not named here
 //! (inside a message or a tool too) are left to the upstream, untouched.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::GatewayError;
@@ -43,9 +47,17 @@ fn kind(raw: &RawValue) -> Kind {
     }
 }
 
-/// The string a raw value holds, if it is one.
-fn string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str::<String>(raw.get()).ok()
+/// The string a raw value holds, if it is one: borrowed unless it has escapes to undo.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    // A raw value is valid JSON, so text between its quotes without a backslash is the
+    // string itself.
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+            return Some(Cow::Borrowed(inner));
+        }
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
 fn invalid(param: String, what: &str) -> GatewayError {
@@ -146,26 +158,121 @@ fn object<'a, T: Deserialize<'a>>(
 
 /// `messages`: a non-empty array of messages, each valid for its role.
 pub fn messages(raw: Option<&RawValue>) -> Result<(), GatewayError> {
-    let raw = raw.ok_or_else(|| GatewayError::InvalidRequest {
+    let raw = raw.ok_or_else(missing_messages)?;
+    if kind(raw) != Kind::Array {
+        return Err(not_an_array());
+    }
+    let list: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| not_an_array())?;
+    if list.is_empty() {
+        return Err(no_message());
+    }
+    list.iter().enumerate().try_for_each(|(i, m)| message(m, i))
+}
+
+/// `messages` judged while the request itself is parsed: each message is read from the array
+/// as the parse meets it, so its text is walked once less than by [`messages`]. The verdict
+/// is the one [`messages`] gives the same value. Parsing it fails only where a `RawValue`
+/// would not (a number out of range, where an array belongs); the caller then parses the
+/// request again with [`messages`] to say what it always said.
+pub struct Messages {
+    verdict: Result<(), GatewayError>,
+    /// The bytes of the messages, separators and brackets included (whitespace between them
+    /// not): no prompt has more tokens than this.
+    len: usize,
+}
+
+impl Messages {
+    /// The verdict on `messages` (`None`: absent or `null`), and its length in bytes.
+    pub fn judge(messages: Option<Messages>) -> Result<usize, GatewayError> {
+        let messages = messages.ok_or_else(missing_messages)?;
+        messages.verdict.map(|()| messages.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Messages {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Messages, D::Error> {
+        deserializer.deserialize_any(MessagesVisitor)
+    }
+}
+
+struct MessagesVisitor;
+
+impl MessagesVisitor {
+    fn not_an_array<E>(self) -> Result<Messages, E> {
+        Ok(Messages {
+            verdict: Err(not_an_array()),
+            len: 0,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for MessagesVisitor {
+    type Value = Messages;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+        let mut verdict = Ok(());
+        let mut count = 0;
+        let mut len = 1;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            len += raw.get().len() + 1;
+            if verdict.is_ok() {
+                verdict = message(raw, count);
+            }
+            count += 1;
+        }
+        if count == 0 {
+            verdict = Err(no_message());
+        }
+        Ok(Messages {
+            verdict,
+            len: len.max(2),
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Messages, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.not_an_array()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Messages, E> {
+        self.not_an_array()
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Messages, E> {
+        self.not_an_array()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Messages, E> {
+        self.not_an_array()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Messages, E> {
+        self.not_an_array()
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Messages, E> {
+        self.not_an_array()
+    }
+}
+
+fn missing_messages() -> GatewayError {
+    GatewayError::InvalidRequest {
         message: "`messages` is required: a non-empty array of {role, content} objects".into(),
         param: Some("messages".into()),
         code: "missing_required_parameter",
-    })?;
-    if kind(raw) != Kind::Array {
-        return Err(GatewayError::invalid(
-            "messages",
-            "messages must be an array",
-        ));
     }
-    let list: Vec<&RawValue> = serde_json::from_str(raw.get())
-        .map_err(|_| GatewayError::invalid("messages", "messages must be an array"))?;
-    if list.is_empty() {
-        return Err(GatewayError::invalid(
-            "messages",
-            "messages must contain at least one message",
-        ));
-    }
-    list.iter().enumerate().try_for_each(|(i, m)| message(m, i))
+}
+
+fn not_an_array() -> GatewayError {
+    GatewayError::invalid("messages", "messages must be an array")
+}
+
+fn no_message() -> GatewayError {
+    GatewayError::invalid("messages", "messages must contain at least one message")
 }
 
 fn message(raw: &RawValue, i: usize) -> Result<(), GatewayError> {
@@ -173,7 +280,7 @@ fn message(raw: &RawValue, i: usize) -> Result<(), GatewayError> {
     let m: Message = object(raw, || format!("messages[{i}]"))?;
     let role = m.role.ok_or_else(|| invalid(at("role"), "is required"))?;
     let role = string(role)
-        .filter(|r| ROLES.contains(&r.as_str()))
+        .filter(|r| ROLES.contains(&r.as_ref()))
         .ok_or_else(|| {
             invalid(
                 at("role"),
@@ -187,7 +294,7 @@ fn message(raw: &RawValue, i: usize) -> Result<(), GatewayError> {
         }
     }
     let content = at("content");
-    match role.as_str() {
+    match role.as_ref() {
         "assistant" => {
             let calls = m.tool_calls.is_some()
                 || m.function_call.is_some()

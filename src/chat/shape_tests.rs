@@ -186,3 +186,68 @@ fn nesting_and_surrogates_are_refused_anywhere_in_the_body() {
     );
     assert_eq!(param_of(&body(HI, r#","user":"\ud83d\ude00""#)), None);
 }
+
+/// The verdict as the request parse reaches it ([`super::Messages`]) against the verdict on the
+/// same value read whole ([`super::messages`]): the same error, word for word, on every value.
+#[test]
+fn messages_judged_during_the_parse_say_what_the_whole_value_says() {
+    let values = [
+        format!("[{HI}]"),
+        format!("[{HI},{HI}, {HI} ]"),
+        "[]".to_owned(),
+        "[ ]".to_owned(),
+        "{}".to_owned(),
+        r#"{"role":"user","content":"hi"}"#.to_owned(),
+        r#""hi""#.to_owned(),
+        "5".to_owned(),
+        "-2.5".to_owned(),
+        "true".to_owned(),
+        r#"[{"role":"us\u0065r","content":"hi"}]"#.to_owned(),
+        r#"[{"role":"wiz\"ard","content":"hi"}]"#.to_owned(),
+        format!(r#"[{HI},{{"role":"wizard","content":"x"}},{{"role":"user"}}]"#),
+        format!(r#"[{HI},5]"#),
+        format!(r#"[{HI},{{"role":"user","role":"user","content":"x"}}]"#),
+        r#"[{"role":"assistant","tool_calls":[]}]"#.to_owned(),
+        r#"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url"}]}]"#
+            .to_owned(),
+        r#"[{"role":"tool","content":"r"}]"#.to_owned(),
+    ];
+    let said = |r: Result<(), crate::chat::GatewayError>| {
+        r.map_err(|e| (e.to_string(), e.param().map(str::to_owned)))
+    };
+    for value in &values {
+        let whole: &serde_json::value::RawValue = serde_json::from_str(value).unwrap();
+        let during: Option<super::Messages> = serde_json::from_str(value).unwrap();
+        let during = super::Messages::judge(during);
+        let len = during.as_ref().ok().copied();
+        assert_eq!(
+            said(during.map(|_| ())),
+            said(super::messages(Some(whole))),
+            "{value}"
+        );
+        // The length bounds the text: never under the messages' own bytes.
+        if let Some(len) = len {
+            let compact: String = value.chars().filter(|c| *c != ' ').collect();
+            assert!(len >= compact.len(), "{value}: {len}");
+            assert!(len <= value.len(), "{value}: {len}");
+        }
+    }
+}
+
+#[test]
+fn a_value_only_a_raw_read_takes_still_gets_its_usual_answer() {
+    // 1e400 is out of range for a number visitor but a valid JSON value: the request is
+    // parsed again the old way and `messages` is "not an array", not "not JSON".
+    assert_eq!(
+        param_of(r#"{"messages":1e400}"#).as_deref(),
+        Some("messages")
+    );
+    assert_eq!(
+        param_of(r#"{"messages":null}"#).as_deref(),
+        Some("messages"),
+        "null reads as absent"
+    );
+    let e =
+        ChatRequest::from_json(Bytes::from_static(br#"{"messages":[1e400]}"#), "m").unwrap_err();
+    assert_eq!(e.param(), Some("messages[0]"), "{e}");
+}
