@@ -125,9 +125,12 @@ impl Connect {
             "CreateChatCompletion" => match decode::<pb::ChatCompletionRequest>(codec, &payload) {
                 Ok(message) => self
                     .door
-                    .create_chat_completion(tonic_request(parts, message))
+                    .create(tonic_request(parts, message))
                     .await
-                    .and_then(|r| encoded(codec, r)),
+                    .map(|r| {
+                        let (metadata, bytes, _) = r.into_parts();
+                        (metadata, in_codec::<pb::ChatCompletion>(codec, bytes))
+                    }),
                 Err(status) => Err(status),
             },
             "ListModels" => match decode::<pb::ListModelsRequest>(codec, &payload) {
@@ -171,9 +174,7 @@ impl Connect {
                 });
             }
             let message = decode::<pb::ChatCompletionRequest>(codec, payload)?;
-            self.door
-                .stream_chat_completion(tonic_request(parts, message))
-                .await
+            self.door.stream(tonic_request(parts, message)).await
         }
         .await;
         let mut response = Response::new(Body::empty());
@@ -196,7 +197,7 @@ impl Connect {
                                 return Some((
                                     Ok::<Bytes, std::convert::Infallible>(envelope(
                                         0,
-                                        &encode(codec, &chunk),
+                                        &in_codec::<pb::ChatCompletionChunk>(codec, chunk),
                                     )),
                                     Some((messages, end_metadata)),
                                 ))
@@ -387,13 +388,16 @@ fn decode<T: Named>(codec: Codec, payload: &[u8]) -> Result<T, Status> {
 
 /// A message on the wire in `codec`: JSON with camelCase names and enums as strings.
 fn encode<T: Named>(codec: Codec, message: &T) -> Bytes {
+    in_codec::<T>(codec, message.encode_to_vec().into())
+}
+
+/// An encoded `T` in `codec`: as it is, or as JSON.
+fn in_codec<T: Named>(codec: Codec, encoded: Bytes) -> Bytes {
     match codec {
-        Codec::Proto => message.encode_to_vec().into(),
+        Codec::Proto => encoded,
         Codec::Json => {
-            let mut dynamic = DynamicMessage::new(descriptor::<T>());
-            dynamic
-                .transcode_from(message)
-                .expect("a generated message transcodes to its own descriptor");
+            let dynamic = DynamicMessage::decode(descriptor::<T>(), encoded)
+                .expect("the gateway's own encoding of a message decodes");
             let mut out = Vec::new();
             let mut serializer = serde_json::Serializer::new(&mut out);
             dynamic

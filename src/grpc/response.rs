@@ -1,64 +1,76 @@
-//! Upstream JSON → proto: a whole completion body, or the data of one SSE chunk. Fields the
-//! proto does not know are skipped, and `null` reads as unset, so a richer upstream is never
-//! an error. The core hands over only bytes already masked and judged (an `{"error": …}` body
-//! or event never gets here), so nothing here masks or looks for errors.
+//! Upstream JSON → protobuf: a whole completion body, or the data of one SSE chunk, as the
+//! encoding of `ChatCompletion` / `ChatCompletionChunk`. Fields the proto does not know are
+//! skipped, and `null` reads as unset, so a richer upstream is never an error. The core hands
+//! over only bytes already masked and judged (an `{"error": …}` body or event never gets here),
+//! so nothing here masks or looks for errors.
 //!
-//! The JSON is read straight into the prost messages, field by field (no `serde_json::Value`
-//! in between), with the lenient reading the proto needs: a field of the wrong type reads as
-//! unset (a string that is a number, a list that is an object), a duplicate key's last value
-//! wins, and skipped values are still checked to be valid JSON (UTF-8, escapes), exactly as a
-//! full parse would. The tests keep the former `Value`-based converter as the oracle.
+//! The JSON is read field by field into borrowed views of the messages (a string without
+//! escapes is not copied), which are then written as protobuf directly: no `serde_json::Value`,
+//! no prost message with its owned strings in between. The reading is the lenient one the
+//! proto needs: a field of the wrong type reads as unset (a string that is a number, a list
+//! that is an object), a duplicate key's last value wins, and skipped values are still checked
+//! to be valid JSON (UTF-8, escapes), exactly as a full parse would. The bytes are the ones
+//! prost writes for the same message (fields in number order, proto3 defaults left out): the
+//! tests compare them with the former `Value`-based converter's message, encoded by prost.
 //!
 //! Why this file is longer than the rest: it is one job, the field-by-field map of every upstream
-//! answer onto its proto message, read straight from the bytes (no intermediate `Value`).
+//! answer onto its proto message, read straight from the bytes and written straight to the wire.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::pb;
 use crate::chat::{read_json, GatewayError};
 
-/// A whole completion body.
-pub fn completion(body: &[u8]) -> Result<pb::ChatCompletion, GatewayError> {
-    parse::<pb::ChatCompletion>(body)
+/// A whole completion body, as an encoded `ChatCompletion`.
+pub fn completion(body: &[u8]) -> Result<Bytes, GatewayError> {
+    transcode::<Top<Choice<ToolCall>>>(body)
 }
 
-/// The data of one SSE event.
-pub fn chunk(data: &[u8]) -> Result<pb::ChatCompletionChunk, GatewayError> {
-    parse::<pb::ChatCompletionChunk>(data)
+/// The data of one SSE event, as an encoded `ChatCompletionChunk`.
+pub fn chunk(data: &[u8]) -> Result<Bytes, GatewayError> {
+    transcode::<Top<Choice<ToolCallDelta>>>(data)
 }
 
-/// The JSON object in `bytes` (already masked by the core: its start may be quoted).
-fn parse<T: FromObject>(bytes: &[u8]) -> Result<T::Out, GatewayError> {
+/// The JSON object in `bytes` (already masked by the core: its start may be quoted), encoded.
+fn transcode<'de, T: FromObject<'de> + Proto>(bytes: &'de [u8]) -> Result<Bytes, GatewayError> {
     let not_json = |e: &dyn fmt::Display| {
         let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
         GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
     };
-    let read = read_json(bytes, Any(ObjectOnly::<T>(PhantomData)));
-    match read {
-        Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(GatewayError::Internal(
-            "the upstream's answer is not a JSON object".into(),
-        )),
-        Err(e) => Err(not_json(&e)),
-    }
+    let message = match read_json(bytes, Any(ObjectOnly::<T>(PhantomData))) {
+        Ok(Some(message)) => message,
+        Ok(None) => {
+            return Err(GatewayError::Internal(
+                "the upstream's answer is not a JSON object".into(),
+            ))
+        }
+        Err(e) => return Err(not_json(&e)),
+    };
+    let mut out = BytesMut::with_capacity(message.encoded_len());
+    message.fields(&mut Put(&mut out));
+    Ok(out.freeze())
 }
+
+/// A string of the JSON, borrowed unless it had escapes.
+type Text<'a> = Cow<'a, str>;
 
 // ---- the messages, field by field ----
 
 /// A message read from a JSON object: `FIELDS` names the keys it reads, `field` reads the
-/// value of `FIELDS[index]`, `done` finishes it (defaults that depend on several fields).
-trait FromObject: Default {
-    type Out;
+/// value of `FIELDS[index]` (a later duplicate overwrites an earlier one).
+trait FromObject<'de>: Default {
     const FIELDS: &'static [&'static str];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error>;
-    fn done(self) -> Self::Out;
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error>;
 }
 
-fn string<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<String>, A::Error> {
+fn text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Text<'de>>, A::Error> {
     map.next_value_seed(Any(Str))
 }
 
@@ -70,12 +82,12 @@ fn uint<'de, A: MapAccess<'de>>(map: &mut A) -> Result<u32, A::Error> {
     Ok(u32::try_from(int(map)?.max(0)).unwrap_or(u32::MAX))
 }
 
-fn list<'de, T: FromObject, A: MapAccess<'de>>(map: &mut A) -> Result<Vec<T::Out>, A::Error> {
+fn list<'de, T: FromObject<'de>, A: MapAccess<'de>>(map: &mut A) -> Result<Vec<T>, A::Error> {
     map.next_value_seed(Any(List::<T>(PhantomData)))
 }
 
 /// The field only if it is an object.
-fn object<'de, T: FromObject, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T::Out>, A::Error> {
+fn object<'de, T: FromObject<'de>, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T>, A::Error> {
     map.next_value_seed(Any(ObjectOnly::<T>(PhantomData)))
 }
 
@@ -87,91 +99,132 @@ fn finish_reason<'de, A: MapAccess<'de>>(map: &mut A) -> Result<i32, A::Error> {
     Ok(map.next_value_seed(Any(Finish))? as i32)
 }
 
-macro_rules! top_level {
-    ($t:ty, $choice:ty) => {
-        impl FromObject for $t {
-            type Out = Self;
-            const FIELDS: &'static [&'static str] = &[
-                "id",
-                "object",
-                "created",
-                "model",
-                "choices",
-                "usage",
-                "system_fingerprint",
-                "service_tier",
-            ];
-            fn field<'de, A: MapAccess<'de>>(
-                &mut self,
-                index: usize,
-                map: &mut A,
-            ) -> Result<(), A::Error> {
-                match index {
-                    0 => self.id = string(map)?.unwrap_or_default(),
-                    1 => self.object = string(map)?.unwrap_or_default(),
-                    2 => self.created = int(map)?,
-                    3 => self.model = string(map)?.unwrap_or_default(),
-                    4 => self.choices = list::<$choice, A>(map)?,
-                    5 => self.usage = object::<pb::Usage, A>(map)?,
-                    6 => self.system_fingerprint = string(map)?,
-                    _ => self.service_tier = string(map)?,
-                }
-                Ok(())
-            }
-            fn done(self) -> Self {
-                self
-            }
-        }
-    };
-}
-top_level!(pb::ChatCompletion, pb::Choice);
-top_level!(pb::ChatCompletionChunk, pb::ChunkChoice);
-
-impl FromObject for pb::Choice {
-    type Out = Self;
-    const FIELDS: &'static [&'static str] = &["index", "message", "finish_reason", "logprobs"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        match index {
-            0 => self.index = uint(map)?,
-            1 => self.message = object::<Message, A>(map)?,
-            2 => self.finish_reason = finish_reason(map)?,
-            _ => self.logprobs = structure(map)?,
-        }
-        Ok(())
-    }
-    fn done(self) -> Self {
-        self
-    }
-}
-
-impl FromObject for pb::ChunkChoice {
-    type Out = Self;
-    const FIELDS: &'static [&'static str] = &["index", "delta", "finish_reason", "logprobs"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        match index {
-            0 => self.index = uint(map)?,
-            1 => self.delta = object::<Delta, A>(map)?,
-            2 => self.finish_reason = finish_reason(map)?,
-            _ => self.logprobs = structure(map)?,
-        }
-        Ok(())
-    }
-    fn done(self) -> Self {
-        self
-    }
-}
-
-/// An assistant message: `role` defaults to `assistant`; `reasoning_content`, or `reasoning`
-/// as some upstreams (vLLM, OpenRouter) name it.
+/// `ChatCompletion` (choices of `ToolCall`s) or `ChatCompletionChunk` (of `ToolCallDelta`s): the
+/// two have the same fields.
 #[derive(Default)]
-struct Message {
-    message: pb::AssistantMessage,
-    role: Option<String>,
-    reasoning: Option<String>,
+struct Top<'a, C> {
+    id: Option<Text<'a>>,
+    object: Option<Text<'a>>,
+    created: i64,
+    model: Option<Text<'a>>,
+    choices: Vec<C>,
+    usage: Option<Usage>,
+    system_fingerprint: Option<Text<'a>>,
+    service_tier: Option<Text<'a>>,
 }
 
-impl FromObject for Message {
-    type Out = pb::AssistantMessage;
+impl<'de, C: FromObject<'de>> FromObject<'de> for Top<'de, C> {
+    const FIELDS: &'static [&'static str] = &[
+        "id",
+        "object",
+        "created",
+        "model",
+        "choices",
+        "usage",
+        "system_fingerprint",
+        "service_tier",
+    ];
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+        match index {
+            0 => self.id = text(map)?,
+            1 => self.object = text(map)?,
+            2 => self.created = int(map)?,
+            3 => self.model = text(map)?,
+            4 => self.choices = list::<C, A>(map)?,
+            5 => self.usage = object::<Usage, A>(map)?,
+            6 => self.system_fingerprint = text(map)?,
+            _ => self.service_tier = text(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<C: Proto> Proto for Top<'_, C> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.plain(1, self.id.as_deref());
+        w.plain(2, self.object.as_deref());
+        w.varint(3, self.created as u64);
+        w.plain(4, self.model.as_deref());
+        for choice in &self.choices {
+            w.message(5, choice);
+        }
+        if let Some(usage) = &self.usage {
+            w.message(6, usage);
+        }
+        w.optional(7, self.system_fingerprint.as_deref());
+        w.optional(8, self.service_tier.as_deref());
+    }
+}
+
+/// A choice: of a whole answer (`Choice<ToolCall>`, its `message`) or of a chunk
+/// (`Choice<ToolCallDelta>`, its `delta`).
+#[derive(Default)]
+struct Choice<'a, C> {
+    index: u32,
+    said: Option<Said<'a, C>>,
+    finish_reason: i32,
+    logprobs: Option<prost_types::Struct>,
+}
+
+impl<'de, C: Call + FromObject<'de>> FromObject<'de> for Choice<'de, C> {
+    const FIELDS: &'static [&'static str] = &["index", C::SAID, "finish_reason", "logprobs"];
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+        match index {
+            0 => self.index = uint(map)?,
+            1 => self.said = object::<Said<C>, A>(map)?,
+            2 => self.finish_reason = finish_reason(map)?,
+            _ => self.logprobs = structure(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<C: Call> Proto for Choice<'_, C> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.varint(1, self.index.into());
+        if let Some(said) = &self.said {
+            w.message(2, said);
+        }
+        w.varint(3, self.finish_reason as u64);
+        if let Some(logprobs) = &self.logprobs {
+            w.prost(4, logprobs);
+        }
+    }
+}
+
+/// An assistant message (`Said<ToolCall>`) or a chunk's delta (`Said<ToolCallDelta>`): the
+/// same keys, where `reasoning` is how some upstreams (vLLM, OpenRouter) name
+/// `reasoning_content`, and stands in when that is missing.
+#[derive(Default)]
+struct Said<'a, C> {
+    role: Option<Text<'a>>,
+    content: Option<Text<'a>>,
+    tool_calls: Vec<C>,
+    refusal: Option<Text<'a>>,
+    reasoning_content: Option<Text<'a>>,
+    reasoning: Option<Text<'a>>,
+}
+
+/// What tells a message's tool calls from a delta's.
+trait Call: Proto {
+    /// The key of the choice's message: `message` or `delta`.
+    const SAID: &'static str;
+    /// The role a message without one has: `assistant` for a whole message (whose `role` is
+    /// a plain string); none for a delta (whose `role` is optional and says only what came).
+    const ROLE: Option<&'static str>;
+}
+
+impl Call for ToolCall<'_> {
+    const SAID: &'static str = "message";
+    const ROLE: Option<&'static str> = Some("assistant");
+}
+
+impl Call for ToolCallDelta<'_> {
+    const SAID: &'static str = "delta";
+    const ROLE: Option<&'static str> = None;
+}
+
+impl<'de, C: FromObject<'de>> FromObject<'de> for Said<'de, C> {
     const FIELDS: &'static [&'static str] = &[
         "role",
         "content",
@@ -180,140 +233,145 @@ impl FromObject for Message {
         "reasoning_content",
         "reasoning",
     ];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        let m = &mut self.message;
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
-            0 => self.role = string(map)?,
-            1 => m.content = string(map)?,
-            2 => m.tool_calls = list::<ToolCall, A>(map)?,
-            3 => m.refusal = string(map)?,
-            4 => m.reasoning_content = string(map)?,
-            _ => self.reasoning = string(map)?,
+            0 => self.role = text(map)?,
+            1 => self.content = text(map)?,
+            2 => self.tool_calls = list::<C, A>(map)?,
+            3 => self.refusal = text(map)?,
+            4 => self.reasoning_content = text(map)?,
+            _ => self.reasoning = text(map)?,
         }
         Ok(())
     }
-    fn done(self) -> pb::AssistantMessage {
-        let mut m = self.message;
-        m.role = self.role.unwrap_or_else(|| "assistant".into());
-        m.reasoning_content = m.reasoning_content.or(self.reasoning);
-        m
+}
+
+impl<C: Call> Proto for Said<'_, C> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        match C::ROLE {
+            Some(default) => w.plain(1, self.role.as_deref().or(Some(default))),
+            None => w.optional(1, self.role.as_deref()),
+        }
+        w.optional(2, self.content.as_deref());
+        for call in &self.tool_calls {
+            w.message(3, call);
+        }
+        w.optional(4, self.refusal.as_deref());
+        let reasoning = self.reasoning_content.as_ref().or(self.reasoning.as_ref());
+        w.optional(5, reasoning.map(|r| r.as_ref()));
     }
 }
 
 /// A tool call of a whole message: `type` defaults to `function`, and a `function` that is
 /// there at all is a call (of no name if it is no object).
 #[derive(Default)]
-struct ToolCall {
-    call: pb::ToolCall,
-    kind: Option<String>,
+struct ToolCall<'a> {
+    id: Option<Text<'a>>,
+    kind: Option<Text<'a>>,
+    function: Option<Function<'a>>,
 }
 
-impl FromObject for ToolCall {
-    type Out = pb::ToolCall;
+impl<'de> FromObject<'de> for ToolCall<'de> {
     const FIELDS: &'static [&'static str] = &["id", "type", "function"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
-            0 => self.call.id = string(map)?.unwrap_or_default(),
-            1 => self.kind = string(map)?,
-            _ => {
-                let any = Item::<pb::FunctionCall>(PhantomData);
-                self.call.function = Some(map.next_value_seed(Any(any))?);
-            }
+            0 => self.id = text(map)?,
+            1 => self.kind = text(map)?,
+            _ => self.function = Some(map.next_value_seed(Any(Item::<Function>(PhantomData)))?),
         }
         Ok(())
     }
-    fn done(self) -> pb::ToolCall {
-        let mut call = self.call;
-        call.r#type = self.kind.unwrap_or_else(|| "function".into());
-        call
-    }
 }
 
-impl FromObject for pb::FunctionCall {
-    type Out = Self;
-    const FIELDS: &'static [&'static str] = &["name", "arguments"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        match index {
-            0 => self.name = string(map)?.unwrap_or_default(),
-            _ => self.arguments = string(map)?.unwrap_or_default(),
+impl Proto for ToolCall<'_> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.plain(1, self.id.as_deref());
+        w.plain(2, self.kind.as_deref().or(Some("function")));
+        if let Some(function) = &self.function {
+            w.message(3, &Whole(function));
         }
-        Ok(())
-    }
-    fn done(self) -> Self {
-        self
     }
 }
 
-/// A chunk's delta; `reasoning` stands in for a missing `reasoning_content`.
+/// A tool call of a delta: every field as it came.
 #[derive(Default)]
-struct Delta {
-    delta: pb::Delta,
-    reasoning: Option<String>,
+struct ToolCallDelta<'a> {
+    index: u32,
+    id: Option<Text<'a>>,
+    kind: Option<Text<'a>>,
+    function: Option<Function<'a>>,
 }
 
-impl FromObject for Delta {
-    type Out = pb::Delta;
-    const FIELDS: &'static [&'static str] = &[
-        "role",
-        "content",
-        "tool_calls",
-        "refusal",
-        "reasoning_content",
-        "reasoning",
-    ];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
-        let d = &mut self.delta;
-        match index {
-            0 => d.role = string(map)?,
-            1 => d.content = string(map)?,
-            2 => d.tool_calls = list::<pb::ToolCallDelta, A>(map)?,
-            3 => d.refusal = string(map)?,
-            4 => d.reasoning_content = string(map)?,
-            _ => self.reasoning = string(map)?,
-        }
-        Ok(())
-    }
-    fn done(self) -> pb::Delta {
-        let mut d = self.delta;
-        d.reasoning_content = d.reasoning_content.or(self.reasoning);
-        d
-    }
-}
-
-impl FromObject for pb::ToolCallDelta {
-    type Out = Self;
+impl<'de> FromObject<'de> for ToolCallDelta<'de> {
     const FIELDS: &'static [&'static str] = &["index", "id", "type", "function"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
             0 => self.index = uint(map)?,
-            1 => self.id = string(map)?,
-            2 => self.r#type = string(map)?,
-            _ => self.function = object::<pb::FunctionCallDelta, A>(map)?,
+            1 => self.id = text(map)?,
+            2 => self.kind = text(map)?,
+            _ => self.function = object::<Function, A>(map)?,
         }
         Ok(())
     }
-    fn done(self) -> Self {
-        self
+}
+
+impl Proto for ToolCallDelta<'_> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.varint(1, self.index.into());
+        w.optional(2, self.id.as_deref());
+        w.optional(3, self.kind.as_deref());
+        if let Some(function) = &self.function {
+            w.message(4, function);
+        }
     }
 }
 
-impl FromObject for pb::FunctionCallDelta {
-    type Out = Self;
+/// A function call's name and arguments: as a delta's `FunctionCallDelta` (each as it came),
+/// or, in [`Whole`], as a whole message's `FunctionCall` (missing ones empty).
+#[derive(Default)]
+struct Function<'a> {
+    name: Option<Text<'a>>,
+    arguments: Option<Text<'a>>,
+}
+
+impl<'de> FromObject<'de> for Function<'de> {
     const FIELDS: &'static [&'static str] = &["name", "arguments"];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
-            0 => self.name = string(map)?,
-            _ => self.arguments = string(map)?,
+            0 => self.name = text(map)?,
+            _ => self.arguments = text(map)?,
         }
         Ok(())
     }
-    fn done(self) -> Self {
-        self
+}
+
+impl Proto for Function<'_> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.optional(1, self.name.as_deref());
+        w.optional(2, self.arguments.as_deref());
     }
 }
 
-impl FromObject for pb::Usage {
-    type Out = Self;
+/// A whole message's `FunctionCall`, whose strings are not optional.
+struct Whole<'f, 'a>(&'f Function<'a>);
+
+impl Proto for Whole<'_, '_> {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.plain(1, self.0.name.as_deref());
+        w.plain(2, self.0.arguments.as_deref());
+    }
+}
+
+#[derive(Default)]
+struct Usage {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+    prompt_tokens_details: Option<prost_types::Struct>,
+    completion_tokens_details: Option<prost_types::Struct>,
+}
+
+impl<'de> FromObject<'de> for Usage {
     const FIELDS: &'static [&'static str] = &[
         "prompt_tokens",
         "completion_tokens",
@@ -321,7 +379,7 @@ impl FromObject for pb::Usage {
         "prompt_tokens_details",
         "completion_tokens_details",
     ];
-    fn field<'de, A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
         match index {
             0 => self.prompt_tokens = uint(map)?,
             1 => self.completion_tokens = uint(map)?,
@@ -331,13 +389,24 @@ impl FromObject for pb::Usage {
         }
         Ok(())
     }
-    fn done(self) -> Self {
-        self
+}
+
+impl Proto for Usage {
+    fn fields<W: Writer>(&self, w: &mut W) {
+        w.varint(1, self.prompt_tokens.into());
+        w.varint(2, self.completion_tokens.into());
+        w.varint(3, self.total_tokens.into());
+        if let Some(details) = &self.prompt_tokens_details {
+            w.prost(4, details);
+        }
+        if let Some(details) = &self.completion_tokens_details {
+            w.prost(5, details);
+        }
     }
 }
 
 /// Every field of the object at `map`; the ones `T` does not read are checked and skipped.
-fn read_object<'de, T: FromObject, A: MapAccess<'de>>(mut map: A) -> Result<T::Out, A::Error> {
+fn read_object<'de, T: FromObject<'de>, A: MapAccess<'de>>(mut map: A) -> Result<T, A::Error> {
     let mut out = T::default();
     while let Some(key) = map.next_key_seed(Key(T::FIELDS))? {
         match key {
@@ -345,7 +414,7 @@ fn read_object<'de, T: FromObject, A: MapAccess<'de>>(mut map: A) -> Result<T::O
             None => map.next_value_seed(Any(Skip))?,
         }
     }
-    Ok(out.done())
+    Ok(out)
 }
 
 /// A key: its index in the names a message reads, `None` for any other.
@@ -368,11 +437,103 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
+// ---- the protobuf side ----
+
+/// A message the views write: `fields` gives its fields, in field-number order, to a
+/// [`Writer`] that either measures or writes them, so the two can never disagree.
+trait Proto {
+    fn fields<W: Writer>(&self, w: &mut W);
+
+    fn encoded_len(&self) -> usize {
+        let mut len = Len(0);
+        self.fields(&mut len);
+        len.0
+    }
+}
+
+/// What a message's fields go to. Each method leaves out what proto3 leaves out, as prost does.
+trait Writer {
+    /// A length-delimited field of `len` bytes: its key and length (the bytes follow).
+    fn delimited(&mut self, tag: u32, len: usize);
+    fn bytes(&mut self, bytes: &[u8]);
+    /// A varint field, left out when 0.
+    fn varint(&mut self, tag: u32, value: u64);
+
+    /// A string field that is `optional` in the proto: written when set, even empty.
+    fn optional(&mut self, tag: u32, value: Option<&str>) {
+        if let Some(value) = value {
+            self.delimited(tag, value.len());
+            self.bytes(value.as_bytes());
+        }
+    }
+
+    /// A plain proto3 string field: unset and empty are the same, and left out.
+    fn plain(&mut self, tag: u32, value: Option<&str>) {
+        self.optional(tag, value.filter(|v| !v.is_empty()));
+    }
+
+    fn message<M: Proto>(&mut self, tag: u32, message: &M);
+
+    /// A message prost writes (the `Struct`s of logprobs and token details).
+    fn prost<M: prost::Message>(&mut self, tag: u32, message: &M);
+}
+
+/// Measures.
+struct Len(usize);
+
+impl Writer for Len {
+    fn delimited(&mut self, tag: u32, len: usize) {
+        self.0 += key_len(tag) + encoded_len_varint(len as u64);
+    }
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+    fn varint(&mut self, tag: u32, value: u64) {
+        if value != 0 {
+            self.0 += key_len(tag) + encoded_len_varint(value);
+        }
+    }
+    fn message<M: Proto>(&mut self, tag: u32, message: &M) {
+        let len = message.encoded_len();
+        self.delimited(tag, len);
+        self.0 += len;
+    }
+    fn prost<M: prost::Message>(&mut self, tag: u32, message: &M) {
+        self.0 += prost::encoding::message::encoded_len(tag, message);
+    }
+}
+
+/// Writes.
+struct Put<'b>(&'b mut BytesMut);
+
+impl Writer for Put<'_> {
+    fn delimited(&mut self, tag: u32, len: usize) {
+        encode_key(tag, WireType::LengthDelimited, self.0);
+        encode_varint(len as u64, self.0);
+    }
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.put_slice(bytes);
+    }
+    fn varint(&mut self, tag: u32, value: u64) {
+        if value != 0 {
+            encode_key(tag, WireType::Varint, self.0);
+            encode_varint(value, self.0);
+        }
+    }
+    fn message<M: Proto>(&mut self, tag: u32, message: &M) {
+        self.delimited(tag, message.encoded_len());
+        message.fields(self);
+    }
+    fn prost<M: prost::Message>(&mut self, tag: u32, message: &M) {
+        prost::encoding::message::encode(tag, message, self.0);
+    }
+}
+
 // ---- lenient values: what each kind of JSON value reads as ----
 
 /// What a value reads as, by its JSON kind; a kind not handled reads as [`Sink::other`]
 /// (arrays and objects are still read through, to check them).
-trait Sink: Sized {
+trait Sink<'de>: Sized {
     type Out;
     fn other(self) -> Self::Out;
     fn null(self) -> Self::Out {
@@ -393,11 +554,15 @@ trait Sink: Sized {
     fn str(self, _: &str) -> Self::Out {
         self.other()
     }
-    fn seq<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Out, A::Error> {
+    /// A string without escapes, which can be borrowed from the JSON.
+    fn borrowed_str(self, v: &'de str) -> Self::Out {
+        self.str(v)
+    }
+    fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Out, A::Error> {
         while seq.next_element_seed(Any(Skip))?.is_some() {}
         Ok(self.other())
     }
-    fn map<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+    fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         while map.next_key_seed(Any(Skip))?.is_some() {
             map.next_value_seed(Any(Skip))?;
         }
@@ -408,14 +573,14 @@ trait Sink: Sized {
 /// Reads any JSON value into its [`Sink`].
 struct Any<S>(S);
 
-impl<'de, S: Sink> DeserializeSeed<'de> for Any<S> {
+impl<'de, S: Sink<'de>> DeserializeSeed<'de> for Any<S> {
     type Value = S::Out;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Out, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de, S: Sink> Visitor<'de> for Any<S> {
+impl<'de, S: Sink<'de>> Visitor<'de> for Any<S> {
     type Value = S::Out;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
@@ -441,6 +606,9 @@ impl<'de, S: Sink> Visitor<'de> for Any<S> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<S::Out, E> {
         Ok(self.0.str(v))
     }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<S::Out, E> {
+        Ok(self.0.borrowed_str(v))
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<S::Out, A::Error> {
         self.0.seq(seq)
     }
@@ -451,26 +619,29 @@ impl<'de, S: Sink> Visitor<'de> for Any<S> {
 
 /// Any value, checked and dropped.
 struct Skip;
-impl Sink for Skip {
+impl Sink<'_> for Skip {
     type Out = ();
     fn other(self) {}
 }
 
 /// A string; anything else is unset.
 struct Str;
-impl Sink for Str {
-    type Out = Option<String>;
-    fn other(self) -> Option<String> {
+impl<'de> Sink<'de> for Str {
+    type Out = Option<Text<'de>>;
+    fn other(self) -> Option<Text<'de>> {
         None
     }
-    fn str(self, v: &str) -> Option<String> {
-        Some(v.to_owned())
+    fn str(self, v: &str) -> Option<Text<'de>> {
+        Some(Cow::Owned(v.to_owned()))
+    }
+    fn borrowed_str(self, v: &'de str) -> Option<Text<'de>> {
+        Some(Cow::Borrowed(v))
     }
 }
 
 /// An integer; a float (some upstreams send `1.7e9`) is truncated, anything else is 0.
 struct Int;
-impl Sink for Int {
+impl Sink<'_> for Int {
     type Out = i64;
     fn other(self) -> i64 {
         0
@@ -488,7 +659,7 @@ impl Sink for Int {
 
 /// `finish_reason`: unset when `null`, a known reason, or OTHER for any other value.
 struct Finish;
-impl Sink for Finish {
+impl Sink<'_> for Finish {
     type Out = pb::FinishReason;
     fn other(self) -> pb::FinishReason {
         pb::FinishReason::Other
@@ -511,36 +682,36 @@ impl Sink for Finish {
 
 /// A message if the value is an object, else unset.
 struct ObjectOnly<T>(PhantomData<T>);
-impl<T: FromObject> Sink for ObjectOnly<T> {
-    type Out = Option<T::Out>;
-    fn other(self) -> Option<T::Out> {
+impl<'de, T: FromObject<'de>> Sink<'de> for ObjectOnly<T> {
+    type Out = Option<T>;
+    fn other(self) -> Option<T> {
         None
     }
-    fn map<'de, A: MapAccess<'de>>(self, map: A) -> Result<Option<T::Out>, A::Error> {
+    fn map<A: MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
         read_object::<T, A>(map).map(Some)
     }
 }
 
 /// A message from an object; any other value is the empty message.
 struct Item<T>(PhantomData<T>);
-impl<T: FromObject> Sink for Item<T> {
-    type Out = T::Out;
-    fn other(self) -> T::Out {
-        T::default().done()
+impl<'de, T: FromObject<'de>> Sink<'de> for Item<T> {
+    type Out = T;
+    fn other(self) -> T {
+        T::default()
     }
-    fn map<'de, A: MapAccess<'de>>(self, map: A) -> Result<T::Out, A::Error> {
+    fn map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
         read_object::<T, A>(map)
     }
 }
 
 /// A list of messages (each element as [`Item`]); anything else is the empty list.
 struct List<T>(PhantomData<T>);
-impl<T: FromObject> Sink for List<T> {
-    type Out = Vec<T::Out>;
-    fn other(self) -> Vec<T::Out> {
+impl<'de, T: FromObject<'de>> Sink<'de> for List<T> {
+    type Out = Vec<T>;
+    fn other(self) -> Vec<T> {
         Vec::new()
     }
-    fn seq<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T::Out>, A::Error> {
+    fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(1));
         while let Some(item) = seq.next_element_seed(Any(Item::<T>(PhantomData)))? {
             out.push(item);
@@ -551,12 +722,12 @@ impl<T: FromObject> Sink for List<T> {
 
 /// A JSON object as a `google.protobuf.Struct`; anything else (`null` included) as unset.
 struct StructOnly;
-impl Sink for StructOnly {
+impl<'de> Sink<'de> for StructOnly {
     type Out = Option<prost_types::Struct>;
     fn other(self) -> Option<prost_types::Struct> {
         None
     }
-    fn map<'de, A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error> {
+    fn map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error> {
         read_struct(map).map(Some)
     }
 }
@@ -571,7 +742,7 @@ fn read_struct<'de, A: MapAccess<'de>>(mut map: A) -> Result<prost_types::Struct
 
 /// Any JSON value as a `google.protobuf.Value` (numbers as doubles).
 struct ProtoValue;
-impl Sink for ProtoValue {
+impl<'de> Sink<'de> for ProtoValue {
     type Out = prost_types::Value;
     fn other(self) -> prost_types::Value {
         kind(prost_types::value::Kind::NullValue(0))
@@ -591,7 +762,7 @@ impl Sink for ProtoValue {
     fn str(self, v: &str) -> prost_types::Value {
         kind(prost_types::value::Kind::StringValue(v.to_owned()))
     }
-    fn seq<'de, A: SeqAccess<'de>>(self, mut seq: A) -> Result<prost_types::Value, A::Error> {
+    fn seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<prost_types::Value, A::Error> {
         let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(v) = seq.next_element_seed(Any(ProtoValue))? {
             values.push(v);
@@ -600,7 +771,7 @@ impl Sink for ProtoValue {
             prost_types::ListValue { values },
         )))
     }
-    fn map<'de, A: MapAccess<'de>>(self, map: A) -> Result<prost_types::Value, A::Error> {
+    fn map<A: MapAccess<'de>>(self, map: A) -> Result<prost_types::Value, A::Error> {
         Ok(kind(prost_types::value::Kind::StructValue(read_struct(
             map,
         )?)))

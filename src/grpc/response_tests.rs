@@ -1,5 +1,17 @@
-use super::*;
+use prost::Message as _;
 use serde_json::Value;
+
+use super::*;
+
+/// The transcoded answer, decoded again.
+fn completion(body: &[u8]) -> Result<pb::ChatCompletion, GatewayError> {
+    super::completion(body).map(|bytes| pb::ChatCompletion::decode(bytes).unwrap())
+}
+
+/// The transcoded chunk, decoded again.
+fn chunk(data: &[u8]) -> Result<pb::ChatCompletionChunk, GatewayError> {
+    super::chunk(data).map(|bytes| pb::ChatCompletionChunk::decode(bytes).unwrap())
+}
 
 /// The former converter, through `serde_json::Value`: the oracle the typed one must match.
 mod oracle {
@@ -331,4 +343,35 @@ fn the_typed_reading_matches_the_value_one_on_the_corpus() {
         same(input, completion(input), oracle::completion(input));
         same(input, chunk(input), oracle::chunk(input));
     }
+}
+
+/// Not only the same message: the same bytes prost writes for it, field for field.
+#[test]
+fn the_transcoded_bytes_are_the_ones_prost_writes() {
+    fn same<M: prost::Message>(input: &[u8], ours: Result<Bytes, GatewayError>, prost: M) {
+        let text = String::from_utf8_lossy(input);
+        assert_eq!(ours.unwrap(), prost.encode_to_vec(), "{text}");
+    }
+    let mut written = 0;
+    for input in CORPUS.iter().map(|s| s.as_bytes()) {
+        if let Ok(message) = oracle::completion(input) {
+            same(input, super::completion(input), message);
+            written += 1;
+        }
+        if let Ok(message) = oracle::chunk(input) {
+            same(input, super::chunk(input), message);
+        }
+    }
+    assert!(written > 10, "the corpus has answers to write: {written}");
+}
+
+/// A string with escapes is copied, one without is borrowed: both read the same.
+#[test]
+fn escaped_and_plain_strings_write_alike() {
+    let plain = super::chunk(br#"{"id":"a/b","choices":[{"delta":{"content":"x"}}]}"#).unwrap();
+    let escaped =
+        super::chunk(br#"{"id":"a\/b","choices":[{"delta":{"content":"\u0078"}}]}"#).unwrap();
+    assert_eq!(plain, escaped);
+    let c = pb::ChatCompletionChunk::decode(plain).unwrap();
+    assert_eq!(c.id, "a/b");
 }

@@ -1,11 +1,17 @@
 //! `megallm.v1.ChatService`: each call authorizes, turns its message into the OpenAI JSON body
 //! ([`super::request`]), lets the core validate and dispatch it exactly as for the HTTP door,
 //! and renders the answer ([`super::response`]) or the error ([`super::status`]).
+//!
+//! The chat answers leave encoded ([`ChatDoor::create`], [`ChatDoor::stream`]): the upstream
+//! JSON is written as protobuf directly, and the gRPC wire ([`super::wire`]) and Connect send
+//! those bytes. The tonic trait's chat methods, which nothing routes to, decode them again.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
 
@@ -28,28 +34,30 @@ impl ChatDoor {
     }
 }
 
+/// The chunks of one streamed call, each an encoded `ChatCompletionChunk`.
+pub type EncodedChunks = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
 /// The chunks of one streamed call, as proto messages.
 pub type ChunkMessages =
     Pin<Box<dyn Stream<Item = Result<pb::ChatCompletionChunk, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ChatService for ChatDoor {
-    async fn create_chat_completion(
+impl ChatDoor {
+    /// `CreateChatCompletion`: the answer as an encoded `ChatCompletion`.
+    pub async fn create(
         &self,
         request: Request<pb::ChatCompletionRequest>,
-    ) -> Result<Response<pb::ChatCompletion>, Status> {
+    ) -> Result<Response<Bytes>, Status> {
         let mut call = Call::start(&self.core, "CreateChatCompletion", &request);
         let result = self.unary(&mut call, request).await;
         call.finish(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
         result
     }
 
-    type StreamChatCompletionStream = ChunkMessages;
-
-    async fn stream_chat_completion(
+    /// `StreamChatCompletion`: each chunk as an encoded `ChatCompletionChunk`.
+    pub async fn stream(
         &self,
         request: Request<pb::ChatCompletionRequest>,
-    ) -> Result<Response<ChunkMessages>, Status> {
+    ) -> Result<Response<EncodedChunks>, Status> {
         let mut call = Call::start(&self.core, "StreamChatCompletion", &request);
         match self.open_stream(&mut call, request).await {
             Ok((chunks, attempts)) => {
@@ -66,6 +74,33 @@ impl ChatService for ChatDoor {
                 Err(status)
             }
         }
+    }
+}
+
+/// Bytes this gateway encoded, as the message again.
+fn decoded<M: Message + Default>(bytes: Bytes) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| Status::internal(format!("decoding the answer: {e}")))
+}
+
+#[tonic::async_trait]
+impl ChatService for ChatDoor {
+    async fn create_chat_completion(
+        &self,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<Response<pb::ChatCompletion>, Status> {
+        let (metadata, bytes, extensions) = self.create(request).await?.into_parts();
+        Ok(Response::from_parts(metadata, decoded(bytes)?, extensions))
+    }
+
+    type StreamChatCompletionStream = ChunkMessages;
+
+    async fn stream_chat_completion(
+        &self,
+        request: Request<pb::ChatCompletionRequest>,
+    ) -> Result<Response<ChunkMessages>, Status> {
+        let (metadata, chunks, extensions) = self.stream(request).await?.into_parts();
+        let messages: ChunkMessages = Box::pin(chunks.map(|chunk| chunk.and_then(decoded)));
+        Ok(Response::from_parts(metadata, messages, extensions))
     }
 
     async fn list_models(
@@ -86,7 +121,7 @@ impl ChatDoor {
         &self,
         call: &mut Call,
         request: Request<pb::ChatCompletionRequest>,
-    ) -> Result<Response<pb::ChatCompletion>, Status> {
+    ) -> Result<Response<Bytes>, Status> {
         let fail = |e: GatewayError, call: &Call, attempts: Option<&Attempts>| {
             to_status(&e, &call.ctx, attempts)
         };
@@ -210,7 +245,7 @@ impl Relay {
         }
     }
 
-    fn into_messages(self) -> ChunkMessages {
+    fn into_messages(self) -> EncodedChunks {
         Box::pin(futures_util::stream::unfold(
             Some(self),
             |state| async move {

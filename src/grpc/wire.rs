@@ -30,8 +30,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use super::codec::invalid;
-use super::pb::chat_service_server::ChatService;
-use super::service::{ChatDoor, ChunkMessages};
+use super::service::{ChatDoor, EncodedChunks};
 use super::{pb, to_status};
 use crate::chat::headers::ATTEMPTS;
 use crate::chat::{GatewayError, RequestContext};
@@ -76,44 +75,45 @@ pub async fn serve(
         Err(status) => return status.into_http(),
     };
     match method {
-        Method::Create => match door.create_chat_completion(request).await {
+        Method::Create => match door.create(request).await {
             Ok(response) => {
-                let (metadata, message, _) = response.into_parts();
+                let (metadata, message, extensions) = response.into_parts();
+                let mut data = BytesMut::new();
+                if let Err(status) = frame(&message, &mut data) {
+                    return status.into_http();
+                }
                 let trailers = ok_trailers(&metadata);
-                let data = encode(&message, BytesMut::new()).freeze();
-                reply(
-                    metadata,
-                    Reply::Once {
-                        data: Some(data),
-                        trailers: Some(trailers),
-                    },
-                )
+                let body = Reply::Once {
+                    data: Some(data.freeze()),
+                    trailers: Some(trailers),
+                };
+                reply(metadata, extensions, body)
             }
             Err(status) => status.into_http(),
         },
-        Method::Stream => match door.stream_chat_completion(request).await {
+        Method::Stream => match door.stream(request).await {
             Ok(response) => {
-                let (metadata, messages, _) = response.into_parts();
+                let (metadata, messages, extensions) = response.into_parts();
                 let attempts = metadata.as_ref().get(ATTEMPTS).cloned();
-                reply(
-                    metadata,
-                    Reply::Stream(Streamed {
-                        messages,
-                        batch: BytesMut::new(),
-                        attempts,
-                        end: End::Open,
-                    }),
-                )
+                let body = Reply::Stream(Streamed {
+                    messages,
+                    batch: BytesMut::new(),
+                    attempts,
+                    end: End::Open,
+                });
+                reply(metadata, extensions, body)
             }
             Err(status) => status.into_http(),
         },
     }
 }
 
-/// The answer's head: the door's metadata (only the gateway's own headers: the attempt trail)
-/// and gRPC's content type.
-fn reply(metadata: MetadataMap, body: Reply) -> http::Response<Body> {
+/// The answer's head: the door's metadata and gRPC's content type. The metadata is the
+/// gateway's own (the attempt trail), never a client's, so it holds none of the names gRPC
+/// reserves (`grpc-status`, `content-type`, ...) that tonic strips from a handler's.
+fn reply(metadata: MetadataMap, extensions: http::Extensions, body: Reply) -> http::Response<Body> {
     let mut response = http::Response::new(Body::new(body));
+    *response.extensions_mut() = extensions;
     *response.headers_mut() = metadata.into_headers();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -132,16 +132,20 @@ fn ok_trailers(metadata: &MetadataMap) -> HeaderMap {
     trailers
 }
 
-/// `message` behind its prefix, appended to `out`.
-fn encode<M: Message>(message: &M, mut out: BytesMut) -> BytesMut {
-    let len = message.encoded_len();
+/// The encoded `message` behind its prefix, appended to `out`; a message the prefix cannot
+/// measure (over 4 GiB) is refused as tonic refuses it.
+fn frame(message: &[u8], out: &mut BytesMut) -> Result<(), Status> {
+    let len = message.len();
+    let Ok(prefix_len) = u32::try_from(len) else {
+        return Err(Status::resource_exhausted(format!(
+            "Cannot return body with more than 4GB of data but got {len} bytes"
+        )));
+    };
     out.reserve(PREFIX + len);
     out.put_u8(0);
-    // A message is at most the size its fields add up to; a chunk or answer over 4 GiB cannot
-    // come from an upstream body the client reads whole.
-    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    message.encode_raw(&mut out);
-    out
+    out.put_u32(prefix_len);
+    out.put_slice(message);
+    Ok(())
 }
 
 // ---- the request ----
@@ -277,7 +281,7 @@ enum Reply {
 }
 
 struct Streamed {
-    messages: ChunkMessages,
+    messages: EncodedChunks,
     /// Messages ready together, framed, waiting to leave as one DATA frame.
     batch: BytesMut,
     /// The head's attempt trail, for the trailers.
@@ -324,16 +328,11 @@ impl Streamed {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         while matches!(self.end, End::Open) && self.batch.len() < BATCH_MAX {
             match self.messages.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => {
-                    self.batch = encode(&message, std::mem::take(&mut self.batch));
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    let mut trailers = HeaderMap::new();
-                    if let Err(status) = status.add_header(&mut trailers) {
-                        self.end = End::Done;
-                        return Poll::Ready(Some(Err(status)));
+                Poll::Ready(Some(message)) => {
+                    let failed = message.and_then(|m| frame(&m, &mut self.batch)).err();
+                    if let Some(error) = failed.and_then(|status| self.fail(status)) {
+                        return Poll::Ready(Some(Err(error)));
                     }
-                    self.end = End::Trailers(self.with_attempts(trailers));
                 }
                 Poll::Ready(None) => {
                     let mut trailers = HeaderMap::with_capacity(2);
@@ -351,6 +350,18 @@ impl Streamed {
             End::Trailers(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             End::Open | End::Done => Poll::Ready(None),
         }
+    }
+
+    /// Ends the stream with `status` in the trailers, after the messages already framed; a
+    /// status that cannot be written as trailers is returned, to end the body with at once.
+    fn fail(&mut self, status: Status) -> Option<Status> {
+        let mut trailers = HeaderMap::new();
+        if let Err(error) = status.add_header(&mut trailers) {
+            self.end = End::Done;
+            return Some(error);
+        }
+        self.end = End::Trailers(self.with_attempts(trailers));
+        None
     }
 
     /// `trailers` with the attempt trail, unless they carry one (an error's status does).
