@@ -36,18 +36,18 @@ use tonic::{Code, Status};
 
 use super::pb::chat_service_server::ChatService;
 use super::service::ChatDoor;
-use super::{pb, FILE_DESCRIPTOR_SET, SERVICE_NAME};
+use super::{pb, response, FILE_DESCRIPTOR_SET, SERVICE_NAME};
 use crate::chat::GatewayError;
 use crate::core::BodyTimeout;
 
 /// The Connect handler's state: the same chat door the gRPC service wraps.
 pub struct Connect {
-    door: ChatDoor,
+    door: Arc<ChatDoor>,
     max_message: usize,
 }
 
 impl Connect {
-    pub fn new(door: ChatDoor, max_message: usize) -> Arc<Connect> {
+    pub fn new(door: Arc<ChatDoor>, max_message: usize) -> Arc<Connect> {
         Arc::new(Connect { door, max_message })
     }
 }
@@ -127,9 +127,12 @@ impl Connect {
                     .door
                     .create(tonic_request(parts, message))
                     .await
-                    .map(|r| {
-                        let (metadata, bytes, _) = r.into_parts();
-                        (metadata, in_codec::<pb::ChatCompletion>(codec, bytes))
+                    .and_then(|r| {
+                        let (metadata, framed, _) = r.into_parts();
+                        let message = response::messages(&framed).next().ok_or_else(|| {
+                            Status::internal("the answer holds no message")
+                        })?;
+                        Ok((metadata, in_codec::<pb::ChatCompletion>(codec, message)?))
                     }),
                 Err(status) => Err(status),
             },
@@ -192,13 +195,14 @@ impl Connect {
                     Some((messages, end_metadata)),
                     move |state| async move {
                         let (mut messages, end_metadata) = state?;
-                        let frame = match messages.next().await {
-                            Some(Ok(chunk)) => {
+                        let frame = match messages
+                            .next()
+                            .await
+                            .map(|m| m.and_then(|framed| enveloped(codec, framed)))
+                        {
+                            Some(Ok(envelopes)) => {
                                 return Some((
-                                    Ok::<Bytes, std::convert::Infallible>(envelope(
-                                        0,
-                                        &in_codec::<pb::ChatCompletionChunk>(codec, chunk),
-                                    )),
+                                    Ok::<Bytes, std::convert::Infallible>(envelopes),
                                     Some((messages, end_metadata)),
                                 ))
                             }
@@ -387,23 +391,39 @@ fn decode<T: Named>(codec: Codec, payload: &[u8]) -> Result<T, Status> {
 }
 
 /// A message on the wire in `codec`: JSON with camelCase names and enums as strings.
-fn encode<T: Named>(codec: Codec, message: &T) -> Bytes {
+fn encode<T: Named>(codec: Codec, message: &T) -> Result<Bytes, Status> {
     in_codec::<T>(codec, message.encode_to_vec().into())
 }
 
-/// An encoded `T` in `codec`: as it is, or as JSON.
-fn in_codec<T: Named>(codec: Codec, encoded: Bytes) -> Bytes {
+/// Framed chunks ([`response::messages`]) as Connect envelopes: the frames are envelopes
+/// already (flag 0, then the length) when the codec is proto.
+fn enveloped(codec: Codec, framed: Bytes) -> Result<Bytes, Status> {
     match codec {
-        Codec::Proto => encoded,
+        Codec::Proto => Ok(framed),
+        Codec::Json => {
+            let mut out = BytesMut::new();
+            for message in response::messages(&framed) {
+                let json = in_codec::<pb::ChatCompletionChunk>(codec, message)?;
+                out.extend_from_slice(&envelope(0, &json));
+            }
+            Ok(out.freeze())
+        }
+    }
+}
+
+/// An encoded `T` in `codec`: as it is, or as JSON.
+fn in_codec<T: Named>(codec: Codec, encoded: Bytes) -> Result<Bytes, Status> {
+    match codec {
+        Codec::Proto => Ok(encoded),
         Codec::Json => {
             let dynamic = DynamicMessage::decode(descriptor::<T>(), encoded)
-                .expect("the gateway's own encoding of a message decodes");
+                .map_err(|e| Status::internal(format!("reading the answer as {}: {e}", T::NAME)))?;
             let mut out = Vec::new();
             let mut serializer = serde_json::Serializer::new(&mut out);
             dynamic
                 .serialize_with_options(&mut serializer, &SerializeOptions::new())
-                .expect("a message serializes to JSON");
-            out.into()
+                .map_err(|e| Status::internal(format!("writing the answer as JSON: {e}")))?;
+            Ok(out.into())
         }
     }
 }
@@ -413,7 +433,7 @@ fn encoded<T: Named>(
     response: tonic::Response<T>,
 ) -> Result<(MetadataMap, Bytes), Status> {
     let (metadata, message, _) = response.into_parts();
-    Ok((metadata, encode(codec, &message)))
+    Ok((metadata, encode(codec, &message)?))
 }
 
 /// One Connect envelope: flags, 4-byte big-endian length, payload.
@@ -617,7 +637,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = encode(Codec::Json, &chunk);
+        let text = encode(Codec::Json, &chunk).unwrap();
         let value: Value = serde_json::from_slice(&text).unwrap();
         assert_eq!(value["id"], "c1");
         let reason = &value["choices"][0]["finishReason"];

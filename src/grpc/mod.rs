@@ -122,8 +122,8 @@ impl Grpc {
             .expect("the compiled-in descriptor sets are valid");
         // The same size limit as the HTTP door's body limit.
         let max_message = core.settings.max_body_bytes;
-        let connect = connect::Connect::new(service::ChatDoor::new(core.clone()), max_message);
         let door = Arc::new(service::ChatDoor::new(core));
+        let connect = connect::Connect::new(door.clone(), max_message);
         let chat = pb::chat_service_server::ChatServiceServer::from_arc(door.clone())
             .max_decoding_message_size(max_message);
         let names = [

@@ -1,5 +1,7 @@
 //! Upstream JSON → protobuf: a whole completion body, or the data of one SSE chunk, as the
-//! encoding of `ChatCompletion` / `ChatCompletionChunk`. Fields the proto does not know are
+//! encoding of `ChatCompletion` / `ChatCompletionChunk`, framed: behind the 5-byte prefix
+//! (flag 0, big-endian length) that gRPC puts before each message and Connect's streams
+//! before each envelope, so the wire sends the bytes as they are. Fields the proto does not know are
 //! skipped, and `null` reads as unset, so a richer upstream is never an error. The core hands
 //! over only bytes already masked and judged (an `{"error": …}` body or event never gets here),
 //! so nothing here masks or looks for errors.
@@ -28,18 +30,41 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use super::pb;
 use crate::chat::{read_json, GatewayError};
 
-/// A whole completion body, as an encoded `ChatCompletion`.
+/// The prefix of each framed message.
+pub const PREFIX: usize = 5;
+
+/// A whole completion body, as a framed `ChatCompletion`.
 pub fn completion(body: &[u8]) -> Result<Bytes, GatewayError> {
-    transcode::<Top<Choice<ToolCall>>>(body)
+    let mut out = BytesMut::new();
+    transcode::<Top<Choice<ToolCall>>>(body, &mut out)?;
+    Ok(out.freeze())
 }
 
-/// The data of one SSE event, as an encoded `ChatCompletionChunk`.
-pub fn chunk(data: &[u8]) -> Result<Bytes, GatewayError> {
-    transcode::<Top<Choice<ToolCallDelta>>>(data)
+/// The data of one SSE event, as a framed `ChatCompletionChunk` appended to `out` (the chunks
+/// at hand together go out as one piece).
+pub fn chunk(data: &[u8], out: &mut BytesMut) -> Result<(), GatewayError> {
+    transcode::<Top<Choice<ToolCallDelta>>>(data, out)
 }
 
-/// The JSON object in `bytes` (already masked by the core: its start may be quoted), encoded.
-fn transcode<'de, T: FromObject<'de> + Proto>(bytes: &'de [u8]) -> Result<Bytes, GatewayError> {
+/// The framed messages in `framed` (this module's output), each without its prefix.
+pub fn messages(framed: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let prefix = framed.get(at..at + PREFIX)?;
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        let start = at + PREFIX;
+        let end = start.checked_add(len).filter(|&end| end <= framed.len())?;
+        at = end;
+        Some(framed.slice(start..end))
+    })
+}
+
+/// The JSON object in `bytes` (already masked by the core: its start may be quoted), framed
+/// and appended to `out`.
+fn transcode<'de, T: FromObject<'de> + Proto>(
+    bytes: &'de [u8],
+    out: &mut BytesMut,
+) -> Result<(), GatewayError> {
     let not_json = |e: &dyn fmt::Display| {
         let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
         GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
@@ -53,9 +78,16 @@ fn transcode<'de, T: FromObject<'de> + Proto>(bytes: &'de [u8]) -> Result<Bytes,
         }
         Err(e) => return Err(not_json(&e)),
     };
-    let mut out = BytesMut::with_capacity(message.encoded_len());
-    message.fields(&mut Put(&mut out));
-    Ok(out.freeze())
+    let len = message.encoded_len();
+    // The prefix cannot say more; no upstream body the gateway reads whole comes near it.
+    let prefix_len = u32::try_from(len).map_err(|_| {
+        GatewayError::Internal(format!("the upstream's answer is {len} bytes as protobuf, over the 4 GiB a gRPC message can be"))
+    })?;
+    out.reserve(PREFIX + len);
+    out.put_u8(0);
+    out.put_u32(prefix_len);
+    message.fields(&mut Put(out));
+    Ok(())
 }
 
 /// A string of the JSON, borrowed unless it had escapes.

@@ -3,14 +3,34 @@ use serde_json::Value;
 
 use super::*;
 
+/// The one message of `framed`, which holds nothing else.
+fn only_message(framed: &Bytes) -> Bytes {
+    let mut messages = messages(framed);
+    let message = messages.next().expect("a message");
+    assert_eq!(
+        PREFIX + message.len(),
+        framed.len(),
+        "one message, nothing after it"
+    );
+    message
+}
+
 /// The transcoded answer, decoded again.
 fn completion(body: &[u8]) -> Result<pb::ChatCompletion, GatewayError> {
-    super::completion(body).map(|bytes| pb::ChatCompletion::decode(bytes).unwrap())
+    let framed = super::completion(body)?;
+    Ok(pb::ChatCompletion::decode(only_message(&framed)).unwrap())
+}
+
+/// The transcoded chunk, framed alone.
+fn framed_chunk(data: &[u8]) -> Result<Bytes, GatewayError> {
+    let mut out = BytesMut::new();
+    super::chunk(data, &mut out).map(|()| out.freeze())
 }
 
 /// The transcoded chunk, decoded again.
 fn chunk(data: &[u8]) -> Result<pb::ChatCompletionChunk, GatewayError> {
-    super::chunk(data).map(|bytes| pb::ChatCompletionChunk::decode(bytes).unwrap())
+    let framed = framed_chunk(data)?;
+    Ok(pb::ChatCompletionChunk::decode(only_message(&framed)).unwrap())
 }
 
 /// The former converter, through `serde_json::Value`: the oracle the typed one must match.
@@ -350,7 +370,11 @@ fn the_typed_reading_matches_the_value_one_on_the_corpus() {
 fn the_transcoded_bytes_are_the_ones_prost_writes() {
     fn same<M: prost::Message>(input: &[u8], ours: Result<Bytes, GatewayError>, prost: M) {
         let text = String::from_utf8_lossy(input);
-        assert_eq!(ours.unwrap(), prost.encode_to_vec(), "{text}");
+        let message = prost.encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&message);
+        assert_eq!(ours.unwrap(), framed, "{text}");
     }
     let mut written = 0;
     for input in CORPUS.iter().map(|s| s.as_bytes()) {
@@ -359,7 +383,7 @@ fn the_transcoded_bytes_are_the_ones_prost_writes() {
             written += 1;
         }
         if let Ok(message) = oracle::chunk(input) {
-            same(input, super::chunk(input), message);
+            same(input, framed_chunk(input), message);
         }
     }
     assert!(written > 10, "the corpus has answers to write: {written}");
@@ -368,10 +392,29 @@ fn the_transcoded_bytes_are_the_ones_prost_writes() {
 /// A string with escapes is copied, one without is borrowed: both read the same.
 #[test]
 fn escaped_and_plain_strings_write_alike() {
-    let plain = super::chunk(br#"{"id":"a/b","choices":[{"delta":{"content":"x"}}]}"#).unwrap();
+    let plain = framed_chunk(br#"{"id":"a/b","choices":[{"delta":{"content":"x"}}]}"#).unwrap();
     let escaped =
-        super::chunk(br#"{"id":"a\/b","choices":[{"delta":{"content":"\u0078"}}]}"#).unwrap();
+        framed_chunk(br#"{"id":"a\/b","choices":[{"delta":{"content":"\u0078"}}]}"#).unwrap();
     assert_eq!(plain, escaped);
-    let c = pb::ChatCompletionChunk::decode(plain).unwrap();
+    let c = pb::ChatCompletionChunk::decode(only_message(&plain)).unwrap();
     assert_eq!(c.id, "a/b");
+}
+
+/// Chunks appended to one piece come apart again, in order; a piece cut short ends the split
+/// at its last whole message.
+#[test]
+fn chunks_framed_together_split_in_order() {
+    let mut out = BytesMut::new();
+    for i in 0..3 {
+        let data = format!(r#"{{"id":"c{i}","choices":[{{"delta":{{"content":"t{i}"}}}}]}}"#);
+        super::chunk(data.as_bytes(), &mut out).unwrap();
+    }
+    let framed = out.freeze();
+    let ids: Vec<String> = messages(&framed)
+        .map(|m| pb::ChatCompletionChunk::decode(m).unwrap().id)
+        .collect();
+    assert_eq!(ids, ["c0", "c1", "c2"]);
+    let cut = framed.slice(..framed.len() - 1);
+    assert_eq!(messages(&cut).count(), 2);
+    assert_eq!(messages(&Bytes::new()).count(), 0);
 }

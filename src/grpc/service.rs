@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tonic::metadata::MetadataMap;
@@ -34,7 +34,8 @@ impl ChatDoor {
     }
 }
 
-/// The chunks of one streamed call, each an encoded `ChatCompletionChunk`.
+/// The chunks of one streamed call, framed ([`response::messages`] splits them): each item
+/// one or more `ChatCompletionChunk`s, those that were at hand together.
 pub type EncodedChunks = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 /// The chunks of one streamed call, as proto messages.
@@ -42,7 +43,7 @@ pub type ChunkMessages =
     Pin<Box<dyn Stream<Item = Result<pb::ChatCompletionChunk, Status>> + Send>>;
 
 impl ChatDoor {
-    /// `CreateChatCompletion`: the answer as an encoded `ChatCompletion`.
+    /// `CreateChatCompletion`: the answer as a framed `ChatCompletion`.
     pub async fn create(
         &self,
         request: Request<pb::ChatCompletionRequest>,
@@ -53,7 +54,7 @@ impl ChatDoor {
         result
     }
 
-    /// `StreamChatCompletion`: each chunk as an encoded `ChatCompletionChunk`.
+    /// `StreamChatCompletion`: the chunks, framed.
     pub async fn stream(
         &self,
         request: Request<pb::ChatCompletionRequest>,
@@ -77,9 +78,14 @@ impl ChatDoor {
     }
 }
 
-/// Bytes this gateway encoded, as the message again.
-fn decoded<M: Message + Default>(bytes: Bytes) -> Result<M, Status> {
-    M::decode(bytes).map_err(|e| Status::internal(format!("decoding the answer: {e}")))
+/// A message this gateway encoded, as the message again.
+fn decoded<M: Message + Default>(message: Bytes) -> Result<M, Status> {
+    M::decode(message).map_err(|e| Status::internal(format!("decoding the answer: {e}")))
+}
+
+/// The framed messages in `framed`, decoded.
+fn each_decoded<M: Message + Default>(framed: &Bytes) -> Vec<Result<M, Status>> {
+    response::messages(framed).map(decoded).collect()
 }
 
 #[tonic::async_trait]
@@ -88,8 +94,12 @@ impl ChatService for ChatDoor {
         &self,
         request: Request<pb::ChatCompletionRequest>,
     ) -> Result<Response<pb::ChatCompletion>, Status> {
-        let (metadata, bytes, extensions) = self.create(request).await?.into_parts();
-        Ok(Response::from_parts(metadata, decoded(bytes)?, extensions))
+        let (metadata, framed, extensions) = self.create(request).await?.into_parts();
+        let message = response::messages(&framed).next().map_or_else(
+            || Err(Status::internal("the answer holds no message")),
+            decoded,
+        )?;
+        Ok(Response::from_parts(metadata, message, extensions))
     }
 
     type StreamChatCompletionStream = ChunkMessages;
@@ -99,7 +109,14 @@ impl ChatService for ChatDoor {
         request: Request<pb::ChatCompletionRequest>,
     ) -> Result<Response<ChunkMessages>, Status> {
         let (metadata, chunks, extensions) = self.stream(request).await?.into_parts();
-        let messages: ChunkMessages = Box::pin(chunks.map(|chunk| chunk.and_then(decoded)));
+        let messages = chunks.flat_map(|framed| {
+            let decoded = match framed {
+                Ok(framed) => each_decoded(&framed),
+                Err(status) => vec![Err(status)],
+            };
+            futures_util::stream::iter(decoded)
+        });
+        let messages: ChunkMessages = Box::pin(messages);
         Ok(Response::from_parts(metadata, messages, extensions))
     }
 
@@ -222,15 +239,16 @@ impl ChatDoor {
     }
 }
 
-/// A streamed call's life after its head: each upstream chunk becomes one message the moment
-/// it arrives, and every chunk already at hand ([`batches`]) is ready at once, so tonic encodes
-/// them into one DATA frame. Built directly on the core's chunk stream, so a client that
-/// cancels drops the upstream request with it. The core's stream already ends at the call's
-/// deadline.
+/// A streamed call's life after its head: each upstream chunk becomes one framed message the
+/// moment it arrives, and the chunks already at hand ([`batches`]) are framed into one piece,
+/// which the wire sends as one DATA frame. Built directly on the core's chunk stream, so a
+/// client that cancels drops the upstream request with it. The core's stream already ends at
+/// the call's deadline.
 struct Relay {
     chunks: Batches,
-    /// The rest of the batch at hand.
-    pending: std::vec::IntoIter<bytes::Bytes>,
+    /// A chunk of the last batch that could not be read: the stream's end, once the chunks
+    /// framed before it have gone.
+    failed: Option<GatewayError>,
     call: Call,
     attempts: Attempts,
 }
@@ -239,7 +257,7 @@ impl Relay {
     fn new(chunks: ChunkStream, call: Call, attempts: Attempts) -> Relay {
         Relay {
             chunks: batches(chunks),
-            pending: Vec::new().into_iter(),
+            failed: None,
             call,
             attempts,
         }
@@ -251,18 +269,28 @@ impl Relay {
             |state| async move {
                 let mut relay = state?;
                 let error = loop {
-                    if let Some(data) = relay.pending.next() {
-                        match response::chunk(&data) {
-                            Ok(message) => return Some((Ok(message), Some(relay))),
-                            Err(error) => break error,
-                        }
+                    if let Some(error) = relay.failed.take() {
+                        break error;
                     }
                     match relay.chunks.next().await {
-                        Some(Ok(batch)) => relay.pending = batch.into_iter(),
+                        Some(Ok(batch)) => {
+                            // Protobuf is mostly shorter than its JSON: one allocation.
+                            let json: usize = batch.iter().map(|data| data.len()).sum();
+                            let mut framed = BytesMut::with_capacity(json);
+                            for data in &batch {
+                                if let Err(error) = response::chunk(data, &mut framed) {
+                                    relay.failed = Some(error);
+                                    break;
+                                }
+                            }
+                            if !framed.is_empty() {
+                                return Some((Ok(framed.freeze()), Some(relay)));
+                            }
+                        }
                         Some(Err(error)) => break error,
                         None => {
-                            // A clean end ([DONE]): OK. The trailers get the attempt trail from
-                            // `trailers::attempts_in_trailers`.
+                            // A clean end ([DONE]): OK. The wire's trailers carry the attempt
+                            // trail, as Connect's end does.
                             relay.call.finish(Code::Ok);
                             return None;
                         }

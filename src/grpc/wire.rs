@@ -20,7 +20,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -30,6 +30,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use super::codec::invalid;
+use super::response::PREFIX;
 use super::service::{ChatDoor, EncodedChunks};
 use super::{pb, to_status};
 use crate::chat::headers::ATTEMPTS;
@@ -56,9 +57,6 @@ const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status
 
 const GRPC_ENCODING: http::HeaderName = http::HeaderName::from_static("grpc-encoding");
 
-/// The prefix of each message on the wire: the compressed flag, then the length (big-endian).
-const PREFIX: usize = 5;
-
 /// A stream's ready messages are sent once they hold this much (tonic's yield threshold), so a
 /// burst never builds one unbounded frame.
 const BATCH_MAX: usize = 32 * 1024;
@@ -77,14 +75,10 @@ pub async fn serve(
     match method {
         Method::Create => match door.create(request).await {
             Ok(response) => {
-                let (metadata, message, extensions) = response.into_parts();
-                let mut data = BytesMut::new();
-                if let Err(status) = frame(&message, &mut data) {
-                    return status.into_http();
-                }
+                let (metadata, framed, extensions) = response.into_parts();
                 let trailers = ok_trailers(&metadata);
                 let body = Reply::Once {
-                    data: Some(data.freeze()),
+                    data: Some(framed),
                     trailers: Some(trailers),
                 };
                 reply(metadata, extensions, body)
@@ -130,22 +124,6 @@ fn ok_trailers(metadata: &MetadataMap) -> HeaderMap {
         trailers.insert(ATTEMPTS, attempts.clone());
     }
     trailers
-}
-
-/// The encoded `message` behind its prefix, appended to `out`; a message the prefix cannot
-/// measure (over 4 GiB) is refused as tonic refuses it.
-fn frame(message: &[u8], out: &mut BytesMut) -> Result<(), Status> {
-    let len = message.len();
-    let Ok(prefix_len) = u32::try_from(len) else {
-        return Err(Status::resource_exhausted(format!(
-            "Cannot return body with more than 4GB of data but got {len} bytes"
-        )));
-    };
-    out.reserve(PREFIX + len);
-    out.put_u8(0);
-    out.put_u32(prefix_len);
-    out.put_slice(message);
-    Ok(())
 }
 
 // ---- the request ----
@@ -328,9 +306,9 @@ impl Streamed {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         while matches!(self.end, End::Open) && self.batch.len() < BATCH_MAX {
             match self.messages.as_mut().poll_next(cx) {
-                Poll::Ready(Some(message)) => {
-                    let failed = message.and_then(|m| frame(&m, &mut self.batch)).err();
-                    if let Some(error) = failed.and_then(|status| self.fail(status)) {
+                Poll::Ready(Some(Ok(framed))) => self.add(framed),
+                Poll::Ready(Some(Err(status))) => {
+                    if let Some(error) = self.fail(status) {
                         return Poll::Ready(Some(Err(error)));
                     }
                 }
@@ -349,6 +327,18 @@ impl Streamed {
         match std::mem::replace(&mut self.end, End::Done) {
             End::Trailers(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             End::Open | End::Done => Poll::Ready(None),
+        }
+    }
+
+    /// Framed messages into the batch: they are the batch (no copy) when it is empty.
+    fn add(&mut self, framed: Bytes) {
+        if self.batch.is_empty() {
+            match framed.try_into_mut() {
+                Ok(framed) => self.batch = framed,
+                Err(framed) => self.batch.extend_from_slice(&framed),
+            }
+        } else {
+            self.batch.extend_from_slice(&framed);
         }
     }
 
