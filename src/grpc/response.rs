@@ -15,6 +15,11 @@
 //! prost writes for the same message (fields in number order, proto3 defaults left out): the
 //! tests compare them with the former `Value`-based converter's message, encoded by prost.
 //!
+//! Two readers fill the views through one [`Values`] trait, so each field's map is written
+//! once: the [`quick`] one, a single pass over the plain JSON upstreams send (most of a gRPC
+//! stream's cost was serde_json reading its chunks), and serde_json's, for whatever the quick
+//! one declines, which it does on anything it is not sure to read exactly alike.
+//!
 //! Why this file is longer than the rest: it is one job, the field-by-field map of every upstream
 //! answer onto its proto message, read straight from the bytes and written straight to the wire.
 
@@ -69,7 +74,12 @@ fn transcode<'de, T: FromObject<'de> + Proto>(
         let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
         GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
     };
-    let message = match read_json(bytes, Any(ObjectOnly::<T>(PhantomData))) {
+    let quick = std::str::from_utf8(bytes).ok().and_then(quick::read::<T>);
+    let read = match quick {
+        Some(message) => Ok(Some(message)),
+        None => read_json(bytes, Any(ObjectOnly::<T>(PhantomData))),
+    };
+    let message = match read {
         Ok(Some(message)) => message,
         Ok(None) => {
             return Err(GatewayError::Internal(
@@ -96,39 +106,48 @@ type Text<'a> = Cow<'a, str>;
 // ---- the messages, field by field ----
 
 /// A message read from a JSON object: `FIELDS` names the keys it reads, `field` reads the
-/// value of `FIELDS[index]` (a later duplicate overwrites an earlier one).
+/// value of `FIELDS[index]` from `values` (a later duplicate overwrites an earlier one).
 trait FromObject<'de>: Default {
     const FIELDS: &'static [&'static str];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error>;
+    fn field<V: Values<'de>>(&mut self, index: usize, values: &mut V) -> Result<(), V::Error>;
 }
 
-fn text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Text<'de>>, A::Error> {
-    map.next_value_seed(Any(Str))
+/// The next value of an object being read, as each kind of field reads it; the two readers
+/// (serde_json's and the [`quick`] one) give the same answer for the same JSON.
+trait Values<'de> {
+    type Error;
+    /// A string; anything else is unset.
+    fn text(&mut self) -> Result<Option<Text<'de>>, Self::Error>;
+    /// An integer; a float (some upstreams send `1.7e9`) is truncated, anything else is 0.
+    fn int(&mut self) -> Result<i64, Self::Error>;
+    /// A list of messages (an element that is no object is the empty message); anything else
+    /// is the empty list.
+    fn list<T: FromObject<'de>>(&mut self) -> Result<Vec<T>, Self::Error>;
+    /// A message if the value is an object, else unset.
+    fn object<T: FromObject<'de>>(&mut self) -> Result<Option<T>, Self::Error>;
+    /// A message from an object; any other value is the empty message.
+    fn item<T: FromObject<'de>>(&mut self) -> Result<T, Self::Error>;
+    /// A JSON object as a `google.protobuf.Struct`; anything else (`null` included) as unset.
+    fn structure(&mut self) -> Result<Option<prost_types::Struct>, Self::Error>;
+    /// Unset when `null`, a known reason for its name, OTHER for any other value.
+    fn finish_reason(&mut self) -> Result<pb::FinishReason, Self::Error>;
+
+    fn uint(&mut self) -> Result<u32, Self::Error> {
+        Ok(u32::try_from(self.int()?.max(0)).unwrap_or(u32::MAX))
+    }
 }
 
-fn int<'de, A: MapAccess<'de>>(map: &mut A) -> Result<i64, A::Error> {
-    map.next_value_seed(Any(Int))
-}
-
-fn uint<'de, A: MapAccess<'de>>(map: &mut A) -> Result<u32, A::Error> {
-    Ok(u32::try_from(int(map)?.max(0)).unwrap_or(u32::MAX))
-}
-
-fn list<'de, T: FromObject<'de>, A: MapAccess<'de>>(map: &mut A) -> Result<Vec<T>, A::Error> {
-    map.next_value_seed(Any(List::<T>(PhantomData)))
-}
-
-/// The field only if it is an object.
-fn object<'de, T: FromObject<'de>, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T>, A::Error> {
-    map.next_value_seed(Any(ObjectOnly::<T>(PhantomData)))
-}
-
-fn structure<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<prost_types::Struct>, A::Error> {
-    map.next_value_seed(Any(StructOnly))
-}
-
-fn finish_reason<'de, A: MapAccess<'de>>(map: &mut A) -> Result<i32, A::Error> {
-    Ok(map.next_value_seed(Any(Finish))? as i32)
+/// The finish reason a string names.
+fn named_finish_reason(name: &str) -> pb::FinishReason {
+    use pb::FinishReason as F;
+    match name {
+        "stop" => F::Stop,
+        "length" => F::Length,
+        "tool_calls" => F::ToolCalls,
+        "content_filter" => F::ContentFilter,
+        "function_call" => F::FunctionCall,
+        _ => F::Other,
+    }
 }
 
 /// `ChatCompletion` (choices of `ToolCall`s) or `ChatCompletionChunk` (of `ToolCallDelta`s): the
@@ -156,16 +175,16 @@ impl<'de, C: FromObject<'de>> FromObject<'de> for Top<'de, C> {
         "system_fingerprint",
         "service_tier",
     ];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.id = text(map)?,
-            1 => self.object = text(map)?,
-            2 => self.created = int(map)?,
-            3 => self.model = text(map)?,
-            4 => self.choices = list::<C, A>(map)?,
-            5 => self.usage = object::<Usage, A>(map)?,
-            6 => self.system_fingerprint = text(map)?,
-            _ => self.service_tier = text(map)?,
+            0 => self.id = v.text()?,
+            1 => self.object = v.text()?,
+            2 => self.created = v.int()?,
+            3 => self.model = v.text()?,
+            4 => self.choices = v.list::<C>()?,
+            5 => self.usage = v.object::<Usage>()?,
+            6 => self.system_fingerprint = v.text()?,
+            _ => self.service_tier = v.text()?,
         }
         Ok(())
     }
@@ -200,12 +219,12 @@ struct Choice<'a, C> {
 
 impl<'de, C: Call + FromObject<'de>> FromObject<'de> for Choice<'de, C> {
     const FIELDS: &'static [&'static str] = &["index", C::SAID, "finish_reason", "logprobs"];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.index = uint(map)?,
-            1 => self.said = object::<Said<C>, A>(map)?,
-            2 => self.finish_reason = finish_reason(map)?,
-            _ => self.logprobs = structure(map)?,
+            0 => self.index = v.uint()?,
+            1 => self.said = v.object::<Said<C>>()?,
+            2 => self.finish_reason = v.finish_reason()? as i32,
+            _ => self.logprobs = v.structure()?,
         }
         Ok(())
     }
@@ -265,14 +284,14 @@ impl<'de, C: FromObject<'de>> FromObject<'de> for Said<'de, C> {
         "reasoning_content",
         "reasoning",
     ];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.role = text(map)?,
-            1 => self.content = text(map)?,
-            2 => self.tool_calls = list::<C, A>(map)?,
-            3 => self.refusal = text(map)?,
-            4 => self.reasoning_content = text(map)?,
-            _ => self.reasoning = text(map)?,
+            0 => self.role = v.text()?,
+            1 => self.content = v.text()?,
+            2 => self.tool_calls = v.list::<C>()?,
+            3 => self.refusal = v.text()?,
+            4 => self.reasoning_content = v.text()?,
+            _ => self.reasoning = v.text()?,
         }
         Ok(())
     }
@@ -305,11 +324,11 @@ struct ToolCall<'a> {
 
 impl<'de> FromObject<'de> for ToolCall<'de> {
     const FIELDS: &'static [&'static str] = &["id", "type", "function"];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.id = text(map)?,
-            1 => self.kind = text(map)?,
-            _ => self.function = Some(map.next_value_seed(Any(Item::<Function>(PhantomData)))?),
+            0 => self.id = v.text()?,
+            1 => self.kind = v.text()?,
+            _ => self.function = Some(v.item::<Function>()?),
         }
         Ok(())
     }
@@ -336,12 +355,12 @@ struct ToolCallDelta<'a> {
 
 impl<'de> FromObject<'de> for ToolCallDelta<'de> {
     const FIELDS: &'static [&'static str] = &["index", "id", "type", "function"];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.index = uint(map)?,
-            1 => self.id = text(map)?,
-            2 => self.kind = text(map)?,
-            _ => self.function = object::<Function, A>(map)?,
+            0 => self.index = v.uint()?,
+            1 => self.id = v.text()?,
+            2 => self.kind = v.text()?,
+            _ => self.function = v.object::<Function>()?,
         }
         Ok(())
     }
@@ -368,10 +387,10 @@ struct Function<'a> {
 
 impl<'de> FromObject<'de> for Function<'de> {
     const FIELDS: &'static [&'static str] = &["name", "arguments"];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.name = text(map)?,
-            _ => self.arguments = text(map)?,
+            0 => self.name = v.text()?,
+            _ => self.arguments = v.text()?,
         }
         Ok(())
     }
@@ -411,13 +430,13 @@ impl<'de> FromObject<'de> for Usage {
         "prompt_tokens_details",
         "completion_tokens_details",
     ];
-    fn field<A: MapAccess<'de>>(&mut self, index: usize, map: &mut A) -> Result<(), A::Error> {
+    fn field<V: Values<'de>>(&mut self, index: usize, v: &mut V) -> Result<(), V::Error> {
         match index {
-            0 => self.prompt_tokens = uint(map)?,
-            1 => self.completion_tokens = uint(map)?,
-            2 => self.total_tokens = uint(map)?,
-            3 => self.prompt_tokens_details = structure(map)?,
-            _ => self.completion_tokens_details = structure(map)?,
+            0 => self.prompt_tokens = v.uint()?,
+            1 => self.completion_tokens = v.uint()?,
+            2 => self.total_tokens = v.uint()?,
+            3 => self.prompt_tokens_details = v.structure()?,
+            _ => self.completion_tokens_details = v.structure()?,
         }
         Ok(())
     }
@@ -438,15 +457,44 @@ impl Proto for Usage {
 }
 
 /// Every field of the object at `map`; the ones `T` does not read are checked and skipped.
-fn read_object<'de, T: FromObject<'de>, A: MapAccess<'de>>(mut map: A) -> Result<T, A::Error> {
+fn read_object<'de, T: FromObject<'de>, A: MapAccess<'de>>(map: A) -> Result<T, A::Error> {
     let mut out = T::default();
-    while let Some(key) = map.next_key_seed(Key(T::FIELDS))? {
+    let mut values = Serde(map);
+    while let Some(key) = values.0.next_key_seed(Key(T::FIELDS))? {
         match key {
-            Some(index) => out.field(index, &mut map)?,
-            None => map.next_value_seed(Any(Skip))?,
+            Some(index) => out.field(index, &mut values)?,
+            None => values.0.next_value_seed(Any(Skip))?,
         }
     }
     Ok(out)
+}
+
+/// The values of an object serde_json reads, each through its [`Sink`].
+struct Serde<A>(A);
+
+impl<'de, A: MapAccess<'de>> Values<'de> for Serde<A> {
+    type Error = A::Error;
+    fn text(&mut self) -> Result<Option<Text<'de>>, A::Error> {
+        self.0.next_value_seed(Any(Str))
+    }
+    fn int(&mut self) -> Result<i64, A::Error> {
+        self.0.next_value_seed(Any(Int))
+    }
+    fn list<T: FromObject<'de>>(&mut self) -> Result<Vec<T>, A::Error> {
+        self.0.next_value_seed(Any(List::<T>(PhantomData)))
+    }
+    fn object<T: FromObject<'de>>(&mut self) -> Result<Option<T>, A::Error> {
+        self.0.next_value_seed(Any(ObjectOnly::<T>(PhantomData)))
+    }
+    fn item<T: FromObject<'de>>(&mut self) -> Result<T, A::Error> {
+        self.0.next_value_seed(Any(Item::<T>(PhantomData)))
+    }
+    fn structure(&mut self) -> Result<Option<prost_types::Struct>, A::Error> {
+        self.0.next_value_seed(Any(StructOnly))
+    }
+    fn finish_reason(&mut self) -> Result<pb::FinishReason, A::Error> {
+        self.0.next_value_seed(Any(Finish))
+    }
 }
 
 /// A key: its index in the names a message reads, `None` for any other.
@@ -700,15 +748,7 @@ impl Sink<'_> for Finish {
         pb::FinishReason::Unspecified
     }
     fn str(self, v: &str) -> pb::FinishReason {
-        use pb::FinishReason as F;
-        match v {
-            "stop" => F::Stop,
-            "length" => F::Length,
-            "tool_calls" => F::ToolCalls,
-            "content_filter" => F::ContentFilter,
-            "function_call" => F::FunctionCall,
-            _ => F::Other,
-        }
+        named_finish_reason(v)
     }
 }
 
@@ -813,6 +853,9 @@ impl<'de> Sink<'de> for ProtoValue {
 fn kind(kind: prost_types::value::Kind) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
+
+#[path = "response_quick.rs"]
+mod quick;
 
 #[cfg(test)]
 #[path = "response_tests.rs"]

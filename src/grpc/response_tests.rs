@@ -418,3 +418,120 @@ fn chunks_framed_together_split_in_order() {
     assert_eq!(messages(&cut).count(), 2);
     assert_eq!(messages(&Bytes::new()).count(), 0);
 }
+
+/// What upstreams send, in the plain shape the quick reading takes on its own: the mock's
+/// chunks, OpenAI's (escaped text, tool calls, usage with details), vLLM's reasoning.
+const PLAIN: &[&str] = &[
+    r#"{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":"mock-8x0","choices":[{"index":0,"delta":{"role":"assistant","content":"tok0 "},"finish_reason":null}]}"#,
+    r#"{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":"mock-8x0","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+    r#"{"id":"chatcmpl-B9","object":"chat.completion.chunk","created":1741570283,"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_f9f4fb6dbf","choices":[{"index":0,"delta":{"content":"line one\nline \"two\"\t\\ /"},"logprobs":null,"finish_reason":null}],"obfuscation":"x3"}"#,
+    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":"}}]},"finish_reason":null}]}"#,
+    r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0,"list":[true,false,null,"s",-3]}}}"#,
+    r#"{"id":"chatcmpl-1","object":"chat.completion","created":1741570283,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,"total_tokens":16}}"#,
+    r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_9","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+    r#" { "choices" : [ { "delta" : { "reasoning" : "hmm" } , "index" : 1 } ] } "#,
+    r#"{"id":"é ü ✓ 😀","choices":[{"delta":{"content":"","refusal":"no"}}],"created":-42}"#,
+];
+
+/// serde_json's reading: the message as protobuf bytes, none if the JSON is no object.
+type SerdeReading = Result<Option<Vec<u8>>, String>;
+
+/// The quick reading's message (if it reads `input`) and serde_json's, as protobuf bytes.
+fn both_readings<'de, T: FromObject<'de> + Proto>(
+    input: &'de [u8],
+) -> (Option<Vec<u8>>, SerdeReading) {
+    fn bytes<T: Proto>(message: &T) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        message.fields(&mut Put(&mut out));
+        out.to_vec()
+    }
+    let quick = std::str::from_utf8(input)
+        .ok()
+        .and_then(quick::read::<T>)
+        .map(|m| bytes(&m));
+    let serde = read_json(input, Any(ObjectOnly::<T>(PhantomData)))
+        .map(|m| m.map(|m| bytes(&m)))
+        .map_err(|e| e.to_string());
+    (quick, serde)
+}
+
+/// Whatever the quick reading reads, serde_json reads to the same bytes: on the corpus, and
+/// on every input one byte away from it (deleted, replaced or inserted with a byte that
+/// matters to JSON), where the quick reading must decline wherever serde_json fails.
+#[test]
+fn the_quick_reading_is_serde_jsons_on_every_one_byte_change() {
+    fn agree(input: &[u8], quick_read: &mut usize) {
+        let (quick, serde) = both_readings::<Top<Choice<ToolCallDelta>>>(input);
+        let (quick_whole, serde_whole) = both_readings::<Top<Choice<ToolCall>>>(input);
+        for (quick, serde) in [(quick, serde), (quick_whole, serde_whole)] {
+            if let Some(quick) = quick {
+                *quick_read += 1;
+                let text = String::from_utf8_lossy(input);
+                assert_eq!(serde, Ok(Some(quick)), "{text}");
+            }
+        }
+    }
+    const BYTES: &[u8] = b"\"\\{}[],:0-.e n1\t\x01";
+    let mut inputs: Vec<&[u8]> = CORPUS.iter().chain(PLAIN).map(|s| s.as_bytes()).collect();
+    inputs.push(b"{\"id\":\"tab\tinside\"}");
+    let (mut variants, mut quick_read) = (0, 0);
+    for input in inputs {
+        agree(input, &mut quick_read);
+        for at in 0..=input.len() {
+            let mut changed = Vec::with_capacity(input.len() + 1);
+            if at < input.len() {
+                changed.extend_from_slice(&input[..at]);
+                changed.extend_from_slice(&input[at + 1..]);
+                agree(&changed, &mut quick_read);
+            }
+            for &byte in BYTES {
+                for replace in [true, false] {
+                    if replace && at == input.len() {
+                        continue;
+                    }
+                    changed.clear();
+                    changed.extend_from_slice(&input[..at]);
+                    changed.push(byte);
+                    changed.extend_from_slice(&input[at + usize::from(replace)..]);
+                    agree(&changed, &mut quick_read);
+                    variants += 1;
+                }
+            }
+        }
+    }
+    // Not a reading that declines everything: most changes of plain JSON are still plain.
+    assert!(quick_read > variants / 10, "{quick_read} of {variants}");
+}
+
+/// The quick reading takes what upstreams send by itself, and leaves the odd rest (floats,
+/// `\u` escapes, escaped keys, `-0`, long integers, deep nesting, what is not JSON) to serde_json.
+#[test]
+fn the_quick_reading_takes_what_upstreams_send() {
+    for input in PLAIN {
+        let (quick, serde) = both_readings::<Top<Choice<ToolCallDelta>>>(input.as_bytes());
+        assert!(quick.is_some(), "declined: {input}");
+        assert_eq!(serde, Ok(quick), "{input}");
+        let (quick, serde) = both_readings::<Top<Choice<ToolCall>>>(input.as_bytes());
+        assert!(quick.is_some(), "declined: {input}");
+        assert_eq!(serde, Ok(quick), "{input}");
+    }
+    let deep = format!("{{\"x\":{}{}}}", "[".repeat(70), "]".repeat(70));
+    let odd = [
+        r#"{"created":1.7e9}"#,
+        r#"{"id":"\u0041"}"#,
+        r#"{"\u0069d":"x"}"#,
+        r#"{"usage":{"prompt_tokens_details":{"n":-0}}}"#,
+        r#"{"created":1234567890123456789}"#,
+        r#"{"created":01}"#,
+        r#"{"id":"x"} trailing"#,
+        r#"[1]"#,
+        deep.as_str(),
+    ];
+    for input in odd {
+        let (quick, _) = both_readings::<Top<Choice<ToolCallDelta>>>(input.as_bytes());
+        assert!(quick.is_none(), "read: {input}");
+    }
+    // Still answered, by serde_json, the same as ever.
+    let c = chunk(br#"{"id":"\u0041","created":1.7e9}"#).unwrap();
+    assert_eq!((c.id.as_str(), c.created), ("A", 1_700_000_000));
+}
