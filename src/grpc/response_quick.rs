@@ -3,8 +3,8 @@
 //! (most of a gRPC stream's transcoding is reading its chunks' JSON).
 //!
 //! It never errs and never guesses. On whatever it is not sure to read exactly as serde_json
-//! would (a float, a `\u` escape, a key with escapes, `-0`, an integer of more than 18
-//! digits, nesting deeper than [`MAX_DEPTH`], and anything that is not JSON), it declines,
+//! would (a float it must read, a `\u` escape, a key with escapes, `-0`, an integer of more
+//! than 18 digits, nesting deeper than [`MAX_DEPTH`], anything that is not JSON), it declines,
 //! and serde_json reads the whole text as before: every answer it gives is serde_json's, and
 //! every error is serde_json's own (the tests hold the two readings to the same bytes on the
 //! corpus and on every one-byte change of it).
@@ -264,9 +264,45 @@ impl<'de> Reader<'de> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.integer().map(drop),
+            b'-' | b'0'..=b'9' => self.skip_number(),
             _ => Err(Declined),
         }
+    }
+
+    /// Past a number nothing reads (an upstream's `queue_time` or `cost`): any JSON number
+    /// serde_json's reading cannot overflow (up to 200 digits before the point, an exponent
+    /// of at most two digits); what it makes of the value does not matter.
+    fn skip_number(&mut self) -> Read<()> {
+        let digits = |at: usize| {
+            let rest = self.bytes.get(at..).unwrap_or_default();
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        };
+        let mut at = self.at + usize::from(self.bytes[self.at] == b'-');
+        let whole = digits(at);
+        if whole == 0 || whole > 200 || (whole > 1 && self.bytes[at] == b'0') {
+            return Err(Declined);
+        }
+        at += whole;
+        if self.bytes.get(at) == Some(&b'.') {
+            let fraction = digits(at + 1);
+            if fraction == 0 {
+                return Err(Declined);
+            }
+            at += 1 + fraction;
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(at) {
+                at += 1;
+            }
+            let exponent = digits(at);
+            if exponent == 0 || exponent > 2 {
+                return Err(Declined);
+            }
+            at += exponent;
+        }
+        self.at = at;
+        Ok(())
     }
 
     /// The object at `{` as a `Struct`: a later duplicate key wins, as in serde_json's.

@@ -338,6 +338,9 @@ const CORPUS: &[&str] = &[
     r#"{"unknown":"\ud800"}"#,
     r#"{"unknown":[1,2,}"#,
     r#"{"created":1e400}"#,
+    r#"{"unknown":1e400}"#,
+    r#"{"unknown":-1.0e-400}"#,
+    r#"{"unknown":1.5e-99,"id":"x"}"#,
     "",
 ];
 
@@ -431,6 +434,7 @@ const PLAIN: &[&str] = &[
     r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_9","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
     r#" { "choices" : [ { "delta" : { "reasoning" : "hmm" } , "index" : 1 } ] } "#,
     r#"{"id":"é ü ✓ 😀","choices":[{"delta":{"content":"","refusal":"no"}}],"created":-42}"#,
+    r#"{"id":"g","choices":[{"index":0,"delta":{"content":"x"}}],"x_groq":{"id":"req_1","usage":{"queue_time":0.0123,"prompt_time":-1.5E-5,"n":[10e+2,0.0,-0]}}}"#,
 ];
 
 /// serde_json's reading: the message as protobuf bytes, none if the JSON is no object.
@@ -504,7 +508,8 @@ fn the_quick_reading_is_serde_jsons_on_every_one_byte_change() {
 }
 
 /// The quick reading takes what upstreams send by itself, and leaves the odd rest (floats,
-/// `\u` escapes, escaped keys, `-0`, long integers, deep nesting, what is not JSON) to serde_json.
+/// `\u` escapes, escaped keys, `-0`, long integers, a skipped number that could overflow, deep
+/// nesting, what is not JSON) to serde_json.
 #[test]
 fn the_quick_reading_takes_what_upstreams_send() {
     for input in PLAIN {
@@ -523,6 +528,7 @@ fn the_quick_reading_takes_what_upstreams_send() {
         r#"{"usage":{"prompt_tokens_details":{"n":-0}}}"#,
         r#"{"created":1234567890123456789}"#,
         r#"{"created":01}"#,
+        r#"{"unknown":1e400}"#,
         r#"{"id":"x"} trailing"#,
         r#"[1]"#,
         deep.as_str(),
