@@ -3,8 +3,8 @@
 //! (most of a gRPC stream's transcoding is reading its chunks' JSON).
 //!
 //! It never errs and never guesses. On whatever it is not sure to read exactly as serde_json
-//! would (a float it must read, a `\u` escape, a key with escapes, `-0`, an integer of more
-//! than 18 digits, nesting deeper than [`MAX_DEPTH`], anything that is not JSON), it declines,
+//! would (a `\u` escape, a key with escapes, an integer of more than 18 digits, a number
+//! serde_json refuses, nesting deeper than [`MAX_DEPTH`], anything that is not JSON), it declines,
 //! and serde_json reads the whole text as before: every answer it gives is serde_json's, and
 //! every error is serde_json's own (the tests hold the two readings to the same bytes on the
 //! corpus and on every one-byte change of it).
@@ -36,6 +36,12 @@ pub(super) fn read<'de, T: FromObject<'de>>(text: &'de str) -> Option<T> {
     reader.object_into(&mut message).ok()?;
     reader.ws();
     (reader.at == reader.bytes.len()).then_some(message)
+}
+
+/// A number, as serde_json reads it.
+enum Number {
+    Int(i64),
+    Float(f64),
 }
 
 /// Why the quick reading stopped: serde_json reads this one.
@@ -228,28 +234,60 @@ impl<'de> Reader<'de> {
         }
     }
 
-    /// An integer of up to 18 digits (which i64 and f64 hold alike); declines a float, `-0`
-    /// (a float to serde_json) and a leading zero (not JSON).
-    fn integer(&mut self) -> Read<i64> {
-        let negative = self.bytes[self.at] == b'-';
-        let start = self.at + usize::from(negative);
-        let mut at = start;
+    /// The number here. An integer of up to 18 digits (which i64 and f64 hold alike) is read
+    /// here; a float, and `-0` (a float to serde_json), are handed to serde_json as the text
+    /// they are, so that their value is its own to the last bit (and `1e400` its error, so
+    /// declined); longer integers are declined, as is what is not a JSON number.
+    fn number(&mut self) -> Read<Number> {
+        let start = self.at;
+        let negative = self.bytes[start] == b'-';
+        let first = start + usize::from(negative);
+        let mut at = first;
         let mut value: i64 = 0;
         while let Some(&digit @ b'0'..=b'9') = self.bytes.get(at) {
-            if at - start == 18 {
+            if at - first == 18 {
                 return Err(Declined);
             }
             value = value * 10 + i64::from(digit - b'0');
             at += 1;
         }
-        let digits = at - start;
-        let leading_zero = digits > 1 && self.bytes[start] == b'0';
-        let fraction = matches!(self.bytes.get(at), Some(b'.' | b'e' | b'E'));
-        if digits == 0 || leading_zero || fraction || (negative && value == 0) {
+        let digits = at - first;
+        if digits == 0 || (digits > 1 && self.bytes[first] == b'0') {
             return Err(Declined);
         }
+        let mut float = negative && value == 0;
+        if self.bytes.get(at) == Some(&b'.') {
+            let fraction = self.digits(at + 1);
+            if fraction == 0 {
+                return Err(Declined);
+            }
+            (float, at) = (true, at + 1 + fraction);
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(at) {
+                at += 1;
+            }
+            let exponent = self.digits(at);
+            if exponent == 0 {
+                return Err(Declined);
+            }
+            (float, at) = (true, at + exponent);
+        }
+        let number = if float {
+            let text = &self.text[start..at];
+            Number::Float(serde_json::from_str(text).map_err(|_| Declined)?)
+        } else {
+            Number::Int(if negative { -value } else { value })
+        };
         self.at = at;
-        Ok(if negative { -value } else { value })
+        Ok(number)
+    }
+
+    /// How many ASCII digits start at `at`.
+    fn digits(&self, at: usize) -> usize {
+        let rest = self.bytes.get(at..).unwrap_or_default();
+        rest.iter().take_while(|b| b.is_ascii_digit()).count()
     }
 
     /// Past any value, checked as far as reading it would check it.
@@ -264,45 +302,9 @@ impl<'de> Reader<'de> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.skip_number(),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
             _ => Err(Declined),
         }
-    }
-
-    /// Past a number nothing reads (an upstream's `queue_time` or `cost`): any JSON number
-    /// serde_json's reading cannot overflow (up to 200 digits before the point, an exponent
-    /// of at most two digits); what it makes of the value does not matter.
-    fn skip_number(&mut self) -> Read<()> {
-        let digits = |at: usize| {
-            let rest = self.bytes.get(at..).unwrap_or_default();
-            rest.iter().take_while(|b| b.is_ascii_digit()).count()
-        };
-        let mut at = self.at + usize::from(self.bytes[self.at] == b'-');
-        let whole = digits(at);
-        if whole == 0 || whole > 200 || (whole > 1 && self.bytes[at] == b'0') {
-            return Err(Declined);
-        }
-        at += whole;
-        if self.bytes.get(at) == Some(&b'.') {
-            let fraction = digits(at + 1);
-            if fraction == 0 {
-                return Err(Declined);
-            }
-            at += 1 + fraction;
-        }
-        if let Some(b'e' | b'E') = self.bytes.get(at) {
-            at += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(at) {
-                at += 1;
-            }
-            let exponent = digits(at);
-            if exponent == 0 || exponent > 2 {
-                return Err(Declined);
-            }
-            at += exponent;
-        }
-        self.at = at;
-        Ok(())
     }
 
     /// The object at `{` as a `Struct`: a later duplicate key wins, as in serde_json's.
@@ -333,7 +335,10 @@ impl<'de> Reader<'de> {
             b't' => self.literal(b"true").map(|()| Kind::BoolValue(true))?,
             b'f' => self.literal(b"false").map(|()| Kind::BoolValue(false))?,
             b'n' => self.literal(b"null").map(|()| Kind::NullValue(0))?,
-            b'-' | b'0'..=b'9' => Kind::NumberValue(self.integer()? as f64),
+            b'-' | b'0'..=b'9' => Kind::NumberValue(match self.number()? {
+                Number::Int(v) => v as f64,
+                Number::Float(v) => v,
+            }),
             _ => return Err(Declined),
         }))
     }
@@ -352,7 +357,11 @@ impl<'de> Values<'de> for Reader<'de> {
 
     fn int(&mut self) -> Read<i64> {
         match self.peek()? {
-            b'-' | b'0'..=b'9' => self.integer(),
+            // As serde_json's lenient reading: a float is truncated.
+            b'-' | b'0'..=b'9' => Ok(match self.number()? {
+                Number::Int(v) => v,
+                Number::Float(v) => v as i64,
+            }),
             _ => self.skip().map(|()| 0),
         }
     }
