@@ -77,7 +77,12 @@ impl<'de> Reader<'de> {
     }
 
     fn literal(&mut self, word: &[u8]) -> Read<()> {
-        if !self.bytes[self.at..].starts_with(word) {
+        if !self
+            .bytes
+            .get(self.at..)
+            .unwrap_or_default()
+            .starts_with(word)
+        {
             return Err(Declined);
         }
         self.at += word.len();
@@ -240,7 +245,7 @@ impl<'de> Reader<'de> {
     /// declined); longer integers are declined, as is what is not a JSON number.
     fn number(&mut self) -> Read<Number> {
         let start = self.at;
-        let negative = self.bytes[start] == b'-';
+        let negative = self.bytes.get(start) == Some(&b'-');
         let first = start + usize::from(negative);
         let mut at = first;
         let mut value: i64 = 0;

@@ -537,6 +537,30 @@ fn the_quick_reading_takes_what_upstreams_send() {
         let (quick, _) = both_readings::<Top<Choice<ToolCallDelta>>>(input.as_bytes());
         assert!(quick.is_none(), "read: {input}");
     }
+    // At the edges: 18 and 19 digits, escaped keys and nesting at the limit in a `Struct`
+    // (read or declined, always as serde_json reads them).
+    let nested = |levels: usize| {
+        // The top object, `choices`, the choice and `logprobs` are four levels.
+        let (open, close) = ("[".repeat(levels - 4), "]".repeat(levels - 4));
+        format!(r#"{{"choices":[{{"logprobs":{{"k":{open}1{close}}}}}]}}"#)
+    };
+    let (at_limit, over_limit) = (nested(64), nested(65));
+    let edges = [
+        r#"{"choices":[{"logprobs":{"a":999999999999999999,"b":-999999999999999999}}]}"#,
+        r#"{"choices":[{"logprobs":{"a":1234567890123456789}}]}"#,
+        r#"{"choices":[{"logprobs":{"\"k\n":1,"\u0041":2}}]}"#,
+        at_limit.as_str(),
+        over_limit.as_str(),
+    ];
+    for input in edges {
+        let (quick, serde) = both_readings::<Top<Choice<ToolCallDelta>>>(input.as_bytes());
+        if let Some(quick) = quick {
+            assert_eq!(serde, Ok(Some(quick)), "{input}");
+        }
+    }
+    let read = |input: &str| both_readings::<Top<Choice<ToolCall>>>(input.as_bytes()).0;
+    assert!(read(edges[0]).is_some() && read(&at_limit).is_some());
+    assert!(read(edges[1]).is_none() && read(&over_limit).is_none());
     // Still answered, by serde_json, the same as ever.
     let c = chunk(br#"{"id":"\u0041","created":1.7e9}"#).unwrap();
     assert_eq!((c.id.as_str(), c.created), ("A", 1_700_000_000));
