@@ -123,11 +123,13 @@ impl<'de> Reader<'de> {
         self.ws();
         if self.peek()? != close {
             loop {
-                self.ws();
                 each(self)?;
                 self.ws();
                 match self.peek()? {
-                    b',' => self.at += 1,
+                    b',' => {
+                        self.at += 1;
+                        self.ws();
+                    }
                     byte if byte == close => break,
                     _ => return Err(Declined),
                 }
@@ -148,17 +150,31 @@ impl<'de> Reader<'de> {
     /// The fields of the object at `{`, read into `out` where it is (a chunk's views are
     /// hundreds of bytes, not worth a move at each level).
     fn object_into<T: FromObject<'de>>(&mut self, out: &mut T) -> Read<()> {
-        self.fields(|reader, key| {
-            // A key with escapes is rare enough to leave to serde_json, which compares it
-            // unescaped.
-            let Cow::Borrowed(key) = key else {
-                return Err(Declined);
-            };
+        self.members(b'}', |reader| {
+            let key = reader.key()?;
+            reader.expect(b':')?;
+            reader.ws();
             match T::FIELDS.iter().position(|name| *name == key) {
                 Some(index) => out.field(index, reader),
                 None => reader.skip(),
             }
         })
+    }
+
+    /// The key of a message's field, read past its closing quote. A key with escapes is rare
+    /// enough to leave to serde_json, which compares it unescaped.
+    #[inline]
+    fn key(&mut self) -> Read<&'de str> {
+        if self.peek()? != b'"' {
+            return Err(Declined);
+        }
+        let start = self.at + 1;
+        let end = self.plain_run(start);
+        if self.bytes.get(end) != Some(&b'"') {
+            return Err(Declined);
+        }
+        self.at = end + 1;
+        Ok(&self.text[start..end])
     }
 
     /// The string whose content starts here, read past its closing quote: borrowed unless it
