@@ -11,17 +11,23 @@ pub fn read_json<'de, S: DeserializeSeed<'de>>(
     seed: S,
 ) -> serde_json::Result<S::Value> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let value = seed.deserialize(&mut de)?;
-            de.end().map(|()| value)
-        }
+        Ok(text) => read_json_text(text, seed),
         Err(_) => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let value = seed.deserialize(&mut de)?;
             de.end().map(|()| value)
         }
     }
+}
+
+/// [`read_json`] of a text already known to be UTF-8.
+pub fn read_json_text<'de, S: DeserializeSeed<'de>>(
+    text: &'de str,
+    seed: S,
+) -> serde_json::Result<S::Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(&mut de)?;
+    de.end().map(|()| value)
 }
 
 #[cfg(test)]

@@ -26,8 +26,9 @@ use tokio::time::Instant;
 pub use batch::{batches, Batches};
 pub use error::{ClientLimit, ErrorKind, GatewayError, TimeoutKind};
 pub use forward::{Auth, Endpoint, Events, Flavor, Forward};
-pub use json::read_json;
+pub use json::{read_json, read_json_text};
 pub use request::ChatRequest;
+pub use scan::{unicode_escape, UnicodeEscape};
 pub use shutdown::until_shutdown;
 pub use upstream_error::UpstreamErrorBody;
 

@@ -53,30 +53,57 @@ fn string_end(body: &[u8], mut i: usize) -> Result<usize, GatewayError> {
             i += 2;
             continue;
         }
-        match hex4(body, i + 2) {
-            Some(0xD800..=0xDBFF) => {
-                let low = (body.get(i + 6) == Some(&b'\\') && body.get(i + 7) == Some(&b'u'))
-                    .then(|| hex4(body, i + 8))
-                    .flatten();
-                if !matches!(low, Some(0xDC00..=0xDFFF)) {
-                    return Err(lone_surrogate(body, i));
-                }
-                i += 12;
-            }
-            Some(0xDC00..=0xDFFF) => return Err(lone_surrogate(body, i)),
-            _ => i += 6,
+        match unicode_escape(body, i) {
+            UnicodeEscape::Char(_, len) => i += len,
+            UnicodeEscape::LoneSurrogate => return Err(lone_surrogate(body, i)),
+            // Not an escape at all: the parser that runs next refuses it.
+            UnicodeEscape::NotHex => i += 6,
         }
     }
     Ok(body.len())
 }
 
-fn hex4(body: &[u8], at: usize) -> Option<u32> {
-    let digits = body.get(at..at + 4)?;
-    let text = std::str::from_utf8(digits).ok()?;
-    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(text, 16).ok()
+/// A `\u` escape in a JSON string, as JSON decodes it: one character, of one escape or of a
+/// UTF-16 surrogate pair of two.
+pub enum UnicodeEscape {
+    /// The character and how many bytes its escape takes (6, or 12 for a pair).
+    Char(char, usize),
+    /// A surrogate without its other half, which names no character.
+    LoneSurrogate,
+    /// `\u` without four hex digits.
+    NotHex,
+}
+
+/// The `\u` escape whose backslash is at `at`.
+pub fn unicode_escape(bytes: &[u8], at: usize) -> UnicodeEscape {
+    let Some(high) = hex4(bytes, at + 2) else {
+        return UnicodeEscape::NotHex;
+    };
+    let (code, len) = match high {
+        0xD800..=0xDBFF => {
+            let low = (bytes.get(at + 6..at + 8) == Some(b"\\u"))
+                .then(|| hex4(bytes, at + 8))
+                .flatten();
+            match low {
+                Some(low @ 0xDC00..=0xDFFF) => {
+                    (0x1_0000 + ((high - 0xD800) << 10) + (low - 0xDC00), 12)
+                }
+                _ => return UnicodeEscape::LoneSurrogate,
+            }
+        }
+        _ => (high, 6),
+    };
+    // Only a trailing surrogate on its own is no character here.
+    char::from_u32(code).map_or(UnicodeEscape::LoneSurrogate, |c| {
+        UnicodeEscape::Char(c, len)
+    })
+}
+
+fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
+    let digits = bytes.get(at..at + 4)?;
+    digits
+        .iter()
+        .try_fold(0, |n, &d| Some(n * 16 + (d as char).to_digit(16)?))
 }
 
 fn lone_surrogate(body: &[u8], at: usize) -> GatewayError {

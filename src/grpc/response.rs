@@ -33,7 +33,7 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, Wi
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::pb;
-use crate::chat::{read_json, GatewayError};
+use crate::chat::{read_json, read_json_text, GatewayError};
 
 /// The prefix of each framed message.
 pub const PREFIX: usize = 5;
@@ -74,10 +74,18 @@ fn transcode<'de, T: FromObject<'de> + Proto>(
         let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
         GatewayError::Internal(format!("the upstream's answer is not JSON ({e}): {start}"))
     };
-    let quick = std::str::from_utf8(bytes).ok().and_then(quick::read::<T>);
-    let read = match quick {
-        Some(message) => Ok(Some(message)),
-        None => read_json(bytes, Any(ObjectOnly::<T>(PhantomData))),
+    let seed = Any(ObjectOnly::<T>(PhantomData));
+    let read = match std::str::from_utf8(bytes) {
+        Ok(text) => match quick::read::<T>(text) {
+            Some(message) => {
+                #[cfg(test)]
+                tests::QUICK_READS.with(|n| n.set(n.get() + 1));
+                Ok(Some(message))
+            }
+            None => read_json_text(text, seed),
+        },
+        // serde_json's byte reader, for its error (or what it can read past a skipped value).
+        Err(_) => read_json(bytes, seed),
     };
     let message = match read {
         Ok(Some(message)) => message,

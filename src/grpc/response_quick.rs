@@ -3,8 +3,8 @@
 //! (most of a gRPC stream's transcoding is reading its chunks' JSON).
 //!
 //! It never errs and never guesses. On whatever it is not sure to read exactly as serde_json
-//! would (a `\u` escape, a key with escapes, an integer of more than 18 digits, a number
-//! serde_json refuses, nesting deeper than [`MAX_DEPTH`], anything that is not JSON), it declines,
+//! would (a lone surrogate escape, an integer of more than 18 digits, a number serde_json
+//! refuses, nesting deeper than [`MAX_DEPTH`], anything that is not JSON), it declines,
 //! and serde_json reads the whole text as before: every answer it gives is serde_json's, and
 //! every error is serde_json's own (the tests hold the two readings to the same bytes on the
 //! corpus and on every one-byte change of it).
@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use prost_types::value::Kind;
 
 use super::{kind, named_finish_reason, pb, FromObject, Text, Values};
+use crate::chat::{unicode_escape, UnicodeEscape};
 
 /// The deepest nesting read here; deeper is for serde_json (and its recursion limit).
 const MAX_DEPTH: u32 = 64;
@@ -24,7 +25,6 @@ const MAX_DEPTH: u32 = 64;
 pub(super) fn read<'de, T: FromObject<'de>>(text: &'de str) -> Option<T> {
     let mut reader = Reader {
         text,
-        bytes: text.as_bytes(),
         at: 0,
         depth: 0,
     };
@@ -35,7 +35,7 @@ pub(super) fn read<'de, T: FromObject<'de>>(text: &'de str) -> Option<T> {
     let mut message = T::default();
     reader.object_into(&mut message).ok()?;
     reader.ws();
-    (reader.at == reader.bytes.len()).then_some(message)
+    (reader.at == reader.text.len()).then_some(message)
 }
 
 /// A number, as serde_json reads it.
@@ -45,24 +45,27 @@ enum Number {
 }
 
 /// Why the quick reading stopped: serde_json reads this one.
-pub(super) struct Declined;
+struct Declined;
 
 type Read<T> = Result<T, Declined>;
 
 struct Reader<'de> {
     text: &'de str,
-    bytes: &'de [u8],
     at: usize,
     depth: u32,
 }
 
 impl<'de> Reader<'de> {
+    fn bytes(&self) -> &'de [u8] {
+        self.text.as_bytes()
+    }
+
     fn peek(&self) -> Read<u8> {
-        self.bytes.get(self.at).copied().ok_or(Declined)
+        self.bytes().get(self.at).copied().ok_or(Declined)
     }
 
     fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.at) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes().get(self.at) {
             self.at += 1;
         }
     }
@@ -78,7 +81,7 @@ impl<'de> Reader<'de> {
 
     fn literal(&mut self, word: &[u8]) -> Read<()> {
         if !self
-            .bytes
+            .bytes()
             .get(self.at..)
             .unwrap_or_default()
             .starts_with(word)
@@ -103,8 +106,7 @@ impl<'de> Reader<'de> {
     #[inline]
     fn fields(&mut self, mut each: impl FnMut(&mut Self, Text<'de>) -> Read<()>) -> Read<()> {
         self.members(b'}', |reader| {
-            reader.expect(b'"')?;
-            let key = reader.string()?;
+            let key = reader.key()?;
             reader.expect(b':')?;
             reader.ws();
             each(reader, key)
@@ -150,40 +152,31 @@ impl<'de> Reader<'de> {
     /// The fields of the object at `{`, read into `out` where it is (a chunk's views are
     /// hundreds of bytes, not worth a move at each level).
     fn object_into<T: FromObject<'de>>(&mut self, out: &mut T) -> Read<()> {
-        self.members(b'}', |reader| {
-            let key = reader.key()?;
-            reader.expect(b':')?;
-            reader.ws();
-            match T::FIELDS.iter().position(|name| *name == key) {
+        self.fields(
+            |reader, key| match T::FIELDS.iter().position(|name| *name == key) {
                 Some(index) => out.field(index, reader),
                 None => reader.skip(),
-            }
-        })
+            },
+        )
     }
 
-    /// The key of a message's field, read past its closing quote. A key with escapes is rare
-    /// enough to leave to serde_json, which compares it unescaped.
+    /// A key, read past its closing quote (unescaped, as serde_json compares it).
     #[inline]
-    fn key(&mut self) -> Read<&'de str> {
+    fn key(&mut self) -> Read<Text<'de>> {
         if self.peek()? != b'"' {
             return Err(Declined);
         }
-        let start = self.at + 1;
-        let end = self.plain_run(start);
-        if self.bytes.get(end) != Some(&b'"') {
-            return Err(Declined);
-        }
-        self.at = end + 1;
-        Ok(&self.text[start..end])
+        self.at += 1;
+        self.string()
     }
 
     /// The string whose content starts here, read past its closing quote: borrowed unless it
-    /// has escapes (of which `\u` ones are left to serde_json).
+    /// has escapes.
     #[inline]
     fn string(&mut self) -> Read<Text<'de>> {
         let start = self.at;
         let end = self.plain_run(start);
-        match self.bytes.get(end) {
+        match self.bytes().get(end) {
             Some(b'"') => {
                 self.at = end + 1;
                 // Both ends are ASCII quotes, so on character boundaries.
@@ -201,7 +194,7 @@ impl<'de> Reader<'de> {
     fn plain_run(&self, mut at: usize) -> usize {
         const ONES: u64 = u64::from_ne_bytes([1; 8]);
         const TOPS: u64 = ONES << 7;
-        while let Some(word) = self.bytes.get(at..at + 8) {
+        while let Some(word) = self.bytes().get(at..at + 8) {
             let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
             let quote = x ^ (ONES * u64::from(b'"'));
             let backslash = x ^ (ONES * u64::from(b'\\'));
@@ -214,7 +207,7 @@ impl<'de> Reader<'de> {
             }
             at += 8;
         }
-        while let Some(&byte) = self.bytes.get(at) {
+        while let Some(&byte) = self.bytes().get(at) {
             if byte == b'"' || byte == b'\\' || byte < 0x20 {
                 break;
             }
@@ -228,24 +221,30 @@ impl<'de> Reader<'de> {
         let mut out = String::with_capacity(at - start + 16);
         out.push_str(&self.text[start..at]);
         loop {
-            match self.bytes.get(at) {
+            match self.bytes().get(at) {
                 Some(b'"') => {
                     self.at = at + 1;
                     return Ok(out);
                 }
                 Some(b'\\') => {
-                    out.push(match self.bytes.get(at + 1) {
-                        Some(b'"') => '"',
-                        Some(b'\\') => '\\',
-                        Some(b'/') => '/',
-                        Some(b'b') => '\u{8}',
-                        Some(b'f') => '\u{c}',
-                        Some(b'n') => '\n',
-                        Some(b'r') => '\r',
-                        Some(b't') => '\t',
+                    let (c, len) = match self.bytes().get(at + 1) {
+                        Some(b'"') => ('"', 2),
+                        Some(b'\\') => ('\\', 2),
+                        Some(b'/') => ('/', 2),
+                        Some(b'b') => ('\u{8}', 2),
+                        Some(b'f') => ('\u{c}', 2),
+                        Some(b'n') => ('\n', 2),
+                        Some(b'r') => ('\r', 2),
+                        Some(b't') => ('\t', 2),
+                        // A lone surrogate is serde_json's error, so declined.
+                        Some(b'u') => match unicode_escape(self.bytes(), at) {
+                            UnicodeEscape::Char(c, len) => (c, len),
+                            _ => return Err(Declined),
+                        },
                         _ => return Err(Declined),
-                    });
-                    at += 2;
+                    };
+                    out.push(c);
+                    at += len;
                 }
                 _ => return Err(Declined),
             }
@@ -261,11 +260,11 @@ impl<'de> Reader<'de> {
     /// declined); longer integers are declined, as is what is not a JSON number.
     fn number(&mut self) -> Read<Number> {
         let start = self.at;
-        let negative = self.bytes.get(start) == Some(&b'-');
+        let negative = self.bytes().get(start) == Some(&b'-');
         let first = start + usize::from(negative);
         let mut at = first;
         let mut value: i64 = 0;
-        while let Some(&digit @ b'0'..=b'9') = self.bytes.get(at) {
+        while let Some(&digit @ b'0'..=b'9') = self.bytes().get(at) {
             if at - first == 18 {
                 return Err(Declined);
             }
@@ -273,20 +272,20 @@ impl<'de> Reader<'de> {
             at += 1;
         }
         let digits = at - first;
-        if digits == 0 || (digits > 1 && self.bytes[first] == b'0') {
+        if digits == 0 || (digits > 1 && self.bytes()[first] == b'0') {
             return Err(Declined);
         }
         let mut float = negative && value == 0;
-        if self.bytes.get(at) == Some(&b'.') {
+        if self.bytes().get(at) == Some(&b'.') {
             let fraction = self.digits(at + 1);
             if fraction == 0 {
                 return Err(Declined);
             }
             (float, at) = (true, at + 1 + fraction);
         }
-        if let Some(b'e' | b'E') = self.bytes.get(at) {
+        if let Some(b'e' | b'E') = self.bytes().get(at) {
             at += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(at) {
+            if let Some(b'+' | b'-') = self.bytes().get(at) {
                 at += 1;
             }
             let exponent = self.digits(at);
@@ -307,7 +306,7 @@ impl<'de> Reader<'de> {
 
     /// How many ASCII digits start at `at`.
     fn digits(&self, at: usize) -> usize {
-        let rest = self.bytes.get(at..).unwrap_or_default();
+        let rest = self.bytes().get(at..).unwrap_or_default();
         rest.iter().take_while(|b| b.is_ascii_digit()).count()
     }
 
@@ -391,7 +390,7 @@ impl<'de> Values<'de> for Reader<'de> {
         if self.peek()? != b'[' {
             return self.skip().map(|()| Vec::new());
         }
-        let mut out: Vec<T> = Vec::new();
+        let mut out = Vec::new();
         self.elements(|reader| {
             if reader.peek()? != b'{' {
                 return reader.skip().map(|()| out.push(T::default()));

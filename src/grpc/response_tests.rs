@@ -424,7 +424,7 @@ fn chunks_framed_together_split_in_order() {
 
 /// What upstreams send, in the plain shape the quick reading takes on its own: the mock's
 /// chunks, OpenAI's (escaped text, tool calls, usage with details, logprobs), vLLM's
-/// reasoning, Groq's floats in fields nothing reads.
+/// reasoning, Groq's floats in fields nothing reads, Go servers' `\u003c` escapes.
 const PLAIN: &[&str] = &[
     r#"{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":"mock-8x0","choices":[{"index":0,"delta":{"role":"assistant","content":"tok0 "},"finish_reason":null}]}"#,
     r#"{"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1700000000,"model":"mock-8x0","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
@@ -436,6 +436,7 @@ const PLAIN: &[&str] = &[
     r#" { "choices" : [ { "delta" : { "reasoning" : "hmm" } , "index" : 1 } ] } "#,
     r#"{"id":"é ü ✓ 😀","choices":[{"delta":{"content":"","refusal":"no"}}],"created":-42}"#,
     r#"{"id":"g","choices":[{"index":0,"delta":{"content":"x"}}],"x_groq":{"id":"req_1","usage":{"queue_time":0.0123,"prompt_time":-1.5E-5,"n":[10e+2,0.0,-0]}}}"#,
+    r#"{"id":"o","model":"qwen3","choices":[{"index":0,"delta":{"role":"assistant","content":"\u003cthink\u003e a \u0026 b \ud83d\ude00 \u00e9"}}],"\u0069d":"escaped-key wins"}"#,
     r#"{"id":"l","created":1.7e9,"choices":[{"index":0,"delta":{"content":" world"},"logprobs":{"content":[{"token":" world","logprob":-0.31326166,"bytes":[32,119],"top_logprobs":[{"token":" world","logprob":-0.31326166,"bytes":[32,119]},{"token":" there","logprob":-1.5632617,"bytes":null}]}],"refusal":null},"finish_reason":null}],"usage":{"prompt_tokens_details":{"n":-0,"x":0.1e-2,"y":17976931348623157e292}}}"#,
 ];
 
@@ -477,7 +478,7 @@ fn the_quick_reading_is_serde_jsons_on_every_one_byte_change() {
             }
         }
     }
-    const BYTES: &[u8] = b"\"\\{}[],:0-.e n1\t\x01";
+    const BYTES: &[u8] = b"\"\\{}[],:0-.e n1\t\x01u";
     let mut inputs: Vec<&[u8]> = CORPUS.iter().chain(PLAIN).map(|s| s.as_bytes()).collect();
     inputs.push(b"{\"id\":\"tab\tinside\"}");
     let (mut variants, mut quick_read) = (0, 0);
@@ -524,8 +525,11 @@ fn the_quick_reading_takes_what_upstreams_send() {
     }
     let deep = format!("{{\"x\":{}{}}}", "[".repeat(70), "]".repeat(70));
     let odd = [
-        r#"{"id":"\u0041"}"#,
-        r#"{"\u0069d":"x"}"#,
+        r#"{"id":"\ud800"}"#,
+        r#"{"id":"\udc00x"}"#,
+        r#"{"id":"\ud83d\u0041"}"#,
+        r#"{"unknown":"\ud83dx"}"#,
+        r#"{"id":"\u00e"}"#,
         r#"{"created":1234567890123456789}"#,
         r#"{"created":01}"#,
         r#"{"unknown":1e400}"#,
@@ -562,6 +566,39 @@ fn the_quick_reading_takes_what_upstreams_send() {
     assert!(read(edges[0]).is_some() && read(&at_limit).is_some());
     assert!(read(edges[1]).is_none() && read(&over_limit).is_none());
     // Still answered, by serde_json, the same as ever.
-    let c = chunk(br#"{"id":"\u0041","created":1.7e9}"#).unwrap();
-    assert_eq!((c.id.as_str(), c.created), ("A", 1_700_000_000));
+    let c = chunk(br#"{"id":"\u0041","created":1234567890123456789}"#).unwrap();
+    assert_eq!((c.id.as_str(), c.created), ("A", 1_234_567_890_123_456_789));
+}
+
+thread_local! {
+    /// How many answers this thread's transcoding read the quick way.
+    pub(super) static QUICK_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The transcoder takes the quick reading whenever it reads, and serde_json's otherwise:
+/// both ways answer the same.
+#[test]
+fn the_transcoder_reads_quick_and_falls_back() {
+    let quick_reads = |read: &dyn Fn()| {
+        let before = QUICK_READS.with(|n| n.get());
+        read();
+        QUICK_READS.with(|n| n.get()) - before
+    };
+    let plain = PLAIN[0].as_bytes();
+    assert_eq!(quick_reads(&|| drop(framed_chunk(plain).unwrap())), 1);
+    assert_eq!(
+        quick_reads(&|| drop(super::completion(PLAIN[5].as_bytes()).unwrap())),
+        1
+    );
+    // The same chunk with one thing the quick reading declines (a lone surrogate in a field
+    // nothing reads, which serde_json refuses) and one it reads (a long integer in it).
+    let lone = br#"{"id":"c","x":"\ud800"}"#;
+    assert_eq!(quick_reads(&|| assert!(framed_chunk(lone).is_err())), 0);
+    let long = br#"{"id":"c","created":1234567890123456789}"#;
+    assert_eq!(quick_reads(&|| drop(framed_chunk(long).unwrap())), 0);
+    // Not UTF-8: serde_json's byte reader, as before.
+    assert_eq!(
+        quick_reads(&|| assert!(framed_chunk(b"{\"id\":\"\xff\"}").is_err())),
+        0
+    );
 }
